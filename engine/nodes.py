@@ -1,0 +1,55 @@
+"""Node identity and geometry of the gist tree, vectorised over numpy arrays.
+
+A node is `(lod, index)`. LOD0 and LOD1 node `i` cover the same block `i`; a LOD`l>=1` node covers
+`block_size**l` tokens. Its stable id packs both: `node_id = (lod << 40) | index`, so ids never
+change as the tree grows, sort by level then position, and survive a round trip through Parquet.
+
+This module knows nothing of vectors, models or budgets: only spans, costs and parentage.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOD_SHIFT = 40  # 2**40 blocks of 32 tokens is far beyond any stream we will read
+INDEX_MASK = (1 << LOD_SHIFT) - 1
+
+
+def node_id(lod, index):
+    """Stable id of node(s) `(lod, index)`; works on ints or numpy arrays."""
+    return (np.asarray(lod, dtype=np.int64) << LOD_SHIFT) | np.asarray(index, dtype=np.int64)
+
+
+def node_lod(nid):
+    return (np.asarray(nid, dtype=np.int64) >> LOD_SHIFT).astype(np.int8)
+
+
+def node_index(nid):
+    return np.asarray(nid, dtype=np.int64) & INDEX_MASK
+
+
+def span_tokens(lod, block_size: int):
+    """Tokens covered by one node at `lod` (LOD0 and LOD1 both cover one block)."""
+    lod = np.asarray(lod, dtype=np.int64)
+    return np.asarray(block_size, dtype=np.int64) ** np.maximum(lod, 1)
+
+
+def node_start(lod, index, block_size: int):
+    return np.asarray(index, dtype=np.int64) * span_tokens(lod, block_size)
+
+
+def node_cost(lod, block_size: int):
+    """WC cost of an entry: a LOD0 entry costs its tokens, a gist costs one position."""
+    return np.where(np.asarray(lod) == 0, block_size, 1).astype(np.int32)
+
+
+def parent_index(lod, index, block_size: int):
+    """Index of the parent at `lod + 1`. LOD0 block i's parent is LOD1 node i (same span)."""
+    lod = np.asarray(lod)
+    index = np.asarray(index, dtype=np.int64)
+    return np.where(lod == 0, index, index // block_size)
+
+
+def complete_nodes(tokens_seen: int, lod: int, block_size: int) -> int:
+    """How many nodes at `lod` are complete after `tokens_seen` tokens (a node needs all its tokens)."""
+    return int(tokens_seen // int(span_tokens(lod, block_size)))

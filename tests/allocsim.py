@@ -1,0 +1,77 @@
+"""A structure-only driver for allocator tests: advance the WC, score it, plan, apply, check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.allocator import AllocatorState, PlanKnobs, plan
+from engine.config import RunConfig, apply_overrides
+from engine.decisions import APPLIED, EVICT, Decisions, apply
+from engine.working_context import WorkingContext, check_invariants
+
+
+@dataclass
+class SimResult:
+    wc: WorkingContext
+    decisions: list[tuple[int, Decisions]] = field(default_factory=list)  # (step, decisions)
+
+    def applied(self) -> list[tuple[int, int, int, bool]]:
+        """(step, node_id, action, forced) of every applied edit, in order."""
+        out = []
+        for step, d in self.decisions:
+            idx = np.flatnonzero(d.outcome == APPLIED)
+            idx = idx[np.argsort(d.seq[idx], kind="stable")]
+            out += [(step, int(d.node_id[k]), int(d.action[k]), bool(d.forced[k])) for k in idx]
+        return out
+
+    def ping_pongs(self) -> int:
+        """Applied edits that reverse the previous edit of the same node."""
+        last: dict[int, int] = {}
+        n = 0
+        for _, node, action, _ in self.applied():
+            if action == EVICT:
+                continue
+            if node in last and last[node] != action:
+                n += 1
+            last[node] = action
+        return n
+
+
+ScoreFn = Callable[[int, WorkingContext], np.ndarray]
+
+
+def simulate(
+    cfg: RunConfig,
+    score_fn: ScoreFn,
+    steps: int,
+    *,
+    wc: WorkingContext | None = None,
+    tokens_per_step: int | None = None,
+    check: bool = True,
+) -> SimResult:
+    """Run `steps` refocus steps; `score_fn(step, wc)` gives raw scores. Invariants checked each step."""
+    knobs = PlanKnobs.from_config(cfg)
+    per = cfg.session.refocus_every if tokens_per_step is None else tokens_per_step
+    wc = wc or WorkingContext.empty(cfg.tree.block_size, cfg.tree.max_lod)
+    state = AllocatorState.initial(cfg.tree.max_lod)
+    res = SimResult(wc)
+    for step in range(steps):
+        wc = wc.advance(wc.tokens_seen + per)
+        if check:
+            check_invariants(wc, knobs.w_max, knobs.protect_blocks, after_refocus=False, refocus_every=per)
+        for _ in range(cfg.allocator.iterations):
+            p = plan(wc, score_fn(step, wc), state, knobs, step)
+            assert apply(wc, p.decisions).same_as(p.wc), "apply() disagrees with plan()"
+            wc, state = p.wc, p.state
+            res.decisions.append((step, p.decisions))
+        if check:
+            check_invariants(wc, knobs.w_max, knobs.protect_blocks)
+    res.wc = wc
+    return res
+
+
+def config(*sets: str) -> RunConfig:
+    return apply_overrides(RunConfig(), list(sets))
