@@ -1,0 +1,345 @@
+"""Scorers: the policies that give every working-context entry a signed utility at a refocus step.
+
+Each scorer implements `score(view) -> ScoreResult` (engine/view.py): `scores` is float32[n] in
+[-1, 1]; positive = the entry wants more detail than it has now, negative = less, 0 = it is where the
+policy wants it. Every scorer is a deterministic function of (its constructor args, the view), so a
+recorded session can be re-scored exactly (engine/replay.py depends on this).
+
+- `recency`: the plain truncated-context transformer (newest W blocks raw, older as coarse as legal).
+- `compressive`: detail decays with age (Compressive Transformer): newest raw, then LOD1, then coarsest.
+- `retrieval`: cosine top-k against the tail query (kNN-LM, RETRO, Memorizing Transformers).
+- `hopfield`: one modern-Hopfield update over the entries (associative recall).
+- `random`: seeded control.
+- `lensnet`: the learned scorer (engine/lensnet.py), wrapped.
+
+This module does not decide edits (that is engine/allocator.py: thresholds, legality, budget) and
+does not build vectors (the session does). Structure-only scorers ignore the view's vectors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine import nodes
+from engine.config import RunConfig, protected_blocks
+from engine.view import ScoreResult, ScoreView
+from engine.working_context import WorkingContext
+
+
+def _empty() -> ScoreResult:
+    return ScoreResult(scores=np.zeros(0, np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry shared by the structure-only scorers. All positions here are in *block* units.
+
+
+def prefix_cost(lo: int, hi: int, block_size: int, max_lod: int) -> int:
+    """WC cost of tiling complete blocks `[lo, hi)` with the coarsest legal gists.
+
+    A full aligned group of `block_size**(l-1)` blocks (l <= max_lod) can be one LOD-l gist; what is
+    left over at either end of a level's run of full groups goes one level down; every gist costs 1.
+    Coarsest-first is the cheapest tiling because every gist costs the same.
+    """
+    cost, segs = 0, [(lo, hi)] if lo < hi else []
+    for lod in range(max_lod, 0, -1):
+        size = block_size ** (lod - 1)  # blocks under one LOD-`lod` gist
+        nxt = []
+        for a, b in segs:
+            g0, g1 = -(-a // size) * size, (b // size) * size  # aligned full groups inside [a, b)
+            if g0 < g1:
+                cost += (g1 - g0) // size
+                nxt += [(a, g0), (g1, b)]
+            else:
+                nxt.append((a, b))
+        segs = [(a, b) for a, b in nxt if a < b]  # at most two leftovers per level
+    return cost
+
+
+def coarsest_level(block: np.ndarray, lo: int, hi: int, block_size: int, max_lod: int) -> np.ndarray:
+    """int8[k]: level of the gist that covers each block in the coarsest tiling of `[lo, hi)`.
+
+    That is the largest l <= max_lod whose aligned group around the block lies inside `[lo, hi)`;
+    groups are nested, so scanning levels upward keeps the largest one that fits. Blocks outside
+    `[lo, hi)` get 1 (their own LOD1 gist); callers only ask about blocks inside.
+    """
+    block = np.asarray(block, dtype=np.int64)  # [k]
+    level = np.ones(block.shape, np.int8)  # [k]: every complete block has a LOD1 gist
+    for lod in range(2, max_lod + 1):
+        size = block_size ** (lod - 1)
+        g0 = (block // size) * size  # [k] first block of the aligned group
+        level = np.where((g0 >= lo) & (g0 + size <= hi), np.int8(lod), level)
+    return level
+
+
+def desired_lod(wc: WorkingContext, raw_from: int, lod1_from: int) -> np.ndarray:
+    """int8[n]: the level a banded policy wants for each entry.
+
+    Blocks `>= raw_from` want LOD0, blocks in `[lod1_from, raw_from)` want LOD1, older blocks (from
+    the eviction point) want the level of the coarsest legal tiling of that older region. An entry
+    spanning several blocks takes the wish of its *last* (newest) block: bands get finer with
+    recency, so that is the finest wish among its blocks, and an entry reaching into a finer band
+    asks to be expanded.
+    """
+    bs = wc.block_size
+    last = (wc.end - 1) // bs  # int64[n]: newest block under each entry
+    old = coarsest_level(last, wc.evicted_upto // bs, lod1_from, bs, wc.max_lod)  # int8[n]
+    return np.where(last >= raw_from, 0, np.where(last >= lod1_from, 1, old)).astype(np.int8)
+
+
+def _signed_gap(wc: WorkingContext, desired: np.ndarray) -> np.ndarray:
+    """float32[n]: +1 where the entry is coarser than desired (expand), -1 finer (collapse), 0 equal.
+
+    A gist that wants to be coarser scores 0 until all `block_size` siblings are entries at its
+    level: only then is the group collapse legal, and asking earlier only adds `illegal` decision
+    rows (typically the step where the group's last block is still LOD0; it asks one step later).
+    """
+    lod = wc.lod.astype(np.int32)  # [n]
+    scores = np.sign(lod - desired.astype(np.int32)).astype(np.float32)  # [n]
+    gist_up = (lod >= 1) & (lod < desired)  # [n]: gists that want their parent
+    if gist_up.any():
+        parent = nodes.node_id(lod + 1, wc.index // wc.block_size)  # [n]: meaningful where lod >= 1
+        _, inv, counts = np.unique(np.where(lod >= 1, parent, -1), return_inverse=True, return_counts=True)
+        scores[gist_up & (counts[inv] < wc.block_size)] = 0.0
+    return scores
+
+
+def window_blocks(wc: WorkingContext, w_max: int, protect_blocks: int = 0) -> int:
+    """Number W of newest complete blocks a recency window keeps at LOD0 under budget `w_max`.
+
+    W is the largest W in [0, blocks still covered] with
+    `W*block_size + tail_len + prefix_cost(evicted block, first window block) <= w_max`, raised to at
+    least `protect_blocks` (capped at the blocks still covered). It depends only on the WC's geometry
+    (tokens seen, eviction point), never on its current LODs, so it does not chase its own edits.
+    """
+    bs = wc.block_size
+    n_blocks, first = wc.complete_blocks(), wc.evicted_upto // bs
+    avail = n_blocks - first
+
+    def fits(w: int) -> bool:
+        return w * bs + wc.tail_len + prefix_cost(first, n_blocks - w, bs, wc.max_lod) <= w_max
+
+    # Cost is strictly increasing in W: one more raw block adds block_size positions and takes at
+    # most one gist (cost 1) out of the prefix, so `fits` is monotone and we can bisect.
+    w = 0
+    if fits(0):
+        lo, hi = 0, avail  # invariant: fits(lo)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        w = lo
+    return min(avail, max(w, protect_blocks))
+
+
+# ----------------------------------------------------------------------------------------------
+# Structure-only scorers.
+
+
+class RecencyScorer:
+    """Sliding window: the newest `window_blocks` blocks at LOD0, everything older as coarse as legal.
+
+    Scores are exactly +1 / 0 / -1 (see `desired_lod` with both bands starting at the window):
+    +1 for a gist that overlaps the window, -1 for an older entry finer than the coarsest legal
+    tiling wants it, 0 otherwise. LOD0 entries inside the window score 0 (not +1) so the allocator
+    logs no illegal LOD0 expansions; for the same reason leftover LOD1 gists whose sibling group is
+    not wholly older than the window, or not yet all LOD1, score 0 (not -1): their collapse would be
+    illegal now.
+    """
+
+    name = "recency"
+    needs_vectors = False
+
+    def __init__(self, cfg: RunConfig):
+        self.protect = protected_blocks(cfg.tree, cfg.wc)
+
+    def score(self, view: ScoreView) -> ScoreResult:
+        wc = view.wc
+        if wc.n == 0:
+            return _empty()
+        start = wc.complete_blocks() - window_blocks(wc, view.w_max, self.protect)  # first window block
+        return ScoreResult(scores=_signed_gap(wc, desired_lod(wc, start, start)))
+
+
+class CompressiveScorer:
+    """Detail decays with age (Compressive Transformer), in three bands by block position.
+
+    - raw band: the newest `R = max(floor(raw_share * w_max / block_size), protected blocks)` complete
+      blocks want LOD0 (the tail is always raw and not counted; it is under one block);
+    - LOD1 band: the next `K = floor(lod1_share * w_max)` older blocks want LOD1 (K gists cost K);
+    - older blocks want the coarsest legal tiling (LOD2 where a whole sibling group is old enough).
+    An entry's band is that of its last (newest) block, so a gist reaching into a finer band expands.
+    Score = +1 if the desired LOD is finer than the current one, -1 if coarser, 0 if equal (and 0
+    for a gist whose sibling group is not yet whole at its level, see `_signed_gap`).
+    """
+
+    name = "compressive"
+    needs_vectors = False
+
+    def __init__(self, cfg: RunConfig):
+        self.protect = protected_blocks(cfg.tree, cfg.wc)
+        self.raw_share = cfg.scorer.compressive_raw_share
+        self.lod1_share = cfg.scorer.compressive_lod1_share
+
+    def bands(self, wc: WorkingContext, w_max: int) -> tuple[int, int]:
+        """(lod1_from, raw_from): first block of the LOD1 band and of the raw band."""
+        # The tiny epsilon keeps e.g. 0.29 * 100 = 28.999... from flooring to 28.
+        raw = max(math.floor(self.raw_share * w_max / wc.block_size + 1e-9), self.protect)
+        lod1 = math.floor(self.lod1_share * w_max + 1e-9)
+        first = wc.evicted_upto // wc.block_size
+        raw_from = max(first, wc.complete_blocks() - raw)
+        return max(first, raw_from - lod1), raw_from
+
+    def score(self, view: ScoreView) -> ScoreResult:
+        wc = view.wc
+        if wc.n == 0:
+            return _empty()
+        lod1_from, raw_from = self.bands(wc, view.w_max)
+        return ScoreResult(scores=_signed_gap(wc, desired_lod(wc, raw_from, lod1_from)))
+
+
+class RandomScorer:
+    """Seeded control: uniform in [-1, 1), a function of (seed, step, n) only, hence replay-safe."""
+
+    name = "random"
+    needs_vectors = False
+
+    def __init__(self, cfg: RunConfig):
+        self.seed = cfg.scorer.seed
+
+    def score(self, view: ScoreView) -> ScoreResult:
+        rng = np.random.default_rng([self.seed, view.step])  # fresh per step: no hidden state to replay
+        return ScoreResult(scores=rng.uniform(-1.0, 1.0, view.n).astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Vector scorers: inputs are the view's torch tensors, computed in float32 on their device.
+
+
+def _vectors(view: ScoreView, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entries float32[n, d], mean tail query float32[d]); ValueError when the view lacks them."""
+    if view.entry_vecs is None or view.query_vecs is None:
+        raise ValueError(
+            f"scorer {name!r} needs view.entry_vecs and view.query_vecs, got None; "
+            "build vectors in the session or use a structure-only scorer (recency, compressive, random)"
+        )
+    x = view.entry_vecs.detach().float()  # [n, d]
+    q = view.query_vecs.detach().float()  # [m, d]
+    if x.ndim != 2 or x.shape[0] != view.n:
+        raise ValueError(f"scorer {name!r}: entry_vecs must be [n={view.n}, d], got {tuple(x.shape)}")
+    if q.ndim != 2 or q.shape[0] == 0 or q.shape[1] != x.shape[1]:
+        raise ValueError(f"scorer {name!r}: query_vecs must be [m>=1, d={x.shape[1]}], got {tuple(q.shape)}")
+    return x, q.mean(dim=0)  # [n, d], [d]
+
+
+class RetrievalScorer:
+    """Cosine top-k against the tail query (kNN-LM, RETRO, Memorizing Transformers).
+
+    With `c = max(cos(entry, mean query), 0)`: the top-k entries by cosine score `0.5 + 0.5*c` in
+    [0.5, 1]; the others score `-(1 - 0.5*c)` in [-1, -0.5]. Both clear the default thresholds
+    (0.2), and within each group a more similar entry scores higher. Ranking uses the raw cosine;
+    ties go to the newest entry (larger start) first. Scores ignore the entry's current LOD.
+    """
+
+    name = "retrieval"
+    needs_vectors = True
+
+    def __init__(self, cfg: RunConfig):
+        self.top_k = cfg.scorer.retrieval_top_k
+
+    def score(self, view: ScoreView) -> ScoreResult:
+        if view.n == 0:
+            return _empty()
+        x, q = _vectors(view, self.name)
+        cos = F.cosine_similarity(x, q[None, :], dim=1, eps=1e-8).cpu().numpy().astype(np.float32)  # [n]
+        order = np.lexsort((-view.wc.start, -cos))  # [n]: cosine descending, then newest first
+        top = np.zeros(view.n, bool)
+        top[order[: self.top_k]] = True
+        c = np.maximum(cos, 0.0)  # [n] in [0, 1]
+        scores = np.where(top, 0.5 + 0.5 * c, -(1.0 - 0.5 * c)).astype(np.float32)
+        return ScoreResult(scores=scores)
+
+
+class HopfieldScorer:
+    """One modern-Hopfield update (Ramsauer et al.) over the entries: associative recall.
+
+    X = row-normalised entries [n, d], q = normalised mean tail query [d]:
+    p = softmax(beta X q); q' = normalise(X^T p); p' = softmax(beta X q'); score = tanh(log(n p')).
+    Uniform attention (p' = 1/n) scores 0, attended entries tend to +1, ignored ones to -1.
+    """
+
+    name = "hopfield"
+    needs_vectors = True
+
+    def __init__(self, cfg: RunConfig):
+        self.beta = cfg.scorer.hopfield_beta
+
+    def score(self, view: ScoreView) -> ScoreResult:
+        if view.n == 0:
+            return _empty()
+        x, q = _vectors(view, self.name)
+        x = F.normalize(x, dim=1)  # [n, d]
+        q = F.normalize(q, dim=0)  # [d]
+        p = torch.softmax(self.beta * (x @ q), dim=0)  # [n]
+        q = F.normalize(x.T @ p, dim=0)  # [d]: the retrieved pattern, the new state
+        # log(n p') via log_softmax: no log(0) when p' underflows at large beta.
+        logits = math.log(view.n) + torch.log_softmax(self.beta * (x @ q), dim=0)  # [n]
+        return ScoreResult(scores=torch.tanh(logits).cpu().numpy().astype(np.float32))
+
+
+class LensNetScorer:
+    """The learned scorer: `lensnet.score_view(view)` (scores and attention), run without autograd.
+
+    The module's train/eval mode is the caller's: a scorer shared with a trainer must not flip it.
+    `build_scorer` puts the random-initialised LensNet it makes in eval mode.
+    """
+
+    name = "lensnet"
+    needs_vectors = True
+
+    def __init__(self, cfg: RunConfig, lensnet):
+        self.cfg = cfg
+        self.lensnet = lensnet
+
+    def score(self, view: ScoreView) -> ScoreResult:
+        if view.n == 0:  # nothing to attend over; LensNet need not handle empty sets
+            return ScoreResult(scores=np.zeros(0, np.float32), attention=np.zeros(0, np.float32))
+        _vectors(view, self.name)  # the same clear error as the other vector scorers
+        with torch.no_grad():
+            res = self.lensnet.score_view(view)
+        attn = None if res.attention is None else np.asarray(res.attention, dtype=np.float32)
+        return ScoreResult(scores=np.asarray(res.scores, dtype=np.float32), attention=attn)
+
+
+_STRUCTURE = {"recency": RecencyScorer, "compressive": CompressiveScorer, "random": RandomScorer}
+_VECTOR = {"retrieval": RetrievalScorer, "hopfield": HopfieldScorer}
+
+
+def build_scorer(cfg: RunConfig, d_embed: int | None = None, lensnet=None):
+    """The scorer named by `cfg.scorer.name`.
+
+    For "lensnet" without a `lensnet` module, builds a random-initialised `LensNet(d_embed,
+    cfg.lensnet)` seeded with `cfg.scorer.seed` (an untrained control), leaving torch's global RNG
+    state untouched. `d_embed` is required then and ignored otherwise.
+    """
+    name = cfg.scorer.name
+    if name in _STRUCTURE:
+        return _STRUCTURE[name](cfg)
+    if name in _VECTOR:
+        return _VECTOR[name](cfg)
+    if name == "lensnet":
+        if lensnet is None:
+            if d_embed is None:
+                raise ValueError("build_scorer: scorer 'lensnet' without a trained LensNet needs d_embed")
+            from engine.lensnet import LensNet  # lazy: structure-only users never import the model code
+
+            # LensNet draws its initial weights from `seed` inside its own RNG fork; this outer fork
+            # keeps the caller's CPU RNG untouched even if construction ever draws outside that one.
+            with torch.random.fork_rng(devices=[]):
+                lensnet = LensNet(d_embed, cfg.lensnet, seed=cfg.scorer.seed)
+            lensnet.eval()
+        return LensNetScorer(cfg, lensnet)
+    raise ValueError(f"unknown scorer {name!r}")  # unreachable: ScorerConfig validates the name
