@@ -79,9 +79,11 @@ class GistTree:
         if spill:
             os.makedirs(spill, exist_ok=True)
         self._tokens = _Growable(np.int32, 0, os.path.join(spill, "tokens") if spill else None)
-        self._gists = [
-            _Growable(np.float32, d, os.path.join(spill, f"gists_lod{lod}") if spill else None)
-            for lod in range(1, cfg.max_lod + 1)
+        # _vecs[0]: each block's mean token embedding (what a raw entry "is" to a similarity
+        # scorer, kept so scorers never re-embed the WC); _vecs[l]: the LOD-l gists.
+        self._vecs = [
+            _Growable(np.float32, d, os.path.join(spill, f"vecs_lod{lod}") if spill else None)
+            for lod in range(0, cfg.max_lod + 1)
         ] if d else []  # fmt: skip
 
     # -- reading --
@@ -97,17 +99,17 @@ class GistTree:
         return nodes.complete_nodes(self.tokens_seen, lod, self.cfg.block_size)
 
     def gists(self, lod: int, indices: np.ndarray) -> np.ndarray:
-        """float32[k, d] gists of LOD`lod` (>= 1) nodes; raises IndexError for incomplete nodes."""
+        """float32[k, d] vectors of complete nodes: LOD>=1 gists, or (lod 0) blocks' mean token embeddings."""
         if not self.d:
             raise ValueError("this tree keeps structure only (no gist_fn)")
-        store = self._gists[lod - 1]
+        store = self._vecs[lod]
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= store.n):
             raise IndexError(f"LOD{lod} gist index out of range (have {store.n})")
         return store.data[indices]
 
     def nbytes(self) -> int:
-        return self._tokens.nbytes + sum(g.nbytes for g in self._gists)
+        return self._tokens.nbytes + sum(v.nbytes for v in self._vecs)
 
     # -- growth --
     def append(self, token_ids) -> list[np.ndarray]:
@@ -135,10 +137,11 @@ class GistTree:
         for lod in range(1, self.cfg.max_lod + 1):
             for i in range(before[lod], after[lod]):
                 if lod == 1:
-                    children = self.embed_fn(self.tokens(i * bs, (i + 1) * bs).astype(np.int64))  # [bs, d]
+                    children = np.asarray(self.embed_fn(self.tokens(i * bs, (i + 1) * bs).astype(np.int64)), np.float32)
+                    self._vecs[0].append(children.mean(axis=0, keepdims=True))  # [1, d]
                 else:
-                    children = self._gists[lod - 2].data[i * bs : (i + 1) * bs]  # [bs, d]
-                gist = np.asarray(self.gist_fn(np.asarray(children, np.float32), lod), np.float32)  # [d]
+                    children = self._vecs[lod - 1].data[i * bs : (i + 1) * bs]  # [bs, d]
+                gist = np.asarray(self.gist_fn(children, lod), np.float32)  # [d]
                 if gist.shape != (self.d,):
                     raise ValueError(f"gist_fn returned shape {gist.shape}, expected ({self.d},)")
-                self._gists[lod - 1].append(gist[None, :])
+                self._vecs[lod].append(gist[None, :])

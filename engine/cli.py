@@ -1,0 +1,123 @@
+"""Command line of the engine: `python -m engine COMMAND ...`.
+
+  run     stream a text through the engine and print a JSON summary (nothing recorded)
+
+Every knob is reachable with `--set section.field=value` (repeatable), the same names as the
+manifest and the app. Errors a user can cause print one line, `error: ...`, and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections import Counter
+
+import numpy as np
+
+from engine.config import RunConfig, apply_overrides
+from engine.decisions import OUTCOMES
+from engine.events import DecisionsRecorded, RunFinished, StepRecorded
+from engine.textio import InputError
+
+
+class SummarySink:
+    """Aggregates a run into a few headline numbers and shows progress on stderr."""
+
+    def __init__(self, progress: bool = True):
+        self.progress, self.steps, self.nll, self.timings = progress, 0, [], Counter()
+        self.outcomes: Counter = Counter()
+        self.tokens, self.status = 0, "recording"
+
+    def emit(self, e) -> None:
+        if isinstance(e, StepRecorded):
+            self.steps += 1
+            self.tokens = e.tokens_seen
+            if e.nll is not None:
+                self.nll.append(e.nll)
+            for k in ("t_tree_ms", "t_scorer_ms", "t_allocator_ms", "t_model_ms"):
+                self.timings[k] += getattr(e, k)
+            if self.progress and self.steps % 50 == 0:
+                print(f"\rstep {e.step}  tokens {e.tokens_seen}  wc {e.wc_cost}/{e.w_max}", end="", file=sys.stderr)
+        elif isinstance(e, DecisionsRecorded):
+            self.outcomes.update(OUTCOMES[o] for o in e.decisions.outcome.tolist())
+        elif isinstance(e, RunFinished):
+            self.status, self.tokens = e.status, e.tokens
+            if self.progress:
+                print("", file=sys.stderr)
+
+    def summary(self) -> dict:
+        n = max(self.steps, 1)
+        return {
+            "status": self.status,
+            "tokens": self.tokens,
+            "steps": self.steps,
+            "mean_nll": float(np.mean(self.nll)) if self.nll else None,
+            "decisions": dict(self.outcomes),
+            "mean_ms": {k: round(v / n, 3) for k, v in self.timings.items()},
+        }
+
+
+def _config(args) -> RunConfig:
+    sets = list(args.set or [])
+    if getattr(args, "scorer", None):
+        sets.append(f"scorer.name={args.scorer}")
+    return apply_overrides(RunConfig(), sets)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", help="'tiny', 'default' or a local Hugging Face model folder")
+    p.add_argument("--scorer", default=None, help="shorthand for --set scorer.name=NAME")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="set any knob (repeatable)")
+
+
+def _open_input(path: str):
+    """Read the first chunk now, so bad input fails before any model loads."""
+    from engine.textio import read_text
+
+    texts = read_text(path)  # a generator: nothing is read until next()
+    first = next(texts, None)
+    return itertools.chain([first] if first is not None else [], texts)
+
+
+def cmd_run(args) -> int:
+    cfg = _config(args)
+    texts = _open_input(args.input)
+    from engine.runtime import build_engine  # torch and transformers load only once the input is known good
+
+    engine = build_engine(cfg, args.model, args.device)
+    sink = SummarySink(progress=not args.quiet)
+    engine.session(sink, args.input).run(texts)
+    out = sink.summary() | {"model": engine.model.model_id, "scorer": cfg.scorer.name, "weights": engine.weights}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="stream a text through the engine and print a JSON summary")
+    p.add_argument("--input", required=True, help="text file, or - for stdin")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_common(p)
+    p.set_defaults(func=cmd_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # user-caused errors have one-line messages by contract
+        user_errors: tuple[type, ...] = (ValueError, InputError, OSError)
+        if "engine.model" in sys.modules:  # only loaded once the input passed; importing it costs seconds
+            user_errors += (sys.modules["engine.model"].ModelLoadError,)
+        if isinstance(e, user_errors):
+            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,262 @@
+"""The streaming loop: tokens -> gist tree -> working context -> refocus -> base model, as events.
+
+Every `refocus_every` tokens the session runs `allocator.iterations` rounds of scorer + allocator
+over the WC, checks the invariants, and emits what happened to a sink. The base model then reads
+the WC followed by the next block of the stream, which gives that block's NLL under the WC the
+step produced (plus, optionally, under the full history and under a raw recency window: the
+baselines), so a step's `StepRecorded` is emitted once the next block has been read.
+
+Per-step time is split into tree (tokenising, gisting), scorer, allocator and model. The session
+owns no files: sinks decide what is kept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine import nodes
+from engine.allocator import AllocatorState, PlanKnobs, plan
+from engine.config import RunConfig
+from engine.events import (
+    AttentionRecorded,
+    DecisionsRecorded,
+    EntriesRecorded,
+    LensAttention,
+    NodesAdded,
+    RunFinished,
+    RunStarted,
+    Sink,
+    StepRecorded,
+)
+from engine.materialize import entry_vectors, materialize, query_vectors, recent_gists
+from engine.textio import token_chunks
+from engine.tree import GistTree
+from engine.view import ScoreView
+from engine.working_context import WorkingContext, check_invariants
+
+PREVIEW_TOKENS = 24
+FULL_CONTEXT_MAX = 8192  # the full-history baseline is skipped beyond this many tokens (quadratic cost)
+
+
+@dataclass
+class _Pending:
+    """A refocused step waiting for the next block to measure its NLL."""
+
+    step: int
+    wc: WorkingContext
+    n_applied: int
+    n_forced: int
+    t_tree_ms: float
+    t_scorer_ms: float
+    t_allocator_ms: float
+    t_model_ms: float
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+class Session:
+    """One pass over one input. `model` is a `BaseModel`, `gistnet` a `GistNet`, `scorer` a Scorer."""
+
+    def __init__(self, cfg: RunConfig, model, gistnet, scorer, sink: Sink, input_name: str = "-"):
+        self.cfg, self.model, self.gistnet, self.scorer, self.sink = cfg, model, gistnet, scorer, sink
+        self.input_name = input_name
+        self.knobs = PlanKnobs.from_config(cfg)
+        self.tree = GistTree(cfg.tree, model.hidden_size, self._gist, self._embed)
+        self.wc = WorkingContext.empty(cfg.tree.block_size, cfg.tree.max_lod)
+        self.state = AllocatorState.initial(cfg.tree.max_lod)
+        self.step = 0
+
+    # -- the tree's view of the model --
+    @torch.no_grad()
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        return self.model.embed(torch.from_numpy(ids)).float().cpu().numpy()  # [k, d]
+
+    @torch.no_grad()
+    def _gist(self, children: np.ndarray, level: int) -> np.ndarray:
+        x = torch.from_numpy(children)[None].to(self.model.device)  # [1, bs, d]
+        return self.gistnet(x, level)[0].float().cpu().numpy()  # [d]
+
+    # -- the loop --
+    def run(self, texts: Iterable[str]) -> RunFinished:
+        """Stream `texts` (chunks of one document) to the end. Emits RunFinished also on failure."""
+        self.sink.emit(
+            RunStarted(
+                self.cfg,
+                {
+                    "id": self.model.model_id,
+                    "hidden_size": self.model.hidden_size,
+                    "vocab_size": self.model.vocab_size,
+                    "dtype": str(self.model.dtype).replace("torch.", ""),
+                    "device": str(self.model.device),
+                },
+                self.scorer.name,
+                self.input_name,
+                dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            )
+        )
+        try:
+            pending = None
+            for block in self._blocks(token_chunks(iter(texts), self.model.tokenize)):
+                t0 = time.perf_counter()
+                new_nodes = self.tree.append(block)
+                self.wc = self.wc.advance(self.tree.tokens_seen)
+                self._emit_nodes(new_nodes)
+                t_tree = _ms(t0)
+                if pending is not None:
+                    self._finish(pending, self.tree.tokens_seen)
+                check_invariants(
+                    self.wc, self.knobs.w_max, self.knobs.protect_blocks, after_refocus=False,
+                    refocus_every=self.cfg.session.refocus_every,
+                ) if self.cfg.session.check_invariants else None  # fmt: skip
+                pending = self._refocus(t_tree)
+            if pending is not None:
+                self._finish(pending, None)
+        except BaseException as e:
+            done = RunFinished("failed", self.tree.tokens_seen, self.step, f"{type(e).__name__}: {e}")
+            self.sink.emit(done)
+            raise
+        done = RunFinished("complete", self.tree.tokens_seen, self.step)
+        self.sink.emit(done)
+        return done
+
+    def _blocks(self, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """Re-cut token chunks into pieces of exactly refocus_every tokens (the last may be short)."""
+        per, limit = self.cfg.session.refocus_every, self.cfg.session.max_tokens
+        buf, have, total = [], 0, 0
+        for ids in chunks:
+            if limit:
+                ids = ids[: max(0, limit - total)]
+            total += ids.shape[0]
+            buf.append(ids)
+            have += ids.shape[0]
+            while have >= per:
+                flat = np.concatenate(buf)
+                yield flat[:per]
+                buf, have = [flat[per:]], have - per
+            if limit and total >= limit:
+                break
+        if have:
+            yield np.concatenate(buf)
+
+    def _emit_nodes(self, new_nodes: list[np.ndarray]) -> None:
+        ids = np.concatenate(new_nodes)
+        if ids.size == 0:
+            return
+        lod, idx = nodes.node_lod(ids), nodes.node_index(ids)
+        start = nodes.node_start(lod, idx, self.cfg.tree.block_size)
+        end = start + nodes.span_tokens(lod, self.cfg.tree.block_size)
+        toks = self.tree.tokens()
+        preview = [
+            self.model.decode(toks[s : min(e, s + PREVIEW_TOKENS)].tolist()) for s, e in zip(start, end, strict=True)
+        ]
+        self.sink.emit(NodesAdded(self.step, ids, lod, start, end, preview))
+
+    def _view(self) -> ScoreView:
+        wc, state = self.wc, self.state
+        vecs = {}
+        if getattr(self.scorer, "needs_vectors", True) and wc.n:
+            vecs = {
+                "entry_vecs": entry_vectors(wc, self.tree, self.model),
+                "query_vecs": query_vectors(wc, self.tree, self.model, self.cfg.scorer.query_blocks),
+                "recent_gists": recent_gists(self.tree, wc, self.cfg.lensnet.query_gists),
+            }
+        return ScoreView(wc, self.step, self.knobs.w_max, state.prev_score(wc), state.age_steps(wc, self.step), **vecs)
+
+    def _refocus(self, t_tree: float) -> _Pending:
+        step, record_entries = self.step, self.step % self.cfg.session.entries_every == 0
+        t_sc = t_al = 0.0
+        n_applied = n_forced = 0
+        for it in range(self.cfg.allocator.iterations):
+            t0 = time.perf_counter()
+            res = self.scorer.score(self._view())
+            t_sc += _ms(t0)
+            wc = self.wc
+            t0 = time.perf_counter()
+            p = plan(wc, res.scores, self.state, self.knobs, step)
+            t_al += _ms(t0)
+            if record_entries:
+                st = p.stages
+                self.sink.emit(EntriesRecorded(step, it, wc.node_id, wc.lod, wc.start, wc.end, wc.cost,
+                                               st["raw"], st["interp"], st["shift"], st["final"]))  # fmt: skip
+                if res.attention is not None:
+                    self.sink.emit(LensAttention(step, it, wc.node_id, np.asarray(res.attention, np.float32)))
+            self.sink.emit(DecisionsRecorded(step, it, p.decisions))
+            n_applied += int(p.decisions.applied.sum())
+            n_forced += int((p.decisions.applied & p.decisions.forced).sum())
+            self.wc, self.state = p.wc, p.state
+        if self.cfg.session.check_invariants:
+            check_invariants(self.wc, self.knobs.w_max, self.knobs.protect_blocks)
+        t_model = 0.0
+        every = self.cfg.session.attention_every
+        if every and step % every == 0 and self.wc.total_cost > 0:
+            t0 = time.perf_counter()
+            self._record_attention(step)
+            t_model += _ms(t0)
+        self.step += 1
+        return _Pending(step, self.wc, n_applied, n_forced, t_tree, t_sc, t_al, t_model)
+
+    @torch.no_grad()
+    def _record_attention(self, step: int) -> None:
+        """Attention mass from the WC's newest block of queries onto each entry, per layer."""
+        m = materialize(self.wc, self.tree, self.model, self.cfg.wc.position_mode)
+        _, attns = self.model.forward(m.inputs_embeds, m.position_ids, output_attentions=True)
+        T = m.inputs_embeds.shape[1]
+        q = min(self.cfg.tree.block_size, T)
+        seg = torch.from_numpy(m.entry_of_pos)  # [T]
+        ids = np.append(self.wc.node_id, -1)  # the tail is node -1
+        layers, node_ids, mass = [], [], []
+        for layer, a in enumerate(attns):
+            per_key = a[0].mean(dim=0)[T - q :].mean(dim=0).float().cpu()  # [T] heads and queries averaged
+            per_entry = torch.zeros(self.wc.n + 1).index_add_(0, seg, per_key)  # [n+1]
+            layers.append(np.full(ids.shape[0], layer, np.int16))
+            node_ids.append(ids)
+            mass.append(per_entry.numpy().astype(np.float32))
+        self.sink.emit(AttentionRecorded(step, np.concatenate(layers), np.concatenate(node_ids), np.concatenate(mass)))
+
+    def _finish(self, p: _Pending, upto: int | None) -> None:
+        """Measure the NLL of tokens [p.wc.tokens_seen, upto) under p.wc and emit its StepRecorded."""
+        nll = nll_full = nll_rec = None
+        t0 = time.perf_counter()
+        cursor = p.wc.tokens_seen
+        if upto is not None and upto > cursor and self.cfg.session.compute_nll:
+            target = self.tree.tokens(cursor, upto).astype(np.int64)
+            nll = self._nll_under(p.wc, target)
+            if self.cfg.session.baselines:
+                nll_rec = self._nll_raw(max(0, cursor - self.knobs.w_max), cursor, target)
+                if cursor <= FULL_CONTEXT_MAX:
+                    nll_full = self._nll_raw(0, cursor, target)
+        t_model = p.t_model_ms + _ms(t0)
+        wc = p.wc
+        self.sink.emit(
+            StepRecorded(
+                p.step, cursor, wc.n, wc.total_cost, self.knobs.w_max, wc.evicted_upto, p.n_applied, p.n_forced,
+                nll, nll_full, nll_rec, p.t_tree_ms, p.t_scorer_ms, p.t_allocator_ms, t_model,
+            )
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def _nll_under(self, wc: WorkingContext, target: np.ndarray) -> float | None:
+        if wc.total_cost == 0:
+            return None
+        m = materialize(wc, self.tree, self.model, self.cfg.wc.position_mode)
+        tpos = torch.arange(m.next_position, m.next_position + target.shape[0])
+        return self.model.nll_of_continuation(m.inputs_embeds, m.position_ids, torch.from_numpy(target), tpos)
+
+    @torch.no_grad()
+    def _nll_raw(self, lo: int, hi: int, target: np.ndarray) -> float | None:
+        if hi <= lo:
+            return None
+        ids = torch.from_numpy(self.tree.tokens(lo, hi).astype(np.int64))
+        emb = self.model.embed(ids)[None]  # [1, hi-lo, d]
+        pos = torch.arange(lo, hi)[None]
+        return self.model.nll_of_continuation(
+            emb, pos, torch.from_numpy(target), torch.arange(hi, hi + target.shape[0])
+        )

@@ -1,0 +1,220 @@
+"""The streaming session on the tiny model: events, invariants, baselines, recency window, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import SCORER_NAMES, RunConfig, apply_overrides
+from engine.events import (
+    AttentionRecorded,
+    DecisionsRecorded,
+    EntriesRecorded,
+    LensAttention,
+    MemorySink,
+    NodesAdded,
+    RunFinished,
+    RunStarted,
+    StepRecorded,
+)
+from engine.materialize import materialize
+from engine.runtime import build_engine
+from engine.scorers import window_blocks
+from engine.session import FULL_CONTEXT_MAX
+from engine.textio import InputError, read_text, token_chunks
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = (Path(__file__).resolve().parent / "data" / "sample.txt").read_text()
+SHORT = TEXT[:4000]  # ~125 refocus steps: enough for gists, LOD2 groups and forced collapses
+
+
+def run(sets=(), text=SHORT, device="cpu"):
+    cfg = apply_overrides(RunConfig(), ["wc.w_max=400", *sets])
+    eng = build_engine(cfg, "tiny", device)
+    sink = MemorySink()
+    eng.session(sink, "test").run([text])
+    return eng, sink
+
+
+@pytest.mark.parametrize("scorer", SCORER_NAMES)
+def test_every_scorer_runs_a_session(scorer):
+    eng, sink = run([f"scorer.name={scorer}", "session.attention_every=5"])
+    ev = sink.events
+    assert isinstance(ev[0], RunStarted) and isinstance(ev[-1], RunFinished) and ev[-1].status == "complete"
+    steps = sink.of(StepRecorded)
+    n_tokens = len(SHORT.encode())
+    assert ev[-1].tokens == n_tokens
+    assert [s.step for s in steps] == list(range(len(steps))) == list(range(-(-n_tokens // 32)))
+    assert all(s.wc_cost <= s.w_max for s in steps)
+    nll = [s.nll for s in steps]
+    assert all(np.isfinite(x) for x in nll[:-1]) and nll[-1] is None  # the last step has no next block
+    assert sink.of(DecisionsRecorded) and sink.of(EntriesRecorded) and sink.of(NodesAdded)
+    att = sink.of(AttentionRecorded)
+    assert att and {int(x) for x in att[-1].layer} == {0, 1}
+    # Attention mass of the newest block's queries sums to 1 per layer over entries + tail.
+    a = att[-1]
+    for layer in (0, 1):
+        assert a.mass[a.layer == layer].sum() == pytest.approx(1.0, abs=1e-4)
+    if scorer == "lensnet":
+        assert sink.of(LensAttention)
+
+
+def test_recency_session_is_an_exact_sliding_window():
+    cfg = apply_overrides(RunConfig(), ["wc.w_max=400", "scorer.name=recency", "allocator.iterations=2"])
+    eng = build_engine(cfg, "tiny", "cpu")
+    sink = MemorySink()
+    sess = eng.session(sink)
+    sess.run([TEXT])
+    # Each step's first-round WC is the previous step's WC plus the block just read: its raw blocks
+    # must always be one contiguous run ending at the newest block (a sliding window).
+    for e in sink.of(EntriesRecorded):
+        if e.iteration == 0 and e.step > 0:
+            raw = sorted((e.start[e.lod == 0] // 32).tolist())
+            assert raw == list(range(raw[-1] - len(raw) + 1, raw[-1] + 1)) and e.end.max() == (raw[-1] + 1) * 32
+    # And at the end the window is exactly as wide as the budget allows.
+    wc = sess.wc
+    raw = (wc.start[wc.lod == 0] // 32).tolist()
+    w = window_blocks(wc, 400, 4)
+    assert raw == list(range(wc.complete_blocks() - w, wc.complete_blocks()))
+    assert w * 32 < 400 and (wc.lod > 0).any()
+
+
+def test_baselines_and_determinism():
+    _, a = run(["scorer.name=random", "session.baselines=true"])
+    _, b = run(["scorer.name=random", "session.baselines=true"])
+    sa, sb = a.of(StepRecorded), b.of(StepRecorded)
+    assert [x.nll for x in sa] == [x.nll for x in sb]
+    assert all(s.nll_recency is not None for s in sa[:-1])
+    # The full-history baseline is quadratic, so it stops past FULL_CONTEXT_MAX tokens.
+    assert all((s.nll_full is not None) == (s.tokens_seen <= FULL_CONTEXT_MAX) for s in sa[:-1])
+    # Whenever the WC holds the whole history raw (cost == tokens), its NLL is the full-context NLL.
+    early = [s for s in sa if s.wc_cost == s.tokens_seen and s.nll is not None]
+    assert early and all(s.nll == pytest.approx(s.nll_full, abs=1e-4) for s in early)
+    da, db = a.of(DecisionsRecorded), b.of(DecisionsRecorded)
+    assert len(da) == len(db)
+    for x, y in zip(da, db, strict=True):
+        assert np.array_equal(x.decisions.node_id, y.decisions.node_id)
+        assert np.array_equal(x.decisions.outcome, y.decisions.outcome)
+
+
+def test_materialize_global_and_compact_positions():
+    eng, sink = run(["scorer.name=recency", "session.max_tokens=3000"])
+    sess = eng.session(MemorySink())
+    sess.run([TEXT[:3000]])
+    wc, tree = sess.wc, sess.tree
+    assert (wc.lod > 0).any() and (wc.lod == 0).any()
+    g = materialize(wc, tree, eng.model, "global")
+    c = materialize(wc, tree, eng.model, "compact")
+    T = wc.total_cost
+    assert g.inputs_embeds.shape == (1, T, eng.model.hidden_size) and g.position_ids.shape == (1, T)
+    assert torch.equal(c.position_ids[0], torch.arange(T)) and c.next_position == T
+    pos = g.position_ids[0].numpy()
+    k = int(np.flatnonzero(wc.lod > 0)[0])  # a gist sits at the centre of its span
+    row = int(wc.cost[:k].sum())
+    assert pos[row] == (wc.start[k] + wc.end[k] - 1) // 2
+    assert np.array_equal(pos[-wc.tail_len :] if wc.tail_len else pos[:0], np.arange(wc.tail_start, wc.tokens_seen))
+    gist = torch.from_numpy(tree.gists(int(wc.lod[k]), wc.index[k : k + 1]))[0]
+    assert torch.allclose(g.inputs_embeds[0, row], gist)
+    r = int(np.flatnonzero(wc.lod == 0)[0])  # raw rows are the token embeddings at their true positions
+    row = int(wc.cost[:r].sum())
+    ids = torch.from_numpy(tree.tokens(int(wc.start[r]), int(wc.end[r])).astype(np.int64))
+    assert torch.equal(g.inputs_embeds[0, row : row + 32], eng.model.embed(ids))
+    assert np.array_equal(pos[row : row + 32], np.arange(wc.start[r], wc.end[r]))
+
+
+def test_streaming_tokenisation_matches_whole(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text(TEXT * 3)
+    from engine.model import ByteTokenizer
+
+    tok = ByteTokenizer()
+    pieces = list(token_chunks(read_text(str(p), chunk_bytes=97), tok.encode))
+    assert len(pieces) > 10
+    assert np.concatenate(pieces).tolist() == tok.encode(TEXT * 3)
+
+
+def test_failure_mid_run_emits_failed():
+    cfg = apply_overrides(RunConfig(), ["wc.w_max=400", "scorer.name=recency"])
+    eng = build_engine(cfg, "tiny", "cpu")
+    sink = MemorySink()
+
+    def texts():
+        yield TEXT[:2000]
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError):
+        eng.session(sink).run(texts())
+    fin = sink.events[-1]
+    assert isinstance(fin, RunFinished) and fin.status == "failed" and "disk went away" in fin.error
+    assert sink.of(StepRecorded)  # what was done before the failure is still there
+
+
+@pytest.mark.parametrize(
+    "content,expect",
+    [(b"", "empty"), (b"  \n\n ", "empty"), (b"abc\x00def", "binary"), (b"\xff\xfe\xfa bad", "not UTF-8")],
+)
+def test_bad_input_is_one_clear_error(tmp_path, content, expect):
+    p = tmp_path / "in.txt"
+    p.write_bytes(content)
+    with pytest.raises(InputError, match=expect):
+        list(read_text(str(p)))
+
+
+def cli(*args, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args], cwd=REPO, capture_output=True, text=True, input=stdin, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--input", "/nonexistent/x.txt"], "input file not found"),
+        (["--input", "tests"], "directory"),
+        (["--input", "tests/data/sample.txt", "--set", "allocator.sharpen_gamma=0"], "allocator.sharpen_gamma"),
+        (["--input", "tests/data/sample.txt", "--set", "allocator.nope=1"], "unknown knob"),
+        (["--input", "tests/data/sample.txt", "--set", "wc.w_max=abc"], "cannot parse"),
+        (["--input", "tests/data/sample.txt", "--set", "wc.w_max=100"], "wc.w_max"),
+        (["--input", "tests/data/sample.txt", "--scorer", "oracle"], "scorer.name"),
+        (["--input", "tests/data/sample.txt", "--model", "/nonexistent/model"], "does not exist"),
+        (["--input", "tests/data/sample.txt", "--model", "tests"], "config.json"),
+    ],
+)
+def test_cli_errors_are_one_line(args, needle):
+    r = cli("run", "--quiet", *args)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+
+
+def test_cli_run_reads_stdin():
+    r = cli("run", "--quiet", "--input", "-", "--scorer", "recency", "--set", "wc.w_max=400", stdin=TEXT[:5000])
+    assert r.returncode == 0, r.stderr
+    import json
+
+    out = json.loads(r.stdout)
+    assert out["status"] == "complete" and out["tokens"] == len(TEXT[:5000].encode()) and out["mean_nll"] > 0
+    r = cli("run", "--quiet", "--input", "-", stdin="")
+    assert r.returncode == 2 and "empty" in r.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("scorer", ["lensnet", "retrieval", "recency"])
+def test_session_on_cuda(scorer):
+    eng, sink = run([f"scorer.name={scorer}", "session.attention_every=4", "session.baselines=true"], device="cuda")
+    assert eng.model.device.type == "cuda" and eng.model.dtype == torch.bfloat16
+    steps = sink.of(StepRecorded)
+    assert sink.events[-1].status == "complete" and all(s.wc_cost <= s.w_max for s in steps)
+    assert all(np.isfinite(s.nll) for s in steps[:-1])
+    # Same decisions as on the CPU for a structure-only scorer (the allocator is device-independent).
+    if scorer == "recency":
+        _, cpu = run([f"scorer.name={scorer}"], device="cpu")
+        a = [d.decisions.node_id.tolist() for d in sink.of(DecisionsRecorded)]
+        b = [d.decisions.node_id.tolist() for d in cpu.of(DecisionsRecorded)]
+        assert a == b
