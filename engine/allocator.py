@@ -67,75 +67,48 @@ class PlanKnobs:
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-node memory, as dense per-level arrays indexed by node index (vectorised gathers, no dicts).
+# Memory: sized by the working context, never by the history. The allocator remembers scores and
+# entry ages only for the current entries, and edits only while they can still matter (within
+# max(cooldown_steps, hysteresis_steps)), so a step costs the same at 4k or 1M tokens read.
 
 
 @dataclass(frozen=True, eq=False)
 class AllocatorState:
-    s_prev: tuple[np.ndarray, ...]  # per lod float32[cap]: interpolated score at the node's last step; NaN none
-    last_step: tuple[np.ndarray, ...]  # per lod int32[cap]: step of the last edit on this coarse node; -1 none
-    last_dir: tuple[np.ndarray, ...]  # per lod int8[cap]: +1 expanded, -1 collapsed into, 0 never edited
-    entered: tuple[np.ndarray, ...]  # per lod int32[cap]: step the node last became an entry; -1 unknown
+    node: np.ndarray  # int64[m] sorted: the WC's entries after the last round
+    s_prev: np.ndarray  # float32[m] each one's interpolated score at that round; NaN if not scored yet
+    entered: np.ndarray  # int32[m] step each one became an entry at its current LOD
+    edit_node: np.ndarray  # int64[k] sorted: coarse nodes edited within the memory horizon
+    edit_step: np.ndarray  # int32[k] step of that edit
+    edit_dir: np.ndarray  # int8[k] +1 expanded, -1 collapsed into
     step: int = -1  # step of the latest plan call
     edits_used: int = 0  # voluntary edits applied so far in `step` (iterations share max_edits)
 
     @staticmethod
-    def initial(max_lod: int) -> AllocatorState:
-        levels = range(max_lod + 1)
-        return AllocatorState(
-            tuple(np.zeros(0, np.float32) for _ in levels),
-            tuple(np.zeros(0, np.int32) for _ in levels),
-            tuple(np.zeros(0, np.int8) for _ in levels),
-            tuple(np.zeros(0, np.int32) for _ in levels),
-        )
+    def initial(max_lod: int = 0) -> AllocatorState:
+        i64, i32, i8 = np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int8)
+        return AllocatorState(i64, np.zeros(0, np.float32), i32, i64, i32, i8)
 
     def prev_score(self, wc: WorkingContext) -> np.ndarray:
         """float32[n]: each entry's last interpolated score, 0 where it was never scored."""
-        s = _gather(self.s_prev, wc.lod, wc.index, np.nan).astype(np.float32)
-        return np.nan_to_num(s, nan=0.0)
+        return np.nan_to_num(_lookup(self.node, self.s_prev, wc.node_id, np.nan), nan=0.0).astype(np.float32)
 
     def age_steps(self, wc: WorkingContext, step: int) -> np.ndarray:
         """int32[n]: steps since each entry took its current LOD (0 if first seen now)."""
-        ent = _gather(self.entered, wc.lod, wc.index, -1)
+        ent = _lookup(self.node, self.entered, wc.node_id, -1)
         return np.where(ent < 0, 0, step - ent).astype(np.int32)
 
-
-_FILL = {np.dtype(np.float32): np.nan, np.dtype(np.int32): -1, np.dtype(np.int8): 0}
-
-
-def _gather(per_lod: tuple[np.ndarray, ...], lod: np.ndarray, index: np.ndarray, default) -> np.ndarray:
-    out = np.full(lod.shape[0], default, dtype=np.result_type(per_lod[0].dtype, np.asarray(default).dtype))
-    for level, arr in enumerate(per_lod):
-        m = lod == level
-        if not m.any():
-            continue
-        idx = index[m]
-        inside = idx < arr.shape[0]
-        vals = np.full(idx.shape[0], default, dtype=out.dtype)
-        vals[inside] = arr[idx[inside]]
-        out[m] = vals
-    return out
+    def last_edit(self, coarse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(direction int8, step int64) of each coarse node's last remembered edit; (0, -1) if none."""
+        return _lookup(self.edit_node, self.edit_dir, coarse, 0), _lookup(self.edit_node, self.edit_step, coarse, -1)
 
 
-def _scatter(per_lod: tuple[np.ndarray, ...], lod: np.ndarray, index: np.ndarray, values) -> tuple[np.ndarray, ...]:
-    """Copy-on-write scatter: returns new arrays for the touched levels, grown as needed."""
-    values = np.broadcast_to(np.asarray(values), lod.shape)
-    out = list(per_lod)
-    for level, arr in enumerate(per_lod):
-        m = lod == level
-        if not m.any():
-            continue
-        idx = index[m]
-        need = int(idx.max()) + 1
-        if need > arr.shape[0]:
-            grown = np.full(max(need, 2 * arr.shape[0], 64), _FILL[arr.dtype], dtype=arr.dtype)
-            grown[: arr.shape[0]] = arr
-            arr = grown
-        else:
-            arr = arr.copy()
-        arr[idx] = values[m]
-        out[level] = arr
-    return tuple(out)
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray, default) -> np.ndarray:
+    """values[keys == q] for each q in query (keys sorted, unique), else `default`. Binary search."""
+    dtype = np.result_type(values.dtype, np.min_scalar_type(default) if default == default else np.float32)
+    if keys.size == 0:
+        return np.full(query.shape[0], default, dtype)
+    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+    return np.where(keys[pos] == query, values[pos], default).astype(dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +144,23 @@ class _Cands:
     outcome: np.ndarray  # int8, PENDING or a final verdict
 
 
+def _runs(keys: np.ndarray):
+    """np.unique(keys, return_index, return_inverse, return_counts) for non-decreasing keys, without a sort.
+
+    Entries are sorted by start, so the parents of one level's entries never decrease.
+    """
+    if keys.size == 0:
+        z = np.zeros(0, np.int64)
+        return keys, z, z, z
+    new = np.empty(keys.size, bool)
+    new[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=new[1:])
+    first = np.flatnonzero(new)
+    inv = np.cumsum(new) - 1
+    cnt = np.diff(np.append(first, keys.size))
+    return keys[first], first, inv, cnt
+
+
 def _expand_candidates(wc: WorkingContext, s: np.ndarray, tau: float) -> _Cands:
     pos = np.flatnonzero(s > tau)
     lod = wc.lod[pos]
@@ -193,8 +183,7 @@ def _collapse_candidates(wc: WorkingContext, s: np.ndarray, tau: float, p0: int)
         m = np.flatnonzero(lod == level)
         if m.size == 0:
             continue
-        par = index[m] // bs
-        uniq, first_k, inv, cnt = np.unique(par, return_index=True, return_inverse=True, return_counts=True)
+        uniq, first_k, inv, cnt = _runs(index[m] // bs)
         mean = (np.bincount(inv, weights=s[m]) / cnt).astype(np.float32)
         g = np.flatnonzero(mean < -tau)
         out = np.where(cnt[g] == bs, PENDING, ILLEGAL).astype(np.int8)
@@ -217,9 +206,7 @@ def _hysteresis(c: _Cands, direction: int, state: AllocatorState, a: AllocatorCo
     pend = c.outcome == PENDING
     if not pend.any():
         return
-    lod, idx = nodes.node_lod(c.node), nodes.node_index(c.node)
-    last_dir = _gather(state.last_dir, lod, idx, 0)
-    last_step = _gather(state.last_step, lod, idx, -1)
+    last_dir, last_step = state.last_edit(c.node)
     age = step - last_step
     reversal = pend & (last_dir == -direction)
     cool = reversal & (age < a.cooldown_steps)
@@ -248,7 +235,7 @@ def plan(wc: WorkingContext, raw_scores: np.ndarray, state: AllocatorState, knob
         raise ValueError(f"raw_scores has shape {raw.shape}, expected ({n},) for this working context")
     if n and (not np.isfinite(raw).all() or np.abs(raw).max() > 1.0 + 1e-5):
         raise ValueError("raw_scores must be finite and within [-1, 1]")
-    stages = score_pipeline(raw, _gather(state.s_prev, wc.lod, wc.index, np.nan), a)
+    stages = score_pipeline(raw, _lookup(state.node, state.s_prev, wc.node_id, np.nan).astype(np.float32), a)
     s = stages["final"]
     p0 = protected_from(wc, knobs.protect_blocks)
 
@@ -279,7 +266,7 @@ def plan(wc: WorkingContext, raw_scores: np.ndarray, state: AllocatorState, knob
     if cost > knobs.w_max:
         decisions, cur = _restore_budget(wc, cur, s, voluntary, co, state, knobs, step, cost, used)
 
-    new_state = _update_state(state, wc, cur, stages["interp"], decisions, step, used)
+    new_state = _update_state(state, wc, cur, stages["interp"], decisions, step, used, a)
     return Plan(decisions, new_state, stages, cur)
 
 
@@ -343,7 +330,7 @@ def _collapsible(cur: WorkingContext, scores: np.ndarray, p0: int):
         m = np.flatnonzero(lod == level)
         if m.size == 0:
             continue
-        uniq, inv, cnt = np.unique(index[m] // bs, return_inverse=True, return_counts=True)
+        uniq, _, inv, cnt = _runs(index[m] // bs)
         whole = cnt == bs
         ids.append(nodes.node_id(level + 1, uniq[whole]))
         sc.append((np.bincount(inv, weights=scores[m]) / cnt)[whole])
@@ -366,12 +353,17 @@ def _scores_on(cur: WorkingContext, wc: WorkingContext, s: np.ndarray, extra: di
 
 
 def _restore_budget(wc, cur, s, voluntary: Decisions, co: _Cands, state, knobs: PlanKnobs, step, cost, used):
-    """Forced collapses (lowest score first, recent expansions last), then eviction of the oldest."""
+    """Forced collapses (lowest score first, recent expansions last), then eviction of the oldest.
+
+    A forced collapse that a voluntary candidate row already names (refused for cooldown,
+    hysteresis or the edit cap) turns that row into `applied, forced`; others get a new row.
+    """
     bs, a = wc.block_size, knobs.allocator
     p0 = protected_from(wc, knobs.protect_blocks)
-    cols = {f: list(getattr(voluntary, f)) for f in ("node_id", "lod_from", "lod_to", "action", "score",
-                                                     "outcome", "forced", "seq")}  # fmt: skip
-    row_of = {int(co.node[k]): k for k in range(co.node.shape[0]) if co.outcome[k] != APPLIED}
+    outcome, forced, seq_col = voluntary.outcome.copy(), voluntary.forced.copy(), voluntary.seq.copy()
+    pending = np.flatnonzero(co.outcome != APPLIED)  # collapse rows come first in `voluntary`
+    row_of = dict(zip(co.node[pending].tolist(), pending.tolist(), strict=True))
+    new_rows: list[tuple] = []  # (node_id, lod_from, lod_to, action, score, seq)
     extra: dict[int, float] = {}
     seq = used
     while cost > knobs.w_max:
@@ -379,26 +371,23 @@ def _restore_budget(wc, cur, s, voluntary: Decisions, co: _Cands, state, knobs: 
         if ids.size == 0:
             break
         lod, idx = nodes.node_lod(ids), nodes.node_index(ids)
-        recent = (_gather(state.last_dir, lod, idx, 0) == EXPAND_DIR) & (
-            step - _gather(state.last_step, lod, idx, -1) < a.cooldown_steps
-        )
+        last_dir, last_step = state.last_edit(ids)
+        recent = (last_dir == EXPAND_DIR) & (step - last_step < a.cooldown_steps)
         starts = nodes.node_start(lod, idx, bs)
         order = np.lexsort((starts, sc, recent))[: math.ceil((cost - knobs.w_max) / (bs - 1))]
         batch = []
-        for k in order:
+        for k in order.tolist():
             nid = int(ids[k])
             extra[nid] = float(sc[k])
             r = row_of.pop(nid, None)
             if r is None:
-                r = len(cols["node_id"])
-                for f, v in zip(cols, (nid, lf[k], lf[k] + 1, COLLAPSE, sc[k], APPLIED, True, seq), strict=True):
-                    cols[f].append(v)
+                new_rows.append((nid, int(lf[k]), int(lf[k]) + 1, COLLAPSE, float(sc[k]), seq))
             else:
-                cols["outcome"][r], cols["forced"][r], cols["seq"][r] = APPLIED, True, seq
-            batch.append(r)
+                outcome[r], forced[r], seq_col[r] = APPLIED, True, seq
+            batch.append((nid, COLLAPSE))
             seq += 1
             cost -= bs - 1
-        cur = apply(cur, make_decisions({f: [cols[f][r] for r in batch] for f in cols}))
+        cur = apply(cur, _applied_rows(batch))
     while cost > knobs.w_max:
         if cur.n == 0 or cur.lod[0] != cur.max_lod:
             raise AllocatorError(
@@ -406,24 +395,51 @@ def _restore_budget(wc, cur, s, voluntary: Decisions, co: _Cands, state, knobs: 
                 f"top-level gist"
             )
         nid = int(cur.node_id[0])
-        row = (nid, cur.max_lod, EVICTED_LOD, EVICT, _scores_on(cur, wc, s, extra)[0], APPLIED, True, seq)
-        for f, v in zip(cols, row, strict=True):
-            cols[f].append(v)
-        cur = apply(cur, make_decisions({f: [cols[f][-1]] for f in cols}))
+        new_rows.append((nid, cur.max_lod, EVICTED_LOD, EVICT, float(_scores_on(cur, wc, s, extra)[0]), seq))
+        cur = apply(cur, _applied_rows([(nid, EVICT)]))
         seq += 1
         cost -= 1
-    return make_decisions(cols), cur
+    head = Decisions(voluntary.node_id, voluntary.lod_from, voluntary.lod_to, voluntary.action, voluntary.score,
+                     outcome, forced, seq_col)  # fmt: skip
+    if not new_rows:
+        return head, cur
+    cols = list(zip(*new_rows, strict=True))
+    k = len(new_rows)
+    tail = make_decisions({
+        "node_id": cols[0], "lod_from": cols[1], "lod_to": cols[2], "action": cols[3], "score": cols[4],
+        "outcome": [APPLIED] * k, "forced": [True] * k, "seq": cols[5],
+    })  # fmt: skip
+    return Decisions.concat([head, tail]), cur
 
 
-def _update_state(state: AllocatorState, wc, cur, interp, d: Decisions, step: int, used: int) -> AllocatorState:
-    s_prev = _scatter(state.s_prev, wc.lod, wc.index, interp)
+def _applied_rows(edits: list[tuple[int, int]]) -> Decisions:
+    """A minimal decision table of applied edits (node, action) in order, for `apply`."""
+    k = len(edits)
+    return make_decisions({
+        "node_id": [e[0] for e in edits], "lod_from": [0] * k, "lod_to": [0] * k, "action": [e[1] for e in edits],
+        "score": [0.0] * k, "outcome": [APPLIED] * k, "forced": [True] * k, "seq": list(range(k)),
+    })  # fmt: skip
+
+
+def _update_state(state: AllocatorState, wc, cur, interp, d: Decisions, step: int, used: int, a) -> AllocatorState:
+    # Entries of the new WC: keep the score and entry step of those that were scored this round.
+    order = np.argsort(wc.node_id, kind="stable")
+    scored_ids, scored_s = wc.node_id[order], interp[order]
+    node = np.sort(cur.node_id)
+    s_prev = _lookup(scored_ids, scored_s, node, np.nan).astype(np.float32)
+    was_entry = ~np.isnan(s_prev)
+    prev_entered = _lookup(state.node, state.entered, node, -1)
+    entered = np.where(was_entry & (prev_entered >= 0), prev_entered, step).astype(np.int32)
+    # Edits: this round's applied edits overwrite older ones of the same node; forget what is too
+    # old to matter to cooldown or hysteresis any more.
     edited = d.applied & (d.action != EVICT)
-    lod, idx = nodes.node_lod(d.node_id[edited]), nodes.node_index(d.node_id[edited])
-    direction = np.where(d.action[edited] == EXPAND, EXPAND_DIR, COLLAPSE_DIR).astype(np.int8)
-    last_step = _scatter(state.last_step, lod, idx, np.int32(step))
-    last_dir = _scatter(state.last_dir, lod, idx, direction)
-    ent_now = _gather(state.entered, cur.lod, cur.index, -1)
-    fresh = ~np.isin(cur.node_id, wc.node_id) | (ent_now < 0)
-    entered = _scatter(state.entered, cur.lod[fresh], cur.index[fresh], np.int32(step))
+    new_node = d.node_id[edited]
+    new_dir = np.where(d.action[edited] == EXPAND, EXPAND_DIR, COLLAPSE_DIR).astype(np.int8)
+    horizon = max(a.cooldown_steps, a.hysteresis_steps)
+    keep = (step - state.edit_step < horizon) & ~np.isin(state.edit_node, new_node)
+    e_node = np.concatenate([state.edit_node[keep], new_node])
+    e_step = np.concatenate([state.edit_step[keep], np.full(new_node.shape[0], step, np.int32)])
+    e_dir = np.concatenate([state.edit_dir[keep], new_dir])
+    o = np.argsort(e_node, kind="stable")
     used_before = state.edits_used if state.step == step else 0
-    return AllocatorState(s_prev, last_step, last_dir, entered, step, used_before + used)
+    return AllocatorState(node, s_prev, entered, e_node[o], e_step[o], e_dir[o], step, used_before + used)

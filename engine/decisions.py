@@ -107,28 +107,35 @@ def apply(wc: WorkingContext, decisions: Decisions) -> WorkingContext:
     if order.size == 0:
         return wc
     order = order[np.argsort(decisions.seq[order], kind="stable")]
-    current = set(wc.node_id.tolist())
-    removed: set[int] = set()
+    # Edits are replayed on two small sets (what left the input WC, what was added this round):
+    # an edit may fold nodes an earlier edit of the same round created.
+    removed: dict[int, int] = {}  # node id -> the decision that removed it
     added: dict[int, None] = {}  # insertion-ordered set
     evicted_upto = wc.evicted_upto
-    for k in order:
+    for k in order.tolist():
         rem, add = edit_nodes(wc.block_size, int(decisions.action[k]), int(decisions.node_id[k]))
         for r in rem.tolist():
             if r in added:
                 del added[r]
-            elif r in current and r not in removed:
-                removed.add(r)
+            elif r in removed:
+                raise ValueError(f"decision on node {int(decisions.node_id[k])} removes node {r} twice")
             else:
-                nid = int(decisions.node_id[k])
-                raise ValueError(f"decision on node {nid} removes node {r}, which is not in the working context")
+                removed[r] = k
         for a in add.tolist():
             added[a] = None
         if decisions.action[k] == EVICT:
             lod, idx = nodes.node_lod(decisions.node_id[k]), nodes.node_index(decisions.node_id[k])
-            evicted_upto = max(
-                evicted_upto, int(nodes.node_start(lod, idx, wc.block_size) + nodes.span_tokens(lod, wc.block_size))
-            )
-    keep = ~np.isin(wc.node_id, np.fromiter(removed, np.int64, len(removed)))
+            end = nodes.node_start(lod, idx, wc.block_size) + nodes.span_tokens(lod, wc.block_size)
+            evicted_upto = max(evicted_upto, int(end))
+    gone = np.fromiter(removed, np.int64, len(removed))
+    keep = ~np.isin(wc.node_id, gone)  # `gone` is a handful of ids: cheap
+    if int((~keep).sum()) != gone.size:
+        missing = gone[~np.isin(gone, wc.node_id)]
+        k = removed[int(missing[0])]
+        raise ValueError(
+            f"decision on node {int(decisions.node_id[k])} removes node {int(missing[0])}, "
+            "which is not in the working context"
+        )
     new_ids = np.fromiter(added, np.int64, len(added))
     lod = np.concatenate([wc.lod[keep], nodes.node_lod(new_ids)])
     index = np.concatenate([wc.index[keep], nodes.node_index(new_ids)])

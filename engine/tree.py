@@ -16,6 +16,7 @@ different reduction orders). This module does not decide focus and does not run 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -78,6 +79,7 @@ class GistTree:
         spill = cfg.spill_dir or None
         if spill:
             os.makedirs(spill, exist_ok=True)
+            spill = tempfile.mkdtemp(prefix="tree-", dir=spill)  # one folder per tree: trees never share files
         self._tokens = _Growable(np.int32, 0, os.path.join(spill, "tokens") if spill else None)
         # _vecs[0]: each block's mean token embedding (what a raw entry "is" to a similarity
         # scorer, kept so scorers never re-embed the WC); _vecs[l]: the LOD-l gists.
@@ -102,6 +104,8 @@ class GistTree:
         """float32[k, d] vectors of complete nodes: LOD>=1 gists, or (lod 0) blocks' mean token embeddings."""
         if not self.d:
             raise ValueError("this tree keeps structure only (no gist_fn)")
+        if not 0 <= lod <= self.cfg.max_lod:
+            raise ValueError(f"lod must be in [0, {self.cfg.max_lod}], got {lod}")
         store = self._vecs[lod]
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= store.n):
@@ -118,7 +122,10 @@ class GistTree:
         `result[lod]` is int64[k]: the nodes at `lod` completed by this append (LOD0 and LOD1 of a
         block complete together even when the tree keeps no vectors).
         """
-        ids = np.asarray(token_ids, dtype=np.int64)
+        ids = np.asarray(token_ids)
+        if ids.size and ids.dtype.kind not in "iu":
+            raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64, copy=False)
         if ids.ndim != 1:
             raise ValueError("token_ids must be one-dimensional")
         if ids.size and (ids.min() < 0 or ids.max() >= 2**31):

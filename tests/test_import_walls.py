@@ -1,0 +1,88 @@
+"""Import walls between the layers (DESIGN section 6), each checked in a fresh interpreter.
+
+- `engine/` imports no streamlit, pandas, plotly or umap (the engine runs headless, on a GPU box);
+- `telemetry/` imports no torch, transformers or streamlit (a reader of recordings needs no model);
+- the allocator and the modules under it import no torch: `plan` is a pure numpy function, so a
+  recording can be re-planned anywhere.
+
+Modules are found with pkgutil, so new modules are walled in as soon as they exist. A fresh
+subprocess is the only honest check: in the test process, other tests have imported everything.
+This file does not check what modules do once imported, only what importing them drags in.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Imports every module of a package (pkgutil walk; `__main__` would run a CLI, so it is skipped),
+# then prints which it imported, which failed and every top-level module now loaded.
+_PROBE = """
+import importlib, json, pkgutil, sys, traceback
+sys.path.insert(0, {repo!r})
+targets = {targets!r}
+imported, failed = [], {{}}
+for name in targets:
+    try:
+        importlib.import_module(name)
+        imported.append(name)
+    except Exception:
+        failed[name] = traceback.format_exc(limit=3)
+        continue
+    pkg = sys.modules[name]
+    if {walk!r} and hasattr(pkg, "__path__"):
+        for info in pkgutil.walk_packages(pkg.__path__, name + "."):
+            if info.name.rsplit(".", 1)[-1] == "__main__":
+                continue
+            try:
+                importlib.import_module(info.name)
+                imported.append(info.name)
+            except Exception:
+                failed[info.name] = traceback.format_exc(limit=3)
+loaded = sorted({{m.split(".")[0] for m in sys.modules}})
+print(json.dumps({{"imported": imported, "failed": failed, "loaded": loaded}}))
+"""
+
+
+def _probe(targets: list[str], walk: bool) -> dict:
+    code = _PROBE.format(repo=str(REPO), targets=targets, walk=walk)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _walled(package: str, forbidden: set[str]) -> dict:
+    res = _probe([package], walk=True)
+    assert not res["failed"], "modules that do not import:\n" + "\n".join(res["failed"].values())
+    leaked = forbidden & set(res["loaded"])
+    assert not leaked, f"importing {package}/* pulls in {sorted(leaked)} (modules: {res['imported']})"
+    return res
+
+
+def test_engine_imports_no_ui_stack():
+    res = _walled("engine", {"streamlit", "pandas", "plotly", "umap"})
+    # Not vacuous: the walk reached the core modules (and the torch-heavy ones, when present).
+    assert {"engine.config", "engine.nodes", "engine.tree", "engine.allocator"} <= set(res["imported"])
+
+
+def test_telemetry_imports_no_torch_or_ui():
+    res = _walled("telemetry", {"torch", "transformers", "streamlit"})
+    assert res["imported"][0] == "telemetry"
+
+
+@pytest.mark.parametrize(
+    "module", ["engine.config", "engine.nodes", "engine.working_context", "engine.decisions", "engine.allocator"]
+)
+def test_allocator_stack_imports_without_torch(module):
+    res = _probe([module], walk=False)
+    assert not res["failed"], res["failed"]
+    assert "torch" not in res["loaded"], f"{module} imports torch; the allocator must stay pure numpy"
+    assert "numpy" in res["loaded"] or module == "engine.config"  # the probe really imported the module
