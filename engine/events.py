@@ -82,6 +82,7 @@ class LensAttention:
 class StepRecorded:
     step: int
     tokens_seen: int  # tokens read when the step refocused
+    n_entries_start: int  # entries when the step began (after the new blocks were appended)
     n_entries: int  # after the step's edits
     wc_cost: int  # after the step's edits (tail included)
     w_max: int

@@ -50,6 +50,7 @@ class _Pending:
 
     step: int
     wc: WorkingContext
+    n_entries_start: int
     n_applied: int
     n_forced: int
     t_tree_ms: float
@@ -172,6 +173,7 @@ class Session:
 
     def _refocus(self, t_tree: float) -> _Pending:
         step, record_entries = self.step, self.step % self.cfg.session.entries_every == 0
+        n_start = self.wc.n
         t_sc = t_al = 0.0
         n_applied = n_forced = 0
         for it in range(self.cfg.allocator.iterations):
@@ -201,7 +203,7 @@ class Session:
             self._record_attention(step)
             t_model += _ms(t0)
         self.step += 1
-        return _Pending(step, self.wc, n_applied, n_forced, t_tree, t_sc, t_al, t_model)
+        return _Pending(step, self.wc, n_start, n_applied, n_forced, t_tree, t_sc, t_al, t_model)
 
     @torch.no_grad()
     def _record_attention(self, step: int) -> None:
@@ -237,8 +239,8 @@ class Session:
         wc = p.wc
         self.sink.emit(
             StepRecorded(
-                p.step, cursor, wc.n, wc.total_cost, self.knobs.w_max, wc.evicted_upto, p.n_applied, p.n_forced,
-                nll, nll_full, nll_rec, p.t_tree_ms, p.t_scorer_ms, p.t_allocator_ms, t_model,
+                p.step, cursor, p.n_entries_start, wc.n, wc.total_cost, self.knobs.w_max, wc.evicted_upto,
+                p.n_applied, p.n_forced, nll, nll_full, nll_rec, p.t_tree_ms, p.t_scorer_ms, p.t_allocator_ms, t_model,
             )
         )  # fmt: skip
 

@@ -1,0 +1,385 @@
+"""Focus metrics (DESIGN section 4) as pure functions over telemetry tables.
+
+Every function takes pyarrow Tables with the recorded columns (`steps`, `entries`, `decisions`) and
+returns a Table (one row per step) or a dict of plain numbers. They are vectorised numpy: no pandas,
+no I/O. `series(run, name)` and `summary(run)` fetch the tables from a run (anything with
+`.table()` and `.knob()`, e.g. `telemetry.reader.Run`) and take knobs from its manifest.
+
+Conventions used throughout:
+- an *applied edit* is a decision row with outcome `applied` (forced ones included);
+- `entries` at iteration 0 of step t is the WC the scorer saw at the start of step t;
+- decisions name the coarse node of an edit, so an expand and the collapse undoing it share a node_id.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine import nodes
+from engine.decisions import ACTIONS, APPLIED, EVICT, EXPAND, OUTCOMES
+
+
+def _col(t: pa.Table, name: str, dtype=None) -> np.ndarray:
+    c = t.column(name)
+    if pa.types.is_string(c.type):  # public names back to the engine's small int codes (-1: unknown)
+        names = {"action": ACTIONS, "outcome": OUTCOMES}[name]
+        return pc.index_in(c, value_set=pa.array(names)).fill_null(-1).to_numpy().astype(np.int8)
+    if pa.types.is_floating(c.type):
+        c = c.fill_null(float("nan"))
+    return c.to_numpy().astype(dtype) if dtype else c.to_numpy()
+
+
+def _rows_in(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    """bool[len(a[0])]: is each row of the int columns `a` also a row of `b`? (exact, any magnitudes)"""
+    out = np.zeros(a[0].shape[0], bool)
+    # Row-wise unique is slow on millions of rows: first keep only rows whose first column can match.
+    ka, kb = np.isin(a[0], b[0]), np.isin(b[0], a[0])
+    if not ka.any() or not kb.any():
+        return out
+    a, b = [x[ka] for x in a], [y[kb] for y in b]
+    both = np.stack([np.concatenate([x, y]).astype(np.int64) for x, y in zip(a, b, strict=True)], axis=1)
+    _, ids = np.unique(both, axis=0, return_inverse=True)
+    ids = ids.reshape(-1)
+    out[ka] = np.isin(ids[: a[0].shape[0]], ids[a[0].shape[0] :])
+    return out
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _applied(decisions: pa.Table, *, drop_evict: bool = False) -> dict[str, np.ndarray]:
+    """Applied decision rows as numpy columns, in application order (step, iteration, seq)."""
+    keep = _col(decisions, "outcome") == APPLIED
+    if drop_evict:
+        keep &= _col(decisions, "action") != EVICT
+    cols = {
+        n: _col(decisions, n)[keep] for n in ("step", "iteration", "node_id", "lod_from", "lod_to", "action", "seq")
+    }
+    order = np.lexsort((cols["seq"], cols["iteration"], cols["step"]))
+    return {n: v[order] for n, v in cols.items()}
+
+
+def _first_iteration(entries: pa.Table, iteration: int = 0) -> pa.Table:
+    if "iteration" not in entries.column_names:
+        return entries
+    return entries.filter(pc.equal(entries.column("iteration"), iteration))
+
+
+def _per_step(step: np.ndarray, values: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Sum `values` by `step` onto the sorted array `steps` (0 where a step has none)."""
+    if step.size == 0 or steps.size == 0:
+        return np.zeros(steps.shape[0], np.float64)
+    idx = np.searchsorted(steps, step)
+    ok = (idx < steps.size) & (steps[np.minimum(idx, steps.size - 1)] == step)
+    return np.bincount(idx[ok], weights=values[ok], minlength=steps.size).astype(np.float64)
+
+
+# ------------------------------------------------------------------------------------ per step
+
+
+def swap_rate(steps: pa.Table, decisions: pa.Table, entries: pa.Table | None = None) -> pa.Table:
+    """Applied edits / entries at the step's start, per step.
+
+    Entries at the start are the steps table's `n_entries_start`. (Recordings without that column
+    fall back to the entries table where it was recorded, else the previous step's `n_entries`.)
+    """
+    step = _col(steps, "step").astype(np.int64)
+    order = np.argsort(step, kind="stable")
+    step, n_after = step[order], _col(steps, "n_entries").astype(np.int64)[order]
+    a = _applied(decisions)
+    applied = _per_step(a["step"].astype(np.int64), np.ones(a["step"].size), step)
+    start = np.concatenate([n_after[:1], n_after[:-1]]).astype(np.float64)
+    if "n_entries_start" in steps.column_names:
+        start = _col(steps, "n_entries_start").astype(np.float64)[order]
+    elif entries is not None and entries.num_rows:
+        e_step = _col(_first_iteration(entries), "step").astype(np.int64)
+        counted = _per_step(e_step, np.ones(e_step.size), step)
+        start = np.where(np.isin(step, np.unique(e_step)), counted, start)
+    rate = applied / np.maximum(start, 1.0)
+    cols = {"step": step.astype(np.int32), "applied": applied.astype(np.int32), "entries_start": start}
+    return pa.table({**cols, "swap_rate": rate})
+
+
+def oscillation_events(decisions: pa.Table, osc_window: int = 5) -> pa.Table:
+    """One row per ping-pong: an applied edit that returns its node to the LOD it had before the
+    node's previous applied edit, at most `osc_window` steps later (same-step rounds count)."""
+    a = _applied(decisions, drop_evict=True)
+    order = np.lexsort((np.arange(a["step"].size), a["node_id"]))  # by node, then application order
+    node, step = a["node_id"][order], a["step"][order].astype(np.int64)
+    lod_from, lod_to = a["lod_from"][order], a["lod_to"][order]
+    same = node[1:] == node[:-1]
+    pp = same & (lod_to[1:] == lod_from[:-1]) & (step[1:] - step[:-1] <= osc_window)
+    k = np.flatnonzero(pp) + 1
+    return pa.table(
+        {
+            "step": step[k].astype(np.int32),
+            "node_id": node[k].astype(np.int64),
+            "prev_step": step[k - 1].astype(np.int32),
+            "lod": lod_to[k].astype(np.int8),
+        }
+    ).sort_by([("step", "ascending"), ("node_id", "ascending")])
+
+
+def oscillation(decisions: pa.Table, osc_window: int = 5, top: int = 10) -> dict:
+    """Ping-pongs in all, per applied expand/collapse edit, and the `top` worst nodes (a Table)."""
+    ev = oscillation_events(decisions, osc_window)
+    n_edits = int(_applied(decisions, drop_evict=True)["step"].size)
+    node = _col(ev, "node_id")
+    ids, counts = np.unique(node, return_counts=True)
+    worst = np.lexsort((ids, -counts))[:top]  # most ping-pongs first, ties by node id
+    worst_t = pa.table({"node_id": ids[worst].astype(np.int64), "ping_pongs": counts[worst].astype(np.int32)})
+    return {
+        "ping_pongs": int(ev.num_rows),
+        "applied_edits": n_edits,
+        "per_edit": ev.num_rows / n_edits if n_edits else 0.0,
+        "worst": worst_t,
+    }
+
+
+def locality(entries: pa.Table, iteration: int = 0) -> pa.Table:
+    """Per step: `1 - (runs - 1) / max(1, detail_blocks - 1)`; runs = maximal position-contiguous runs
+    of LOD0 entries. Null at steps with no LOD0 entry. 1 = all detail in one contiguous region."""
+    e = _first_iteration(entries, iteration)
+    step, start, end, lod = (_col(e, c).astype(np.int64) for c in ("step", "start", "end", "lod"))
+    if np.any(np.diff(step) < 0) or np.any((np.diff(start) <= 0) & (np.diff(step) == 0)):
+        order = np.lexsort((start, step))  # recorded order is already (step, start): sort only if not
+        step, start, end, lod = step[order], start[order], end[order], lod[order]
+    is0 = lod == 0
+    cont = np.zeros(step.size, bool)
+    cont[1:] = is0[1:] & is0[:-1] & (step[1:] == step[:-1]) & (start[1:] == end[:-1])
+    steps = np.unique(step)
+    detail = _per_step(step, is0.astype(np.float64), steps)
+    runs = _per_step(step, (is0 & ~cont).astype(np.float64), steps)
+    loc = 1.0 - (runs - 1.0) / np.maximum(1.0, detail - 1.0)
+    mask = detail == 0
+    return pa.table(
+        {
+            "step": steps.astype(np.int32),
+            "detail_blocks": detail.astype(np.int32),
+            "runs": runs.astype(np.int32),
+            "locality": pa.array(loc, mask=mask),
+        }
+    )
+
+
+def _spans(node_id: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    lod, idx = nodes.node_lod(node_id), nodes.node_index(node_id)
+    start = nodes.node_start(lod, idx, block_size)
+    return start, start + nodes.span_tokens(lod, block_size)
+
+
+def adjacency(entries: pa.Table, decisions: pa.Table, block_size: int = 32) -> dict:
+    """Share of applied expansions whose node touches existing detail: a neighbouring entry (ending
+    where the node starts or starting where it ends) at a finer LOD than the node, in the WC of the
+    same step and round. Expansions in rounds whose entries were not recorded are not counted."""
+    a = _applied(decisions, drop_evict=True)
+    x = a["action"] == EXPAND
+    step, it, node, lod_from = a["step"][x], a["iteration"][x], a["node_id"][x], a["lod_from"][x]
+    ns, ne = _spans(node, block_size)
+    e_step, e_it, e_lod = (_col(entries, c).astype(np.int64) for c in ("step", "iteration", "lod"))
+    e_start, e_end = _col(entries, "start").astype(np.int64), _col(entries, "end").astype(np.int64)
+    seen = _rows_in([step, it], [e_step, e_it])
+    adjacent = np.zeros(step.size, bool)
+    for lvl in np.unique(lod_from):
+        d, f = lod_from == lvl, e_lod < lvl
+        left = _rows_in([step[d], it[d], ns[d]], [e_step[f], e_it[f], e_end[f]])
+        right = _rows_in([step[d], it[d], ne[d]], [e_step[f], e_it[f], e_start[f]])
+        adjacent[d] = left | right
+    n = int(seen.sum())
+    hits = int((adjacent & seen).sum())
+    return {"expansions": n, "adjacent": hits, "share": hits / n if n else None}
+
+
+def sequential(decisions: pa.Table, block_size: int = 32) -> pa.Table:
+    """Consecutive applied expansions (in application order, across steps): one row per pair, at the
+    later one's step, `sequential` when it lands within one block of the previous one (the two spans
+    touch or overlap: a gap of less than one block)."""
+    a = _applied(decisions, drop_evict=True)
+    x = a["action"] == EXPAND
+    start, end = _spans(a["node_id"][x], block_size)
+    gap = np.maximum(start[1:] - end[:-1], start[:-1] - end[1:])
+    return pa.table({"step": a["step"][x][1:].astype(np.int32), "sequential": gap < block_size})
+
+
+_RUNS = pa.schema(
+    [
+        ("node_id", pa.int64()),
+        ("lod", pa.int8()),
+        ("first_step", pa.int32()),
+        ("length", pa.int32()),
+        ("open", pa.bool_()),
+    ]
+)
+
+
+def residency_runs(entries: pa.Table, iteration: int = 0) -> pa.Table:
+    """Each stretch of recorded steps during which a node stays an entry (so keeps its LOD).
+
+    `length` = first step it is seen missing - first step (so with a cadence of 1, the number of
+    steps); a run still present at the last recorded step is `open`, its length counted to there.
+    """
+    e = _first_iteration(entries, iteration)
+    step, node = _col(e, "step").astype(np.int64), _col(e, "node_id").astype(np.int64)
+    lod = _col(e, "lod").astype(np.int8)
+    if step.size == 0:
+        return _RUNS.empty_table()
+    recorded = np.unique(step)
+    rank = np.searchsorted(recorded, step)
+    order = np.lexsort((rank, node))
+    node, rank, lod = node[order], rank[order], lod[order]
+    new = np.ones(node.size, bool)
+    new[1:] = (node[1:] != node[:-1]) | (rank[1:] != rank[:-1] + 1)
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], node.size) - 1
+    is_open = rank[last] == recorded.size - 1
+    after = np.where(is_open, recorded[rank[last]] + 1, recorded[np.minimum(rank[last] + 1, recorded.size - 1)])
+    length = after - recorded[rank[first]]
+    return pa.Table.from_arrays([node[first], lod[first], recorded[rank[first]], length, is_open], schema=_RUNS)
+
+
+def residency(entries: pa.Table, iteration: int = 0) -> dict:
+    """Mean and p95 length of the closed residency runs (open ones are only counted: censored)."""
+    runs = residency_runs(entries, iteration)
+    closed = _col(runs, "length")[~_col(runs, "open")].astype(np.float64)
+    return {
+        "mean": float(closed.mean()) if closed.size else None,
+        "p95": float(np.percentile(closed, 95)) if closed.size else None,
+        "runs": int(closed.size),
+        "open_runs": int(runs.num_rows - closed.size),
+    }
+
+
+def utilization(steps: pa.Table) -> pa.Table:
+    """wc_cost / w_max per step (after the step's edits)."""
+    u = _col(steps, "wc_cost").astype(np.float64) / np.maximum(_col(steps, "w_max").astype(np.float64), 1.0)
+    return pa.table({"step": steps.column("step"), "utilization": u})
+
+
+def coherence(entries: pa.Table, decisions: pa.Table, tau_expand: float) -> pa.Table:
+    """Per step: of the entries scored above `tau_expand` at the step's start (gists only: LOD0 has no
+    finer detail), the share that end the step finer (their node's last applied edit that step was an
+    expand, not undone by a later collapse)."""
+    e = _first_iteration(entries)
+    e = e.filter(pc.and_(pc.greater(e.column("score"), tau_expand), pc.greater(e.column("lod"), 0)))
+    e_step, e_node = _col(e, "step").astype(np.int64), _col(e, "node_id").astype(np.int64)
+    a = _applied(decisions, drop_evict=True)
+    step, node, action = a["step"].astype(np.int64), a["node_id"], a["action"]
+    order = np.lexsort((np.arange(step.size), node, step))  # stable: application order within a node
+    step, node, action = step[order], node[order], action[order]
+    last = np.ones(step.size, bool)
+    last[:-1] = (step[1:] != step[:-1]) | (node[1:] != node[:-1])
+    fin = last & (action == EXPAND)
+    finer = _rows_in([e_step, e_node], [step[fin], node[fin]])
+    steps = np.unique(e_step)
+    cand = _per_step(e_step, np.ones(e_step.size), steps)
+    hit = _per_step(e_step, finer.astype(np.float64), steps)
+    return pa.table(
+        {
+            "step": steps.astype(np.int32),
+            "candidates": cand.astype(np.int32),
+            "finer": hit.astype(np.int32),
+            "coherence": hit / np.maximum(cand, 1.0),
+        }
+    )
+
+
+def delta_nll(steps: pa.Table) -> pa.Table:
+    """nll - nll_full and nll - nll_recency per step; null where either side was not computed."""
+    nll = pc.cast(steps.column("nll"), pa.float64())
+    out = {"step": steps.column("step"), "nll": nll}
+    for base in ("full", "recency"):
+        name = f"nll_{base}"
+        other = pc.cast(steps.column(name), pa.float64()) if name in steps.column_names else pa.nulls(len(nll))
+        out[f"d_{base}"] = pc.subtract(nll, pc.cast(other, pa.float64()))
+    return pa.table(out)
+
+
+# ---------------------------------------------------------------------------------- on a run
+
+_E_COLS = ["step", "iteration", "node_id", "lod", "start", "end", "score"]
+_D_COLS = ["step", "iteration", "node_id", "lod_from", "lod_to", "action", "outcome", "seq"]
+
+
+def _ctx(run) -> dict:
+    return {
+        "block_size": int(run.knob("tree.block_size", 32)),
+        "tau": float(run.knob("allocator.tau_expand", 0.2)),
+    }
+
+
+def series(run, name: str, *, osc_window: int = 5) -> pa.Table:
+    """A per-step metric of `run`; `name` is one of SERIES."""
+    if name not in SERIES:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(SERIES)}")
+    c = _ctx(run)
+    first = "iteration = 0"
+    if name == "swap_rate":
+        e = run.table("entries", ["step", "iteration"], where=first)
+        return swap_rate(run.table("steps"), run.table("decisions", _D_COLS), e)
+    if name == "oscillation":
+        ev = oscillation_events(run.table("decisions", _D_COLS), osc_window)
+        steps = _col(run.table("steps", ["step"]), "step").astype(np.int64)
+        n = _per_step(_col(ev, "step").astype(np.int64), np.ones(ev.num_rows), steps)
+        return pa.table({"step": steps.astype(np.int32), "ping_pongs": n.astype(np.int32)})
+    if name == "locality":
+        return locality(run.table("entries", _E_COLS, where=first))
+    if name == "sequential":
+        return sequential(run.table("decisions", _D_COLS), c["block_size"])
+    if name == "utilization":
+        return utilization(run.table("steps"))
+    if name == "coherence":
+        return coherence(run.table("entries", _E_COLS, where=first), run.table("decisions", _D_COLS), c["tau"])
+    return delta_nll(run.table("steps"))
+
+
+SERIES = ("swap_rate", "oscillation", "locality", "sequential", "utilization", "coherence", "delta_nll")
+
+
+def _mean(t: pa.Table, col: str) -> float | None:
+    c = t.column(col)
+    c = c.cast(pa.float64()) if pa.types.is_boolean(c.type) else c  # share of True
+    return _nan_to_none(pc.mean(c).as_py()) if t.num_rows else None
+
+
+def summary(run, *, osc_window: int = 5) -> dict:
+    """Headline numbers of a run, JSON-ready (None where a metric has no data)."""
+    c = _ctx(run)
+    steps = run.table("steps")
+    dec = run.table("decisions", _D_COLS)
+    ent = run.table("entries", _E_COLS)
+    first = _first_iteration(ent)
+    osc = oscillation(dec, osc_window, top=5)
+    seq = sequential(dec, c["block_size"])
+    res = residency(first)
+    coh = coherence(first, dec, c["tau"])
+    dn = delta_nll(steps)
+    m = run.manifest
+    n_cand = int(pc.sum(coh.column("candidates")).as_py() or 0)
+    return {
+        "run": getattr(run, "name", None),
+        "status": getattr(run, "status", m.get("status")),
+        "scorer": m.get("scorer"),
+        "tokens": m.get("tokens"),
+        "steps": steps.num_rows,
+        "swap_rate": _mean(swap_rate(steps, dec, first), "swap_rate"),
+        "ping_pongs": osc["ping_pongs"],
+        "applied_edits": osc["applied_edits"],
+        "ping_pongs_per_edit": osc["per_edit"],
+        "worst_nodes": osc["worst"].to_pylist(),
+        "locality": _mean(locality(first), "locality"),
+        "adjacent_share": adjacency(ent, dec, c["block_size"])["share"],
+        "sequential_score": _mean(seq, "sequential"),
+        "residency_mean": res["mean"],
+        "residency_p95": res["p95"],
+        "utilization": _mean(utilization(steps), "utilization"),
+        "coherence": (int(pc.sum(coh.column("finer")).as_py() or 0) / n_cand) if n_cand else None,
+        "nll": _mean(dn, "nll"),
+        "delta_nll_full": _mean(dn, "d_full"),
+        "delta_nll_recency": _mean(dn, "d_recency"),
+        "timings": m.get("timings", {}),
+    }

@@ -1,0 +1,295 @@
+"""`ParquetSink`: records a session's events into a run folder of Parquet part files.
+
+Layout of a run folder:
+
+    manifest.json          schema version, status, config, model, timings (rewritten atomically)
+    steps/part-000001.parquet, entries/..., decisions/..., attention/..., lens_attention/..., nodes/...
+    _staging/              parts are written whole here, then moved into their table folder
+
+Events are buffered per table as lists of typed Arrow column arrays (converted, and so checked
+against the schema, when the event arrives) and flushed together, each table to one new part, when
+`flush_rows` rows are buffered or `flush_seconds` have passed. A part is written in `_staging/` and
+moved in with `os.replace`, so a reader never sees a half-written file and a killed recorder loses
+at most its unflushed buffer. No fsync: this guards against a killed process, not a power cut.
+
+This module does not read runs back (see `telemetry/reader.py`) and never imports torch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from engine.events import (
+    AttentionRecorded,
+    DecisionsRecorded,
+    EntriesRecorded,
+    Event,
+    LensAttention,
+    NodesAdded,
+    RunFinished,
+    RunStarted,
+    StepRecorded,
+)
+from telemetry.schema import ACTIONS, OUTCOMES, SCHEMA_VERSION, SCHEMAS, TABLES, columns_to_arrays, validate
+
+MANIFEST = "manifest.json"
+STAGING = "_staging"
+_ACTIONS = pa.array(ACTIONS, pa.string())
+_OUTCOMES = pa.array(OUTCOMES, pa.string())
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def part_name(k: int) -> str:
+    return f"part-{k:06d}.parquet"
+
+
+def _json_default(o: object) -> object:
+    # Model metadata may carry numpy scalars or paths; everything else is a bug worth raising on.
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"manifest value of type {type(o).__name__} is not JSON serialisable")
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> None:
+    """Write manifest.json atomically: a reader sees the old one or the new one, never half of one."""
+    tmp = run_dir / STAGING / (MANIFEST + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n")
+    os.replace(tmp, run_dir / MANIFEST)
+
+
+class RunExistsError(FileExistsError):
+    """The run folder already holds a recording (or an unreadable manifest) and overwrite was not asked."""
+
+
+class ParquetSink:
+    """Engine `Sink` that writes a run folder. Use `close()` in a finally block (or `with`)."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        flush_rows: int = 50_000,
+        flush_seconds: float = 5.0,
+        heartbeat_seconds: float = 2.0,
+        overwrite: bool = False,
+        parent: str | None = None,
+        changed_knobs: dict | None = None,
+        extra: dict | None = None,
+    ) -> None:
+        if flush_rows < 1 or flush_seconds <= 0 or heartbeat_seconds <= 0:
+            raise ValueError("flush_rows must be >= 1, flush_seconds and heartbeat_seconds > 0")
+        self.run_dir = Path(run_dir)
+        self.flush_rows, self.flush_seconds, self.heartbeat_seconds = flush_rows, flush_seconds, heartbeat_seconds
+        self._check_free(overwrite)
+        self._extra = {"parent": parent, "changed_knobs": changed_knobs, **(extra or {})}  # e.g. replay mode
+        self._buf: dict[str, dict[str, list[pa.Array]]] = {t: {c: [] for c in SCHEMAS[t].names} for t in TABLES}
+        self._rows = dict.fromkeys(TABLES, 0)  # buffered rows per table
+        self._parts = dict.fromkeys(TABLES, 0)  # parts written per table
+        self._written = dict.fromkeys(TABLES, 0)  # rows written per table
+        self._timings = {"tree_ms": 0.0, "scorer_ms": 0.0, "allocator_ms": 0.0, "model_ms": 0.0}
+        self.manifest: dict | None = None
+        self._finished = False
+        self._t0 = self._last_flush = self._last_beat = time.monotonic()
+
+    # ----------------------------------------------------------------------------------- setup
+
+    def _check_free(self, overwrite: bool) -> None:
+        path = self.run_dir / MANIFEST
+        if overwrite:
+            pass
+        elif path.exists():
+            try:
+                status = json.loads(path.read_text()).get("status")
+            except (OSError, ValueError, AttributeError):
+                raise RunExistsError(f"{path}: unreadable manifest; pass overwrite=True to replace the run") from None
+            if status in ("recording", "complete"):
+                raise RunExistsError(f"{self.run_dir}: already holds a {status} run; pass overwrite=True to replace it")
+        elif any(any((self.run_dir / t).glob("*")) for t in TABLES if (self.run_dir / t).is_dir()):
+            # Table folders with no manifest are not provably ours (a user folder may be called `nodes/`).
+            raise RunExistsError(f"{self.run_dir}: has table folders but no manifest; pass overwrite=True")
+        # A failed run (or an overwrite) is replaced: clear what an earlier recorder left behind, and
+        # only that, so a stray part of the old run cannot mix into the new one.
+        for name in (*TABLES, STAGING):
+            shutil.rmtree(self.run_dir / name, ignore_errors=True)
+        path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------------------------ emit
+
+    def emit(self, event: Event) -> None:
+        if self._finished:
+            raise RuntimeError(f"{self.run_dir}: event {type(event).__name__} after the run was closed")
+        if isinstance(event, RunStarted):
+            self._start(event)
+            return
+        if self.manifest is None:
+            raise RuntimeError(f"{self.run_dir}: {type(event).__name__} before RunStarted")
+        if isinstance(event, RunFinished):
+            self._finish(event.status, event.error, tokens=event.tokens, steps=event.steps)
+            return
+        table, cols = _columns(event)
+        arrays, n = columns_to_arrays(table, cols)
+        for name, arr in zip(SCHEMAS[table].names, arrays, strict=True):
+            self._buf[table][name].append(arr)
+        self._rows[table] += n
+        if isinstance(event, StepRecorded):
+            self._on_step(event)
+        now = time.monotonic()
+        if sum(self._rows.values()) >= self.flush_rows or now - self._last_flush >= self.flush_seconds:
+            self.flush()
+        elif now - self._last_beat >= self.heartbeat_seconds:
+            self._write_manifest()
+
+    def _start(self, ev: RunStarted) -> None:
+        if self.manifest is not None:
+            raise RuntimeError(f"{self.run_dir}: RunStarted twice")
+        self.manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "status": "recording",
+            "config": ev.config.to_dict(),
+            "config_flat": ev.config.flat(),
+            "model": dict(ev.model),
+            "scorer": ev.scorer,
+            "input": ev.input_name,
+            "created_at": ev.created_at,
+            "updated_at": None,
+            "heartbeat_at": None,
+            "tokens": 0,
+            "steps": 0,
+            "error": None,
+            **self._extra,
+            "tables": {},
+            "timings": {},
+        }
+        self._write_manifest()  # first, so that a reader never sees table folders without a manifest
+        for name in TABLES:
+            (self.run_dir / name).mkdir(exist_ok=True)
+
+    def _on_step(self, ev: StepRecorded) -> None:
+        m = self.manifest
+        m["tokens"] = max(m["tokens"], int(ev.tokens_seen))
+        m["steps"] += 1
+        for key, v in (("tree", ev.t_tree_ms), ("scorer", ev.t_scorer_ms), ("allocator", ev.t_allocator_ms)):
+            self._timings[f"{key}_ms"] += float(v)
+        self._timings["model_ms"] += float(ev.t_model_ms)
+
+    # ----------------------------------------------------------------------------- flush/close
+
+    def flush(self) -> None:
+        """Write every non-empty buffer as one new part per table, then rewrite the manifest."""
+        if self.manifest is None:
+            return
+        for table in TABLES:
+            if self._rows[table]:
+                self._flush_table(table)
+        self._last_flush = time.monotonic()
+        self._write_manifest()
+
+    def _flush_table(self, table: str) -> None:
+        schema = SCHEMAS[table]
+        data = pa.Table.from_arrays([pa.concat_arrays(self._buf[table][c]) for c in schema.names], schema=schema)
+        validate(table, data)
+        step = data.column("step").to_numpy()
+        if step.size > 1 and np.any(step[1:] < step[:-1]):
+            # Events arrive in step order per table; a stable sort keeps it so (and the WC order within a step).
+            data = data.take(pc.sort_indices(data, [("step", "ascending")]))
+        k = self._parts[table] + 1
+        tmp = self.run_dir / STAGING / f"{table}-{part_name(k)}"
+        try:
+            pq.write_table(data, tmp, compression="zstd")
+            os.replace(tmp, self.run_dir / table / part_name(k))
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # the buffer is kept: a later flush (or close) may retry
+            raise
+        self._parts[table] = k
+        self._written[table] += data.num_rows
+        self._buf[table] = {c: [] for c in schema.names}
+        self._rows[table] = 0
+
+    def _write_manifest(self) -> None:
+        now = utc_now()
+        m = self.manifest
+        m["updated_at"] = m["heartbeat_at"] = now
+        m["tables"] = {t: {"parts": self._parts[t], "rows": self._written[t]} for t in TABLES}
+        m["timings"] = {**{k: round(v, 3) for k, v in self._timings.items()}, "wall_s": self._wall()}
+        write_manifest(self.run_dir, m)
+        self._last_beat = time.monotonic()
+
+    def _wall(self) -> float:
+        return round(time.monotonic() - self._t0, 3)
+
+    def _finish(self, status: str, error: str | None, *, tokens: int | None = None, steps: int | None = None) -> None:
+        if status not in ("complete", "failed"):
+            raise ValueError(f"final status must be 'complete' or 'failed', got {status!r}")
+        try:
+            self.flush()
+        except Exception as e:  # the data is lost, but the manifest must still say how the run ended
+            status = "failed"
+            error = f"{error}; " if error else ""
+            error += f"final flush failed: {type(e).__name__}: {e}"
+        m = self.manifest
+        if tokens is not None:
+            m["tokens"] = int(tokens)
+        if steps is not None:
+            m["steps"] = int(steps)
+        m["status"], m["error"] = status, error
+        self._finished = True
+        self._write_manifest()
+        shutil.rmtree(self.run_dir / STAGING, ignore_errors=True)
+
+    def close(self, status: str = "failed", error: str | None = "recorder closed before RunFinished") -> None:
+        """End the run if RunFinished never came (call it in a finally block); a no-op after RunFinished."""
+        if self._finished:
+            return
+        if self.manifest is None:  # RunStarted never came: there is no run to mark
+            self._finished = True
+            return
+        self._finish(status, error if status == "failed" else None)
+
+    def __enter__(self) -> ParquetSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            self.close("failed", f"{type(exc).__name__}: {exc}")
+        else:
+            self.close()
+
+
+# Event fields carry the column names of their table (x, y of nodes are left null: filled in later).
+_TABLE_OF = {
+    EntriesRecorded: "entries",
+    NodesAdded: "nodes",
+    AttentionRecorded: "attention",
+    LensAttention: "lens_attention",
+    StepRecorded: "steps",
+}
+
+
+def _columns(ev: Event) -> tuple[str, dict[str, object]]:
+    """(table, columns) of one data event; the schema does the typing and the checks."""
+    if isinstance(ev, DecisionsRecorded):
+        d = ev.decisions
+        cols = {k: getattr(d, k) for k in ("node_id", "lod_from", "lod_to", "score", "forced", "seq")}
+        cols["action"] = _ACTIONS.take(pa.array(d.action, pa.int8()))  # codes -> public names
+        cols["outcome"] = _OUTCOMES.take(pa.array(d.outcome, pa.int8()))
+        return "decisions", {**cols, "step": ev.step, "iteration": ev.iteration}
+    table = _TABLE_OF.get(type(ev))
+    if table is None:
+        raise TypeError(f"ParquetSink cannot record event of type {type(ev).__name__}")
+    return table, {n: getattr(ev, n) for n in SCHEMAS[table].names if hasattr(ev, n)}

@@ -1,0 +1,192 @@
+"""ParquetSink: run folder layout, atomic parts, manifest transitions, heartbeat, refusing to overwrite."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from engine.config import RunConfig
+from engine.events import RunFinished, StepRecorded
+from telemetry import writer
+from telemetry.reader import Run
+from telemetry.schema import TABLES, SchemaError
+from telemetry.writer import ParquetSink, RunExistsError
+from tests.telemetry_fixtures import entries_event, events, lods, record, started
+
+
+def manifest(run_dir) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def test_layout_and_manifest(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = RunConfig()
+    record(run_dir, events(5), flush_rows=30, parent="../base", changed_knobs={"allocator.cooldown_steps": 3})
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([*TABLES, "manifest.json"])  # _staging is gone
+    parts = sorted(p.name for p in (run_dir / "entries").iterdir())
+    assert parts[0] == "part-000001.parquet" and len(parts) > 1
+    assert pq.ParquetFile(run_dir / "entries" / parts[0]).metadata.row_group(0).column(0).compression == "ZSTD"
+    m = manifest(run_dir)
+    assert m["schema_version"] == 1 and m["status"] == "complete" and m["error"] is None
+    assert m["config"] == cfg.to_dict() and m["config_flat"] == cfg.flat()
+    assert RunConfig.from_dict(m["config"]) == cfg
+    assert m["model"]["id"] == "tiny" and m["scorer"] == "recency" and m["input"] == "input.txt"
+    assert m["tokens"] == 8 * 32 + 5 and m["steps"] == 5
+    assert m["parent"] == "../base" and m["changed_knobs"] == {"allocator.cooldown_steps": 3}
+    for key in ("created_at", "updated_at", "heartbeat_at"):
+        assert m[key].endswith("Z")
+    assert m["tables"]["entries"]["parts"] == len(parts)
+    assert m["timings"]["scorer_ms"] == pytest.approx(10.0)
+
+
+def test_rows_in_step_order_across_parts(tmp_path):
+    record(tmp_path / "run", events(9), flush_rows=7)
+    for table in ("steps", "entries", "decisions", "nodes"):
+        step = Run(tmp_path / "run").table(table, ["step"])["step"].to_numpy()
+        assert np.all(np.diff(step) >= 0), table
+
+
+def test_manifest_transitions(tmp_path):
+    evs = events(3, finish=False)
+    sink = ParquetSink(tmp_path / "ok")
+    sink.emit(evs[0])
+    assert manifest(tmp_path / "ok")["status"] == "recording"
+    for e in evs[1:]:
+        sink.emit(e)
+    assert not list((tmp_path / "ok" / "steps").iterdir())  # buffered, not flushed yet
+    sink.emit(RunFinished("complete", tokens=100, steps=3))
+    m = manifest(tmp_path / "ok")
+    assert (m["status"], m["tokens"], m["steps"]) == ("complete", 100, 3)
+    assert Run(tmp_path / "ok").n_steps() == 3
+    sink.close()  # a no-op after RunFinished
+    assert manifest(tmp_path / "ok")["status"] == "complete"
+    with pytest.raises(RuntimeError, match="after the run was closed"):
+        sink.emit(evs[1])
+
+    sink = ParquetSink(tmp_path / "bad")
+    for e in evs:
+        sink.emit(e)
+    sink.emit(RunFinished("failed", tokens=64, steps=2, error="ValueError: boom"))
+    m = manifest(tmp_path / "bad")
+    assert (m["status"], m["error"]) == ("failed", "ValueError: boom")
+    assert Run(tmp_path / "bad").n_steps() == 3  # what was recorded before the failure is kept
+
+    with pytest.raises(KeyError), ParquetSink(tmp_path / "ctx") as sink:  # no RunFinished: close() in __exit__
+        for e in evs:
+            sink.emit(e)
+        raise KeyError("oops")
+    m = manifest(tmp_path / "ctx")
+    assert m["status"] == "failed" and "KeyError" in m["error"]
+    assert Run(tmp_path / "ctx").n_steps() == 3
+
+    sink = ParquetSink(tmp_path / "closed")
+    sink.emit(evs[0])
+    sink.close()
+    assert manifest(tmp_path / "closed")["status"] == "failed"
+    assert "before RunFinished" in manifest(tmp_path / "closed")["error"]
+
+
+def test_failed_write_leaves_no_partial_part(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    evs = events(3, finish=False)
+    sink = ParquetSink(run_dir)
+    for e in evs:
+        sink.emit(e)
+    real = pq.write_table
+
+    def half_then_fail(table, where, **kw):
+        with open(where, "wb") as f:
+            f.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer.pq, "write_table", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        sink.flush()
+    for table in TABLES:
+        assert not list((run_dir / table).iterdir()), table
+    assert not [p for p in (run_dir / "_staging").iterdir() if p.suffix == ".parquet"]
+    assert Run(run_dir).n_steps() == 0 and not Run(run_dir).problems
+
+    monkeypatch.setattr(writer.pq, "write_table", real)  # the buffer survived: the next flush writes it all
+    sink.emit(RunFinished("complete", tokens=1, steps=3))
+    run = Run(run_dir)
+    assert run.n_steps() == 3 and run.status == "complete" and not run.problems
+
+
+def test_final_flush_failure_marks_failed(tmp_path, monkeypatch):
+    sink = ParquetSink(tmp_path / "run")
+    for e in events(2, finish=False):
+        sink.emit(e)
+
+    def fail(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer.pq, "write_table", fail)
+    sink.emit(RunFinished("complete", tokens=1, steps=2))
+    m = manifest(tmp_path / "run")
+    assert m["status"] == "failed" and "final flush failed: OSError: disk full" in m["error"]
+
+
+def test_flush_by_time_and_heartbeat(tmp_path):
+    run_dir = tmp_path / "run"
+    sink = ParquetSink(run_dir, flush_seconds=0.05, heartbeat_seconds=0.01)
+    sink.emit(started())
+    beats = {manifest(run_dir)["heartbeat_at"]}
+    for t in range(4):
+        time.sleep(0.02)
+        sink.emit(entries_event(t, lods(t)))
+        beats.add(manifest(run_dir)["heartbeat_at"])
+    assert len(beats) >= 3  # rewritten while events arrive, without any flush by rows
+    assert list((run_dir / "entries").iterdir())  # flushed by time
+    assert manifest(run_dir)["status"] == "recording"
+    sink.close()
+
+
+def test_refuses_to_overwrite(tmp_path):
+    run_dir = tmp_path / "run"
+    record(run_dir, events(3))
+    with pytest.raises(RunExistsError, match="already holds a complete run"):
+        ParquetSink(run_dir)
+    rec = ParquetSink(tmp_path / "live")
+    rec.emit(started())
+    with pytest.raises(RunExistsError, match="recording"):
+        ParquetSink(tmp_path / "live")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "manifest.json").write_text("{not json")
+    with pytest.raises(RunExistsError, match="unreadable manifest"):
+        ParquetSink(tmp_path / "junk")
+
+    record(run_dir, events(2), overwrite=True)  # overwrite clears the old parts
+    assert Run(run_dir).n_steps() == 2
+    record(tmp_path / "failed", events(4, finish=False))  # closed without RunFinished -> failed
+    record(tmp_path / "failed", events(1))  # a failed run may be replaced without asking
+    assert Run(tmp_path / "failed").n_steps() == 1
+
+
+def test_bad_events(tmp_path):
+    sink = ParquetSink(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="before RunStarted"):
+        sink.emit(entries_event(0, lods(0)))
+    sink.emit(started())
+    e = entries_event(0, lods(0))
+    bad = type(e)(**{**e.__dict__, "cost": np.full(e.lod.size, 2**40)})
+    with pytest.raises(SchemaError, match="entries: column 'cost' does not fit int32"):
+        sink.emit(bad)
+    step = StepRecorded(0, 10, 1, 1, 10, 0, 0, 0, None, None, None, 0.0, 0.0, 0.0, 0.0)
+    sink.emit(step)
+    with pytest.raises(TypeError, match="cannot record"):
+        sink.emit(object())
+    sink.close("complete")
+    assert Run(tmp_path / "run").n_steps() == 1
+
+
+def test_refuses_folders_that_look_like_someone_elses(tmp_path):
+    (tmp_path / "nodes").mkdir()
+    (tmp_path / "nodes" / "mine.txt").write_text("keep me")
+    with pytest.raises(RunExistsError, match="no manifest"):
+        ParquetSink(tmp_path)
+    assert (tmp_path / "nodes" / "mine.txt").exists()
