@@ -176,7 +176,7 @@ def test_bad_events(tmp_path):
     bad = type(e)(**{**e.__dict__, "cost": np.full(e.lod.size, 2**40)})
     with pytest.raises(SchemaError, match="entries: column 'cost' does not fit int32"):
         sink.emit(bad)
-    step = StepRecorded(0, 10, 1, 1, 10, 0, 0, 0, None, None, None, 0.0, 0.0, 0.0, 0.0)
+    step = StepRecorded(0, 10, 1, 1, 1, 10, 0, 0, 0, None, None, None, 0.0, 0.0, 0.0, 0.0)
     sink.emit(step)
     with pytest.raises(TypeError, match="cannot record"):
         sink.emit(object())
