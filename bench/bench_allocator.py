@@ -13,11 +13,17 @@ exist and hold history for its nodes. Then, with seeded random scores and defaul
   forced        `plan(...)` with the budget 16 collapses below the cost: forced collapses run too
   apply         `apply(wc, decisions)` of the `plan` call's decisions
 
+With `--impl jit` or `both` (the default) each plan call is also timed through `plan_jit`
+(engine/allocator_jit.py, numba), after checking that it returns the same decisions and WC, and a
+second table gives its times and the numpy/jit ratio. The kernels compile (or load from numba's
+cache) before the first timed size.
+
 Every call gets the same inputs (plan is pure), GC is paused while timing (as timeit does), and
 we report median and p90 per call in ms, plus median / 1 ms (the allocator's per-step target).
 It does not run a scorer or a model; WC invariants are checked while setting up, not while timing.
 
     python bench/bench_allocator.py [--reps N] [--json out.json] [--sizes 256,1024] [--profile 8192]
+                                    [--impl numpy|jit|both]
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from the repo root without installing
 
 from engine.allocator import AllocatorState, PlanKnobs, plan  # noqa: E402
+from engine.allocator_jit import FALLBACKS, plan_jit  # noqa: E402
 from engine.config import AllocatorConfig  # noqa: E402
 from engine.decisions import apply  # noqa: E402
 from engine.working_context import WorkingContext, check_invariants  # noqa: E402
@@ -127,7 +134,7 @@ def scenarios(n: int):
     return cases, state, step
 
 
-def bench_one(n: int, reps: int) -> dict:
+def bench_one(n: int, reps: int, impls: tuple[str, ...] = ("numpy",)) -> dict:
     cases, state, step = scenarios(n)
     wc = cases["plan"][0]
     lod_counts = np.bincount(wc.lod, minlength=MAX_LOD + 1)
@@ -142,15 +149,32 @@ def bench_one(n: int, reps: int) -> dict:
         p = plan(w, s, state, knobs, step)
         d = p.decisions
         assert p.wc.total_cost <= knobs.w_max
-        t = timeit(lambda w=w, s=s, knobs=knobs: plan(w, s, state, knobs, step), reps)
         row |= {
             f"{name}_candidates": len(d),
             f"{name}_applied": int(d.applied.sum()),
             f"{name}_forced": int((d.applied & d.forced).sum()),
+        }
+        if "jit" in impls:
+            q, fallbacks = plan_jit(w, s, state, knobs, step), FALLBACKS["reference"]
+            assert q.wc.same_as(p.wc) and all(
+                np.array_equal(getattr(q.decisions, f), getattr(d, f)) for f in ("node_id", "action", "outcome", "seq")
+            ), f"plan_jit disagrees with plan ({name}, {n} entries)"
+            t = timeit(lambda w=w, s=s, knobs=knobs: plan_jit(w, s, state, knobs, step), reps)
+            row |= {
+                f"jit_{name}_median_ms": float(np.median(t)),
+                f"jit_{name}_p90_ms": float(np.percentile(t, 90)),
+                f"jit_{name}_fallbacks": FALLBACKS["reference"] - fallbacks,  # calls answered by `plan`
+            }
+        if "numpy" not in impls:
+            continue
+        t = timeit(lambda w=w, s=s, knobs=knobs: plan(w, s, state, knobs, step), reps)
+        row |= {
             f"{name}_median_ms": float(np.median(t)),
             f"{name}_p90_ms": float(np.percentile(t, 90)),
             f"{name}_target_ratio": float(np.median(t) / TARGET_MS),
         }
+        if "jit" in impls:
+            row[f"jit_{name}_speedup"] = row[f"{name}_median_ms"] / row[f"jit_{name}_median_ms"]
         if name == "plan":
             t_apply = timeit(lambda w=w, d=d: apply(w, d), reps)
             row |= {"apply_median_ms": float(np.median(t_apply)), "apply_p90_ms": float(np.percentile(t_apply, 90))}
@@ -173,6 +197,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def jit_table(rows: list[dict]) -> str:
+    """plan_jit per call (median / p90 ms), and numpy median / jit median where both were timed."""
+    names = ("plan", "plan_append", "forced")
+    both = "plan_median_ms" in rows[0]
+    cols = [f"{c} jit med ms | {c} jit p90 ms" + (f" | {c} numpy/jit" if both else "")
+            for c in ("plan", "plan+append", "forced")]  # fmt: skip
+    head = "| entries | " + " | ".join(cols) + " |"
+    lines = [head, "|" + "---:|" * (head.count("|") - 1)]
+    for r in rows:
+        cells = []
+        for c in names:
+            cells += [f"{r[f'jit_{c}_median_ms']:.4f}", f"{r[f'jit_{c}_p90_ms']:.4f}"]
+            cells += [f"{r[f'jit_{c}_speedup']:.1f}x"] if both else []
+        lines.append(f"| {r['entries']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def profile(n: int, reps: int, top: int = 25) -> None:
     """cProfile each timed plan call at `n` entries; print the hottest functions by own time."""
     cases, state, step = scenarios(n)
@@ -192,13 +233,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument("--sizes", type=str, default=",".join(map(str, SIZES)), help="comma-separated entry counts")
     ap.add_argument("--profile", type=int, default=0, help="also cProfile plan at this entry count")
+    ap.add_argument("--impl", choices=("numpy", "jit", "both"), default="both", help="planner(s) to time")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    impls = ("numpy", "jit") if args.impl == "both" else (args.impl,)
+    if "jit" in impls:
+        t = time.perf_counter()
+        bench_one(64, 1, ("jit",))  # compile the kernels (or load them from numba's cache) untimed
+        print(f"plan_jit ready in {time.perf_counter() - t:.1f} s (numba compile or cache load)", file=sys.stderr)
     rows = []
     for n in sizes:
-        rows.append(bench_one(n, args.reps))
-        print(f"{n} entries: plan median {rows[-1]['plan_median_ms']:.3f} ms", file=sys.stderr, flush=True)
-    print(table(rows))
+        rows.append(bench_one(n, args.reps, impls))
+        r = rows[-1]
+        msg = [f"plan median {r['plan_median_ms']:.3f} ms"] if "numpy" in impls else []
+        msg += [f"plan_jit median {r['jit_plan_median_ms']:.4f} ms"] if "jit" in impls else []
+        print(f"{n} entries: " + ", ".join(msg), file=sys.stderr, flush=True)
+    if "numpy" in impls:
+        print(table(rows))
+    if "jit" in impls:
+        print("\nplan_jit (engine/allocator_jit.py):\n")
+        print(jit_table(rows))
     meta = {
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -211,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         "max_lod": MAX_LOD,
         "knobs": "AllocatorConfig() defaults",
         "target_ms": TARGET_MS,
+        "impl": args.impl,
     }
+    if "jit" in impls:
+        import numba
+
+        meta["numba"] = numba.__version__
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
