@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from engine.config import RunConfig, apply_overrides  # noqa: E402
-from engine.events import StepRecorded  # noqa: E402
+from engine.events import NullSink, StepRecorded  # noqa: E402
 from engine.runtime import build_engine  # noqa: E402
 
 
@@ -84,9 +84,12 @@ class CheckpointSink:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoints", default="4096,65536,262144,1048576")
-    ap.add_argument("--scorer", default="lensnet")
+    # recency keeps the WC at the budget from ~2k tokens on, so every checkpoint runs the model on the
+    # same WC size; a random-init LensNet collapses most of the WC and would make model time vary.
+    ap.add_argument("--scorer", default="recency")
     ap.add_argument("--w-max", type=int, default=2048)
-    ap.add_argument("--window", type=int, default=200, help="steps averaged at each checkpoint")
+    ap.add_argument("--window", type=int, default=64, help="steps averaged at each checkpoint")
+    ap.add_argument("--nll", action="store_true", help="also run the base model each step (slow: ~45 ms/step on CPU)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     checkpoints = [int(x) for x in args.checkpoints.split(",")]
@@ -97,9 +100,12 @@ def main() -> None:
             f"scorer.name={args.scorer}",
             f"session.max_tokens={checkpoints[-1]}",
             "session.check_invariants=false",
+            f"session.compute_nll={args.nll}",
         ],  # fmt: skip
     )
     eng = build_engine(cfg, "tiny", "cpu")
+    # Warm up (first forwards, allocator paths) so the 4k checkpoint is not charged for start-up.
+    eng.session(NullSink(), "warm-up").run(stdlib_text(8192))
     ref: list = []
     sink = CheckpointSink(ref, list(checkpoints), args.window)
     sess = eng.session(sink, "stdlib")
@@ -108,7 +114,7 @@ def main() -> None:
     sess.run(stdlib_text(checkpoints[-1] + 4096))
     rows = sink.rows
     base = rows[0]
-    print(f"\nscorer={args.scorer} w_max={args.w_max} model=tiny cpu; baseline RSS before streaming {rss0:.1f} MB\n")
+    print(f"\nscorer={args.scorer} w_max={args.w_max} tiny cpu nll={args.nll}; RSS before streaming {rss0:.1f} MB\n")
     print("| history tokens | entries | step ms | tree | scorer | allocator | model | x 4k | RSS MB | tree MB |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -1,5 +1,7 @@
 """Command line of the engine: `python -m engine COMMAND ...`.
 
+  record  stream a text through the engine and record every step to a run folder (Parquet)
+  replay  re-plan a recorded run with other knobs into a new run folder (fast or --exact)
   run     stream a text through the engine and print a JSON summary (nothing recorded)
 
 Every knob is reachable with `--set section.field=value` (repeatable), the same names as the
@@ -95,6 +97,70 @@ def cmd_run(args) -> int:
     return 0
 
 
+class Tee:
+    """Send every event to several sinks (the recorder and the progress summary)."""
+
+    def __init__(self, *sinks):
+        self.sinks = sinks
+
+    def emit(self, e) -> None:
+        for s in self.sinks:
+            s.emit(e)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr counting tokens and steps."""
+
+    def __init__(self, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit="tok", unit_scale=True, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+        self.tokens = 0
+
+    def emit(self, e) -> None:
+        if isinstance(e, StepRecorded):
+            self.bar.update(e.tokens_seen - self.tokens)
+            self.tokens = e.tokens_seen
+            self.bar.set_postfix(step=e.step, wc=f"{e.wc_cost}/{e.w_max}", refresh=False)
+        elif isinstance(e, RunFinished):
+            self.bar.close()
+
+
+def cmd_record(args) -> int:
+    import os
+
+    cfg = _config(args)
+    texts = _open_input(args.input)
+    from telemetry.writer import ParquetSink, RunExistsError
+
+    try:
+        sink = ParquetSink(args.out, overwrite=args.overwrite, flush_rows=args.flush_rows,
+                           flush_seconds=args.flush_seconds)  # fmt: skip
+    except RunExistsError as e:
+        raise ValueError(str(e)) from None
+    from engine.runtime import build_engine
+
+    try:
+        engine = build_engine(cfg, args.model, args.device)
+        summary = SummarySink(progress=False)
+        name = args.input if args.input == "-" else os.path.abspath(args.input)
+        engine.session(Tee(sink, summary, ProgressBar(not args.quiet)), name).run(texts)
+    finally:
+        sink.close("failed", "recorder stopped before the end of the input")  # no-op once RunFinished came
+    out = summary.summary() | {"run": args.out, "model": engine.model.model_id, "scorer": cfg.scorer.name}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from engine.replay import replay_run
+
+    out = replay_run(args.run_dir, args.out, list(args.set or []), exact=args.exact, device=args.device,
+                     overwrite=args.overwrite)  # fmt: skip
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -103,6 +169,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _add_common(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("record", help="stream a text and record every focus decision to a run folder")
+    p.add_argument("--input", required=True, help="text file, or - for stdin")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--flush-rows", type=int, default=50_000, help="buffered rows that trigger a flush")
+    p.add_argument("--flush-seconds", type=float, default=5.0, help="seconds between flushes")
+    _add_common(p)
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("replay", help="re-plan a recorded run with other knobs into a new run folder")
+    p.add_argument("run_dir", help="the recorded run")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--exact", action="store_true", help="re-run scorer and model instead of reusing scores")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="knob to change (repeatable)")
+    p.set_defaults(func=cmd_replay)
     return ap
 
 
@@ -115,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # user-caused errors have one-line messages by contract
         user_errors: tuple[type, ...] = (ValueError, InputError, OSError)
+        if "telemetry.reader" in sys.modules:
+            user_errors += (sys.modules["telemetry.reader"].RunReadError,)
         if "engine.model" in sys.modules:  # only loaded once the input passed; importing it costs seconds
             user_errors += (sys.modules["engine.model"].ModelLoadError,)
         if isinstance(e, user_errors):

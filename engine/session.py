@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from engine import nodes
-from engine.allocator import AllocatorState, PlanKnobs, plan
+from engine.allocator import AllocatorState, PlanKnobs
 from engine.config import RunConfig
 from engine.events import (
     AttentionRecorded,
@@ -35,6 +35,7 @@ from engine.events import (
     StepRecorded,
 )
 from engine.materialize import entry_vectors, materialize, query_vectors, recent_gists
+from engine.planner import plan
 from engine.textio import token_chunks
 from engine.tree import GistTree
 from engine.view import ScoreView

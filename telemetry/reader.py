@@ -343,21 +343,27 @@ class Run:
             return _HEATMAP.empty_table()
         n, span = s1 - s0 + 1, t1 - t0
         w, h = min(width, span), min(height, n)
-        value = {"mean": "sum(v * ov) / sum(ov)", "min": "min(v)", "max": "max(v)"}[agg]
+        value = {"mean": "sum(v * ov * c) / sum(ov * c)", "min": "min(v)", "max": "max(v)"}[agg]
+        # r: entries that are the same span with the same value within one step bin (most of them: a
+        # gist stays put for many steps) are merged first, with a count `c`, so the spreading over
+        # token bins below runs once per distinct (step bin, span, value), not once per step.
         q = f"""
-        WITH e AS (
-            SELECT step, v, s, e, (s - $t0) * $w // $span AS x0, (e - 1 - $t0) * $w // $span AS x1
+        WITH r AS (
+            SELECT (step - $s0) * $h // $n AS yb, v, s, e, count(*) AS c
             FROM (
                 SELECT step, {_quote(column)}::DOUBLE AS v, greatest(start, $t0) AS s, least("end", $t1) AS e
                 FROM read_parquet($parts, union_by_name=true)
                 WHERE iteration = $it AND step BETWEEN $s0 AND $s1 AND "end" > $t0 AND start < $t1
             )
+            GROUP BY yb, v, s, e
+        ), e AS (
+            SELECT yb, v, c, s, e, (s - $t0) * $w // $span AS x0, (e - 1 - $t0) * $w // $span AS x1 FROM r
         ), b AS (  -- most entries fall in one token bin: only the others are spread with generate_series
-            SELECT step, v, s, e, x0 AS xb FROM e WHERE x0 = x1
+            SELECT yb, v, c, s, e, x0 AS xb FROM e WHERE x0 = x1
             UNION ALL
-            SELECT step, v, s, e, unnest(generate_series(x0, x1)) AS xb FROM e WHERE x0 < x1
+            SELECT yb, v, c, s, e, unnest(generate_series(x0, x1)) AS xb FROM e WHERE x0 < x1
         ), o AS (
-            SELECT xb, (step - $s0) * $h // $n AS yb, v,
+            SELECT xb, yb, v, c,
                 least(e, $t0 + ((xb + 1) * $span + $w - 1) // $w)
                     - greatest(s, $t0 + (xb * $span + $w - 1) // $w) AS ov
             FROM b
@@ -367,7 +373,7 @@ class Run:
             ($t0 + ((xb + 1) * $span + $w - 1) // $w)::BIGINT AS token_hi,
             ($s0 + (yb * $n + $h - 1) // $h)::INTEGER AS step_lo,
             ($s0 + ((yb + 1) * $n + $h - 1) // $h - 1)::INTEGER AS step_hi,
-            ({value})::FLOAT AS value, sum(ov)::BIGINT AS weight
+            ({value})::FLOAT AS value, sum(ov * c)::BIGINT AS weight
         FROM o GROUP BY xb, yb ORDER BY yb, xb
         """
         params = {**base, "s0": s0, "s1": s1, "t0": t0, "t1": t1, "n": n, "span": span, "w": w, "h": h}

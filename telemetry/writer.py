@@ -6,11 +6,15 @@ Layout of a run folder:
     steps/part-000001.parquet, entries/..., decisions/..., attention/..., lens_attention/..., nodes/...
     _staging/              parts are written whole here, then moved into their table folder
 
-Events are buffered per table as lists of typed Arrow column arrays (converted, and so checked
-against the schema, when the event arrives) and flushed together, each table to one new part, when
-`flush_rows` rows are buffered or `flush_seconds` have passed. A part is written in `_staging/` and
-moved in with `os.replace`, so a reader never sees a half-written file and a killed recorder loses
-at most its unflushed buffer. No fsync: this guards against a killed process, not a power cut.
+Events are buffered per table, column by column, and checked against the schema when they arrive:
+a column that is already a numpy array of its field's exact dtype (or a scalar that fits it) cannot
+fail a check, so it is kept as numpy and converted once per flush; any other event goes through
+`schema.columns_to_arrays` (full checks, one-line errors). Converting per event cost a few
+microseconds per column, a sizeable share of a small model's step. Buffers are flushed together,
+each table to one new part, when `flush_rows` rows are buffered or `flush_seconds` have passed. A
+part is written in `_staging/` and moved in with `os.replace`, so a reader never sees a
+half-written file and a killed recorder loses at most its unflushed buffer. No fsync: this guards
+against a killed process, not a power cut.
 
 This module does not read runs back (see `telemetry/reader.py`) and never imports torch.
 """
@@ -98,7 +102,8 @@ class ParquetSink:
         self.flush_rows, self.flush_seconds, self.heartbeat_seconds = flush_rows, flush_seconds, heartbeat_seconds
         self._check_free(overwrite)
         self._extra = {"parent": parent, "changed_knobs": changed_knobs, **(extra or {})}  # e.g. replay mode
-        self._buf: dict[str, dict[str, list[pa.Array]]] = {t: {c: [] for c in SCHEMAS[t].names} for t in TABLES}
+        # per table, per column: parts that are numpy arrays of the field's dtype or typed Arrow arrays
+        self._buf: dict[str, dict[str, list]] = {t: {c: [] for c in SCHEMAS[t].names} for t in TABLES}
         self._rows = dict.fromkeys(TABLES, 0)  # buffered rows per table
         self._parts = dict.fromkeys(TABLES, 0)  # parts written per table
         self._written = dict.fromkeys(TABLES, 0)  # rows written per table
@@ -143,7 +148,8 @@ class ParquetSink:
             self._finish(event.status, event.error, tokens=event.tokens, steps=event.steps)
             return
         table, cols = _columns(event)
-        arrays, n = columns_to_arrays(table, cols)
+        fast = _fast_columns(table, cols)
+        arrays, n = fast if fast is not None else columns_to_arrays(table, cols)
         for name, arr in zip(SCHEMAS[table].names, arrays, strict=True):
             self._buf[table][name].append(arr)
         self._rows[table] += n
@@ -202,7 +208,7 @@ class ParquetSink:
 
     def _flush_table(self, table: str) -> None:
         schema = SCHEMAS[table]
-        data = pa.Table.from_arrays([pa.concat_arrays(self._buf[table][c]) for c in schema.names], schema=schema)
+        data = pa.Table.from_arrays([_concat(self._buf[table][f.name], f.type) for f in schema], schema=schema)
         validate(table, data)
         step = data.column("step").to_numpy()
         if step.size > 1 and np.any(step[1:] < step[:-1]):
@@ -279,6 +285,7 @@ _TABLE_OF = {
     LensAttention: "lens_attention",
     StepRecorded: "steps",
 }
+_FIELDS_OF: dict[type, tuple[str, ...]] = {}  # event type -> its fields that are columns of its table
 
 
 def _columns(ev: Event) -> tuple[str, dict[str, object]]:
@@ -292,4 +299,85 @@ def _columns(ev: Event) -> tuple[str, dict[str, object]]:
     table = _TABLE_OF.get(type(ev))
     if table is None:
         raise TypeError(f"ParquetSink cannot record event of type {type(ev).__name__}")
-    return table, {n: getattr(ev, n) for n in SCHEMAS[table].names if hasattr(ev, n)}
+    names = _FIELDS_OF.get(type(ev))
+    if names is None:
+        names = _FIELDS_OF[type(ev)] = tuple(n for n in SCHEMAS[table].names if hasattr(ev, n))
+    return table, {n: getattr(ev, n) for n in names}
+
+
+# ------------------------------------------------------------------------- fast path, flush
+
+
+# Per table, per field: (name, Arrow type, nullable, numpy dtype or None for strings, lo, hi). A numpy
+# column of exactly that dtype passes every check of `columns_to_arrays` by construction (no cast, no
+# overflow, no nulls), and so do the scalars `_scalar_fits` accepts; anything else takes the checked path.
+def _spec(field: pa.Field) -> tuple:
+    if pa.types.is_string(field.type):
+        return field.name, field.type, field.nullable, None, 0, 0
+    dt = np.dtype(field.type.to_pandas_dtype())
+    lo, hi = (int(np.iinfo(dt).min), int(np.iinfo(dt).max)) if dt.kind in "iu" else (0, 0)
+    return field.name, field.type, field.nullable, dt, lo, hi
+
+
+_SPECS = {t: tuple(_spec(f) for f in SCHEMAS[t]) for t in TABLES}
+_NAMES = {t: frozenset(SCHEMAS[t].names) for t in TABLES}
+_F32_MAX = float(np.finfo(np.float32).max)
+_MISSING = object()
+
+
+def _scalar_fits(v: object, dt: np.dtype, lo: int, hi: int) -> bool:
+    """True when `v` converts to `dt` exactly as pyarrow would convert it (else: the checked path)."""
+    if dt.kind in "iu":  # `type(v) is int`: a bool is no integer here (pyarrow refuses it too)
+        return (type(v) is int or isinstance(v, np.integer)) and lo <= v <= hi
+    if dt.kind == "f":  # beyond float32's range pyarrow gives inf where numpy warns: leave those to pyarrow
+        return (type(v) is float or isinstance(v, np.floating)) and not (abs(v) > _F32_MAX and np.isfinite(v))
+    return dt.kind == "b" and (type(v) is bool or isinstance(v, np.bool_))
+
+
+def _fast_columns(table: str, cols: dict[str, object]) -> tuple[list, int] | None:
+    """Buffer-ready columns (numpy of the exact dtype, or typed Arrow arrays) when no check can fail;
+    None sends the event down `columns_to_arrays`, which checks everything and names what is wrong."""
+    if not cols.keys() <= _NAMES[table]:
+        return None
+    n = None
+    for v in cols.values():
+        if isinstance(v, np.ndarray | list | pa.Array):
+            if n is None:
+                n = len(v)
+            elif len(v) != n:
+                return None
+    n = 1 if n is None else n
+    out = []
+    for name, typ, nullable, dtype, lo, hi in _SPECS[table]:
+        v = cols.get(name, _MISSING)
+        if type(v) is np.ndarray:
+            if v.dtype != dtype or v.ndim != 1:
+                return None
+            out.append(v)
+        elif type(v) is list:  # only a list of str (node previews) is sure to fit, and only a string field
+            if dtype is not None or not all(type(x) is str for x in v):
+                return None
+            out.append(v)
+        elif isinstance(v, pa.Array):
+            if v.type != typ or v.null_count:
+                return None
+            out.append(v)
+        elif v is _MISSING or v is None:
+            if not nullable:
+                return None
+            out.append(pa.nulls(n, typ))
+        elif dtype is not None and _scalar_fits(v, dtype, lo, hi):
+            out.append(np.full(n, v, dtype))
+        else:
+            return None
+    return out, n
+
+
+def _concat(parts: list, typ: pa.DataType) -> pa.Array:
+    """One Arrow array from a column's buffered parts: numpy arrays of the field's dtype, lists of
+    str, typed Arrow arrays (all checked when their event arrived)."""
+    if all(type(p) is np.ndarray for p in parts):
+        return pa.array(np.concatenate(parts), type=typ)  # one conversion per flush, not one per event
+    if all(type(p) is list for p in parts):
+        return pa.array([x for p in parts for x in p], type=typ)
+    return pa.concat_arrays([p if isinstance(p, pa.Array) else pa.array(p, type=typ) for p in parts])

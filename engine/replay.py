@@ -1,0 +1,254 @@
+"""Re-plan a recorded session with other knobs.
+
+Fast mode reuses the recorded raw scores: the allocator (a pure function) re-runs step by step on
+the same stream of tokens, so a knob moved in the app answers in about a second. When the new knobs
+lead to an entry the recording never scored at that step, the entry takes its node's latest earlier
+recorded score, else its parent's score or its children's mean, else 0, and the replay is labelled
+approximate (with a count of such lookups). Exact mode re-runs the whole session, scorer and base
+model included, over the recording's input with the new knobs.
+
+Either way the result is a new run folder whose manifest names its parent, the changed knobs and
+the mode. Fast mode has no model, so its steps carry no NLL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import nodes
+from engine.allocator import AllocatorState, PlanKnobs
+from engine.config import RunConfig, apply_overrides, changed_knobs
+from engine.events import (
+    DecisionsRecorded,
+    EntriesRecorded,
+    NodesAdded,
+    RunFinished,
+    RunStarted,
+    Sink,
+    StepRecorded,
+)
+from engine.planner import plan
+from engine.working_context import WorkingContext, check_invariants
+
+FAST_KNOB_SECTIONS = ("allocator", "wc")  # what fast mode can change: the scores stay the recorded ones
+
+
+class ReplayError(ValueError):
+    """A replay that cannot be done as asked; one line saying why."""
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    """What fast replay needs from a run, as numpy arrays."""
+
+    config: RunConfig
+    tokens_seen: np.ndarray  # int64[steps]: tokens read at each refocus step
+    step: np.ndarray  # int32[r] entries rows, sorted by (step, iteration)
+    iteration: np.ndarray  # int16[r]
+    node_id: np.ndarray  # int64[r]
+    raw_score: np.ndarray  # float32[r]
+
+
+@dataclass
+class ReplayStats:
+    steps: int = 0
+    approximate_lookups: int = 0  # entries whose score was not recorded at that step
+    allocator_ms: float = 0.0
+
+    @property
+    def approximate(self) -> bool:
+        return self.approximate_lookups > 0
+
+
+class _Latest:
+    """Latest recorded raw score per node and the step it was recorded at, dense per level.
+
+    Replay only (it grows with the history, which the engine's own state never does). Updating it
+    with a step's rows before looking up makes "recorded at this step" and "latest earlier score"
+    one gather: the stamp says which it was.
+    """
+
+    def __init__(self, max_lod: int):
+        self.v = [np.full(1024, np.nan, np.float32) for _ in range(max_lod + 1)]
+        self.at = [np.full(1024, -1, np.int32) for _ in range(max_lod + 1)]
+
+    def update(self, lod: np.ndarray, idx: np.ndarray, raw: np.ndarray, stamp: int) -> None:
+        for level in range(len(self.v)):
+            m = lod == level
+            if not m.any():
+                continue
+            i = idx[m]
+            need = int(i.max()) + 1
+            if need > self.v[level].size:
+                size = max(need, 2 * self.v[level].size)
+                self.v[level] = np.concatenate([self.v[level], np.full(size - self.v[level].size, np.nan, np.float32)])
+                self.at[level] = np.concatenate([self.at[level], np.full(size - self.at[level].size, -1, np.int32)])
+            self.v[level][i] = raw[m]
+            self.at[level][i] = stamp
+
+    def get(self, lod: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(score float32, stamp int32 of its recording) per node; (NaN, -1) if never recorded."""
+        out, at = np.full(lod.shape[0], np.nan, np.float32), np.full(lod.shape[0], -1, np.int32)
+        for level in range(len(self.v)):
+            m = (lod == level) & (idx < self.v[level].size)
+            out[m], at[m] = self.v[level][idx[m]], self.at[level][idx[m]]
+        return out, at
+
+
+def _fallback(lod: np.ndarray, idx: np.ndarray, bs: int, max_lod: int, latest: _Latest) -> np.ndarray:
+    """Scores for nodes never recorded: their parent's latest score, else their children's mean, else 0."""
+    s = np.full(lod.shape[0], np.nan, np.float32)
+    up = lod < max_lod
+    if up.any():
+        s[up] = latest.get(lod[up] + 1, nodes.parent_index(lod[up], idx[up], bs))[0]
+    down = np.flatnonzero(np.isnan(s) & (lod > 0))
+    if down.size:  # children as one [k, bs] gather; a LOD1 node's only child is its own block at LOD0
+        lv, ix = lod[down], idx[down]
+        kids = np.where(lv[:, None] == 1, ix[:, None], ix[:, None] * bs + np.arange(bs))  # [k, bs]
+        vals = latest.get(np.repeat(lv - 1, bs), kids.reshape(-1))[0].reshape(-1, bs)  # [k, bs]
+        seen = ~np.isnan(vals)
+        total = np.where(seen, vals, 0.0).sum(axis=1)
+        count = seen.sum(axis=1)
+        s[down] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return np.nan_to_num(s, nan=0.0)
+
+
+def replay_fast(rec: Recording, cfg: RunConfig, sink: Sink, *, record_entries: bool = True) -> ReplayStats:
+    """Re-plan `rec` under `cfg`, emitting entries/decisions/steps events. Returns counts and timings."""
+    knobs, stats = PlanKnobs.from_config(cfg), ReplayStats()
+    wc = WorkingContext.empty(cfg.tree.block_size, cfg.tree.max_lod)
+    state, latest = AllocatorState.initial(cfg.tree.max_lod), _Latest(cfg.tree.max_lod)
+    bounds = np.searchsorted(rec.step, np.arange(rec.tokens_seen.shape[0] + 1))
+    for t, tokens in enumerate(rec.tokens_seen.tolist()):
+        wc = wc.advance(tokens)
+        lo, hi = int(bounds[t]), int(bounds[t + 1])
+        its = rec.iteration[lo:hi]
+        n_start, applied, forced, t_al = wc.n, 0, 0, 0.0
+        for it in range(cfg.allocator.iterations):
+            # The recorded round with the same number (or the last recorded one) is this round's score source.
+            have = its[its <= it]
+            sel = np.flatnonzero(its == (have.max() if have.size else -1)) + lo
+            rec_ids = rec.node_id[sel]
+            stamp = t * 16 + it  # iterations <= 16: a score from an earlier round is not exact either
+            latest.update(nodes.node_lod(rec_ids), nodes.node_index(rec_ids), rec.raw_score[sel], stamp)
+            cur = wc.node_id
+            raw, at = latest.get(wc.lod, wc.index)
+            miss = at != stamp
+            if miss.any():  # not scored at this step: latest earlier score, else parent/children, else 0
+                stats.approximate_lookups += int(miss.sum())
+                never = miss & np.isnan(raw)
+                if never.any():
+                    raw[never] = _fallback(wc.lod[never], wc.index[never], wc.block_size, wc.max_lod, latest)
+            t0 = time.perf_counter()
+            p = plan(wc, raw, state, knobs, t)
+            t_al += (time.perf_counter() - t0) * 1000.0
+            if record_entries:
+                st = p.stages
+                sink.emit(EntriesRecorded(t, it, cur, wc.lod, wc.start, wc.end, wc.cost,
+                                          st["raw"], st["interp"], st["shift"], st["final"]))  # fmt: skip
+            sink.emit(DecisionsRecorded(t, it, p.decisions))
+            applied += int(p.decisions.applied.sum())
+            forced += int((p.decisions.applied & p.decisions.forced).sum())
+            wc, state = p.wc, p.state
+        if cfg.session.check_invariants:
+            check_invariants(wc, knobs.w_max, knobs.protect_blocks)
+        sink.emit(StepRecorded(t, tokens, n_start, wc.n, wc.total_cost, knobs.w_max, wc.evicted_upto, applied,
+                               forced, None, None, None, 0.0, 0.0, t_al, 0.0))  # fmt: skip
+        stats.steps += 1
+        stats.allocator_ms += t_al
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders (telemetry is imported here only: the in-memory replay above needs none of it).
+
+
+def load_recording(run_dir: str | Path) -> Recording:
+    from telemetry.reader import Run
+
+    run = Run(run_dir)
+    try:
+        cfg = RunConfig.from_dict(run.manifest["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ReplayError(f"{run_dir}: manifest has no usable config ({e})") from None
+    steps = run.table("steps", columns=["step", "tokens_seen"])
+    order = np.argsort(steps["step"].to_numpy(), kind="stable")
+    tokens = steps["tokens_seen"].to_numpy().astype(np.int64)[order]
+    if tokens.size == 0:
+        raise ReplayError(f"{run_dir}: the recording has no steps to replay")
+    e = run.table("entries", columns=["step", "iteration", "node_id", "raw_score"])
+    step, it = e["step"].to_numpy().astype(np.int32), e["iteration"].to_numpy().astype(np.int16)
+    o = np.lexsort((it, step))
+    return Recording(cfg, tokens, step[o], it[o], e["node_id"].to_numpy()[o], e["raw_score"].to_numpy()[o])
+
+
+def replay_run(parent: str | Path, out: str | Path, sets: list[str], *, exact: bool = False, device: str = "auto",
+               overwrite: bool = False) -> dict:  # fmt: skip
+    """Replay run `parent` into a new run folder `out` with `sets` applied. Returns a summary dict."""
+    from telemetry.reader import Run
+    from telemetry.writer import ParquetSink
+
+    run = Run(parent)
+    manifest = run.manifest
+    base = RunConfig.from_dict(manifest["config"])
+    cfg = apply_overrides(base, sets)
+    changed = changed_knobs(base, cfg)
+    if Path(out).resolve() == Path(parent).resolve():
+        raise ReplayError("replay --out must be a new folder, not the recording itself")
+    if exact:
+        return _replay_exact(manifest, parent, out, cfg, changed, device, overwrite)
+    bad = [k for k in changed if k.split(".")[0] not in FAST_KNOB_SECTIONS]
+    if bad:
+        raise ReplayError(
+            f"fast replay reuses the recorded scores, so it can change allocator.* and wc.* knobs only, "
+            f"not {', '.join(bad)}; use --exact"
+        )
+    rec = load_recording(parent)
+    t0 = time.perf_counter()
+    with ParquetSink(out, parent=str(Path(parent).resolve()), changed_knobs=changed, overwrite=overwrite,
+                     extra={"replay": "fast"}) as sink:  # fmt: skip
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        model, scorer = manifest.get("model", {}), manifest.get("scorer", cfg.scorer.name)
+        sink.emit(RunStarted(cfg, model, scorer, manifest.get("input", "-"), now))
+        nodes_t = run.table("nodes", columns=["step", "node_id", "lod", "start", "end", "preview"])
+        if nodes_t.num_rows:
+            sink.emit(NodesAdded(0, nodes_t["node_id"].to_numpy(), nodes_t["lod"].to_numpy(),
+                                 nodes_t["start"].to_numpy(), nodes_t["end"].to_numpy(),
+                                 nodes_t["preview"].to_pylist()))  # fmt: skip
+        stats = replay_fast(rec, cfg, sink)
+        sink.manifest["approximate"] = stats.approximate
+        sink.manifest["approximate_lookups"] = stats.approximate_lookups
+        sink.emit(RunFinished("complete", int(rec.tokens_seen[-1]), stats.steps))
+    return {"out": str(out), "mode": "fast", "changed_knobs": changed, "steps": stats.steps,
+            "approximate": stats.approximate, "approximate_lookups": stats.approximate_lookups,
+            "wall_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
+
+
+def model_spec_of(model: dict) -> str:
+    """The `--model` spec that loads the model a manifest names."""
+    mid = str(model.get("id", ""))
+    if mid.startswith("tiny-llama-seed"):
+        return "tiny"
+    return mid or "tiny"
+
+
+def _replay_exact(manifest: dict, parent, out, cfg: RunConfig, changed: dict, device: str, overwrite: bool) -> dict:
+    from engine.runtime import build_engine
+    from engine.textio import read_text
+    from telemetry.writer import ParquetSink
+
+    src = manifest.get("input", "-")
+    if src in ("-", "", None) or not Path(src).is_file():
+        raise ReplayError(f"exact replay re-reads the recording's input, but {src!r} is not a readable file")
+    t0 = time.perf_counter()
+    engine = build_engine(cfg, model_spec_of(manifest.get("model", {})), device)
+    with ParquetSink(out, parent=str(Path(parent).resolve()), changed_knobs=changed, overwrite=overwrite,
+                     extra={"replay": "exact", "approximate": False}) as sink:  # fmt: skip
+        done = engine.session(sink, src).run(read_text(src))
+    return {"out": str(out), "mode": "exact", "changed_knobs": changed, "steps": done.steps, "approximate": False,
+            "wall_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
