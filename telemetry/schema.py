@@ -168,8 +168,11 @@ def columns_to_arrays(table: str, columns: dict[str, object]) -> tuple[list[pa.A
         v = columns[field.name]
         if not isinstance(v, np.ndarray | list | pa.Array):
             v = [v] * n
+        if pa.types.is_integer(field.type) and isinstance(v, list) and None not in v:
+            # From a Python list pyarrow truncates 1.5 to 1 without a word; from numpy it refuses.
+            v = np.asarray(v)
         try:
-            # pa.array casts safely: an int64 that does not fit int8, or 1.5 into an int, raises.
+            # pa.array casts safely from numpy: an int64 that does not fit int8, or 1.5 into an int, raises.
             arr = v.cast(field.type) if isinstance(v, pa.Array) else pa.array(v, type=field.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -44,7 +44,16 @@ from engine.events import (
     RunStarted,
     StepRecorded,
 )
-from telemetry.schema import ACTIONS, OUTCOMES, SCHEMA_VERSION, SCHEMAS, TABLES, columns_to_arrays, validate
+from telemetry.schema import (
+    ACTIONS,
+    OUTCOMES,
+    SCHEMA_VERSION,
+    SCHEMAS,
+    TABLES,
+    SchemaError,
+    columns_to_arrays,
+    validate,
+)
 
 MANIFEST = "manifest.json"
 STAGING = "_staging"
@@ -147,8 +156,10 @@ class ParquetSink:
         if isinstance(event, RunFinished):
             self._finish(event.status, event.error, tokens=event.tokens, steps=event.steps)
             return
-        table, cols = _columns(event)
+        table, cols = _decision_columns(event) if isinstance(event, DecisionsRecorded) else _columns(event)
         fast = _fast_columns(table, cols)
+        if fast is None:  # the checked path names what is wrong; it takes strings, not codes
+            cols = {k: v.names.take(pa.array(v.codes, pa.int8())) if type(v) is _Codes else v for k, v in cols.items()}
         arrays, n = fast if fast is not None else columns_to_arrays(table, cols)
         for name, arr in zip(SCHEMAS[table].names, arrays, strict=True):
             self._buf[table][name].append(arr)
@@ -208,7 +219,7 @@ class ParquetSink:
 
     def _flush_table(self, table: str) -> None:
         schema = SCHEMAS[table]
-        data = pa.Table.from_arrays([_concat(self._buf[table][f.name], f.type) for f in schema], schema=schema)
+        data = pa.Table.from_arrays([_concat(self._buf[table][f.name], f.type, f.name) for f in schema], schema=schema)
         validate(table, data)
         step = data.column("step").to_numpy()
         if step.size > 1 and np.any(step[1:] < step[:-1]):
@@ -341,7 +352,7 @@ def _fast_columns(table: str, cols: dict[str, object]) -> tuple[list, int] | Non
         return None
     n = None
     for v in cols.values():
-        if isinstance(v, np.ndarray | list | pa.Array):
+        if isinstance(v, np.ndarray | list | pa.Array | _Codes):
             if n is None:
                 n = len(v)
             elif len(v) != n:
@@ -352,6 +363,10 @@ def _fast_columns(table: str, cols: dict[str, object]) -> tuple[list, int] | Non
         v = cols.get(name, _MISSING)
         if type(v) is np.ndarray:
             if v.dtype != dtype or v.ndim != 1:
+                return None
+            out.append(v)
+        elif type(v) is _Codes:  # range-checked on construction; only string fields take codes
+            if dtype is not None:
                 return None
             out.append(v)
         elif type(v) is list:  # only a list of str (node previews) is sure to fit, and only a string field
@@ -373,9 +388,35 @@ def _fast_columns(table: str, cols: dict[str, object]) -> tuple[list, int] | Non
     return out, n
 
 
-def _concat(parts: list, typ: pa.DataType) -> pa.Array:
+def _decision_columns(ev: DecisionsRecorded) -> tuple[str, dict[str, object]]:
+    """Decision columns with `action` / `outcome` still as int8 codes, wrapped so that only `_concat`
+    turns them into their public names, once per flush (per event it was a large share of the sink)."""
+    d = ev.decisions
+    cols = {k: getattr(d, k) for k in ("node_id", "lod_from", "lod_to", "score", "forced", "seq")}
+    cols["action"], cols["outcome"] = _Codes(d.action, _ACTIONS), _Codes(d.outcome, _OUTCOMES)
+    return "decisions", {**cols, "step": ev.step, "iteration": ev.iteration}
+
+
+class _Codes:
+    """int8 codes of a string column and their names; checked for range when buffered."""
+
+    __slots__ = ("codes", "names")
+
+    def __init__(self, codes: np.ndarray, names: pa.Array):
+        codes = np.asarray(codes)
+        if codes.size and (codes.dtype.kind not in "iu" or codes.min() < 0 or codes.max() >= len(names)):
+            raise SchemaError(f"decisions: code outside 0..{len(names) - 1} in a string column")
+        self.codes, self.names = codes.astype(np.int8, copy=False), names
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+
+def _concat(parts: list, typ: pa.DataType, name: str = "") -> pa.Array:
     """One Arrow array from a column's buffered parts: numpy arrays of the field's dtype, lists of
-    str, typed Arrow arrays (all checked when their event arrived)."""
+    str, typed Arrow arrays, or `_Codes` (all checked when their event arrived)."""
+    if parts and all(type(p) is _Codes for p in parts):
+        return parts[0].names.take(pa.array(np.concatenate([p.codes for p in parts]), pa.int8()))
     if all(type(p) is np.ndarray for p in parts):
         return pa.array(np.concatenate(parts), type=typ)  # one conversion per flush, not one per event
     if all(type(p) is list for p in parts):

@@ -171,3 +171,18 @@ def test_duckdb_reads_strings_as_varchar(tmp_path):
     assert types == {"action": "VARCHAR", "outcome": "VARCHAR", "forced": "BOOLEAN"}
     n = con.sql(f"SELECT count(*) FROM read_parquet('{glob}') WHERE action = 'expand' AND outcome = 'applied'")
     assert n.fetchall()[0][0] > 0
+
+
+def test_a_fractional_value_never_lands_in_an_integer_column():
+    import numpy as np
+    import pytest
+
+    from telemetry.schema import SchemaError, columns_to_arrays
+
+    good = {"layer": np.array([0], np.int16), "node_id": np.array([1]), "mass": np.array([0.5], np.float32)}
+    with pytest.raises(SchemaError, match="'step'"):
+        columns_to_arrays("attention", {**good, "step": 1.5})  # a scalar, broadcast as a Python list
+    with pytest.raises(SchemaError, match="'layer'"):
+        columns_to_arrays("attention", {**good, "step": 1, "layer": [0.5]})
+    arrays, n = columns_to_arrays("attention", {**good, "step": 2})
+    assert n == 1 and arrays[0].to_pylist() == [2]

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.config import RunConfig
-from engine.events import RunFinished, StepRecorded
+from engine.decisions import make_decisions
+from engine.events import DecisionsRecorded, RunFinished, StepRecorded
 from telemetry import writer
 from telemetry.reader import Run
 from telemetry.schema import TABLES, SchemaError
@@ -180,8 +181,14 @@ def test_bad_events(tmp_path):
     sink.emit(step)
     with pytest.raises(TypeError, match="cannot record"):
         sink.emit(object())
+    # Decision codes become their public names only at flush: a code with no name is refused at emit.
+    d = make_decisions({"node_id": [1], "lod_from": [1], "lod_to": [0], "action": [7], "score": [0.5],
+                        "outcome": [0], "forced": [False], "seq": [0]})  # fmt: skip
+    with pytest.raises(SchemaError, match="code outside"):
+        sink.emit(DecisionsRecorded(0, 0, d))
     sink.close("complete")
     assert Run(tmp_path / "run").n_steps() == 1
+    assert Run(tmp_path / "run").n_rows("decisions") == 0
 
 
 def test_refuses_folders_that_look_like_someone_elses(tmp_path):
