@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run the product's main job on real text.
-# Today: stream a standard-library module through the engine (tiny model, every knob at its
-# default unless given with --set) and print the JSON summary. Extra args go to `engine run`.
+# Until the web app lands: record a standard-library module end to end (tiny model; any knob can be
+# given as extra args, e.g. --scorer recency --set wc.w_max=1024) into runs/argparse, then print
+# the focus metrics of that recording. The run folder can be replayed with other knobs:
+#   .venv/bin/python -m engine replay runs/argparse --out runs/argparse-cool4 --set allocator.cooldown_steps=4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 INPUT=$(.venv/bin/python -c 'import argparse; print(argparse.__file__)')
-exec .venv/bin/python -m engine run --input "$INPUT" --model tiny "$@"
+.venv/bin/python -m engine record --input "$INPUT" --out runs/argparse --overwrite --model tiny "$@"
+.venv/bin/python -m telemetry metrics runs/argparse --indent 2
