@@ -124,8 +124,7 @@ class GistNet(nn.Module):
             "max_lod": str(self.max_lod),
             "block_size": str(self.block_size),
         }
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path), metadata=meta)
+        save_state(self, path, meta)
 
     @classmethod
     def load(cls, path: str | Path, d_embed: int, cfg: GistNetConfig, max_lod: int, block_size: int) -> GistNet:
@@ -137,6 +136,12 @@ class GistNet(nn.Module):
         net = cls(d_embed, cfg, max_lod, block_size)
         load_state(net, path, "GistNet")
         return net.eval()
+
+
+def save_state(net: nn.Module, path: str | Path, meta: dict[str, str]) -> None:
+    """Write `net`'s weights to a safetensors file, with `meta` (string settings) in its header."""
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata=meta)
 
 
 def load_state(net: nn.Module, path: str | Path, what: str) -> None:

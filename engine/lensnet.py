@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
 from engine.config import LensNetConfig
-from engine.gistnet import MLP, load_state
+from engine.gistnet import MLP, load_state, save_state
 from engine.view import ScoreResult, ScoreView
 
 MAX_LOD_FEATURE = 4  # one-hot width - 1; TreeConfig allows max_lod <= 4
@@ -167,8 +166,7 @@ class LensNet(nn.Module):
             "heads": str(self.cfg.heads),
             "n_features": str(N_FEATURES),
         }
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path), metadata=meta)
+        save_state(self, path, meta)
 
     @classmethod
     def load(cls, path: str | Path, d_embed: int, cfg: LensNetConfig) -> LensNet:
