@@ -96,6 +96,12 @@ class BaseModel:
         return int(self._model.get_input_embeddings().weight.shape[1])
 
     @property
+    def max_positions(self) -> int | None:
+        """The model's trained context (`max_position_embeddings`), or None if its config has none."""
+        n = getattr(self._model.config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    @property
     def vocab_size(self) -> int:
         """Size of the logits' last dimension (the model's vocabulary, not the tokenizer's)."""
         return int(self._model.get_output_embeddings().weight.shape[0])

@@ -114,10 +114,9 @@ class Session:
                 t_tree = _ms(t0)
                 if pending is not None:
                     self._finish(pending, self.tree.tokens_seen)
-                check_invariants(
-                    self.wc, self.knobs.w_max, self.knobs.protect_blocks, after_refocus=False,
-                    refocus_every=self.cfg.session.refocus_every,
-                ) if self.cfg.session.check_invariants else None  # fmt: skip
+                if self.cfg.session.check_invariants:  # between steps, appends may overshoot the budget
+                    check_invariants(self.wc, self.knobs.w_max, self.knobs.protect_blocks, after_refocus=False,
+                                     refocus_every=self.cfg.session.refocus_every)  # fmt: skip
                 pending = self._refocus(t_tree)
             if pending is not None:
                 self._finish(pending, None)
@@ -234,7 +233,10 @@ class Session:
             nll = self._nll_under(p.wc, target)
             if self.cfg.session.baselines:
                 nll_rec = self._nll_raw(max(0, cursor - self.knobs.w_max), cursor, target)
-                if cursor <= FULL_CONTEXT_MAX:
+                # The full history only "where it fits": the model's trained context, and a cap on the
+                # quadratic cost.
+                fits = min(FULL_CONTEXT_MAX, self.model.max_positions or FULL_CONTEXT_MAX)
+                if cursor + target.shape[0] <= fits:
                     nll_full = self._nll_raw(0, cursor, target)
         t_model = p.t_model_ms + _ms(t0)
         wc = p.wc
@@ -255,11 +257,12 @@ class Session:
 
     @torch.no_grad()
     def _nll_raw(self, lo: int, hi: int, target: np.ndarray) -> float | None:
+        """Baseline NLL of `target` after the raw tokens [lo, hi), numbered as the WC is (`position_mode`)."""
         if hi <= lo:
             return None
         ids = torch.from_numpy(self.tree.tokens(lo, hi).astype(np.int64))
         emb = self.model.embed(ids)[None]  # [1, hi-lo, d]
-        pos = torch.arange(lo, hi)[None]
-        return self.model.nll_of_continuation(
-            emb, pos, torch.from_numpy(target), torch.arange(hi, hi + target.shape[0])
-        )
+        base = 0 if self.cfg.wc.position_mode == "compact" else lo  # compact: a short-context model sees 0..
+        pos = torch.arange(base, base + hi - lo)[None]
+        tpos = torch.arange(base + hi - lo, base + hi - lo + target.shape[0])
+        return self.model.nll_of_continuation(emb, pos, torch.from_numpy(target), tpos)

@@ -43,6 +43,7 @@ class ScoreResult:
 
 
 class Scorer(Protocol):
-    name: str
+    name: str  # the scorer.name knob value
+    needs_vectors: bool  # False: the session skips building entry/query vectors for it
 
     def score(self, view: ScoreView) -> ScoreResult: ...

@@ -90,8 +90,8 @@ def test_baselines_and_determinism():
     sa, sb = a.of(StepRecorded), b.of(StepRecorded)
     assert [x.nll for x in sa] == [x.nll for x in sb]
     assert all(s.nll_recency is not None for s in sa[:-1])
-    # The full-history baseline is quadratic, so it stops past FULL_CONTEXT_MAX tokens.
-    assert all((s.nll_full is not None) == (s.tokens_seen <= FULL_CONTEXT_MAX) for s in sa[:-1])
+    # The full-history baseline is quadratic, so it stops once history + next block pass FULL_CONTEXT_MAX.
+    assert all((s.nll_full is not None) == (s.tokens_seen + 32 <= FULL_CONTEXT_MAX) for s in sa[:-1])
     # Whenever the WC holds the whole history raw (cost == tokens), its NLL is the full-context NLL.
     early = [s for s in sa if s.wc_cost == s.tokens_seen and s.nll is not None]
     assert early and all(s.nll == pytest.approx(s.nll_full, abs=1e-4) for s in early)
@@ -100,6 +100,32 @@ def test_baselines_and_determinism():
     for x, y in zip(da, db, strict=True):
         assert np.array_equal(x.decisions.node_id, y.decisions.node_id)
         assert np.array_equal(x.decisions.outcome, y.decisions.outcome)
+
+
+def test_compact_baselines_number_positions_from_zero():
+    # In compact mode a short-context model never sees a position beyond the budget, baselines included.
+    seen = []
+    eng, _ = run(["scorer.name=recency", "wc.position_mode=compact", "session.baselines=true",
+                  "session.max_tokens=1500"])  # fmt: skip
+    orig = eng.model.nll_of_continuation
+
+    def spy(prefix, pos, target, tpos):
+        seen.append((prefix.shape[1], int(max(pos.max(), tpos.max()))))
+        return orig(prefix, pos, target, tpos)
+
+    eng.model.nll_of_continuation = spy
+    eng.session(MemorySink()).run([SHORT[:1500]])
+    # The WC and the recency window hold at most w_max positions: numbered from 0, never past w_max + a block.
+    bounded = [p for n, p in seen if n <= 400]
+    assert bounded and max(bounded) < 400 + 32
+    # Only the full-history baseline goes further, and only while it fits the model's own context.
+    assert all(p < eng.model.max_positions for _, p in seen)
+    eng.model.model.config.max_position_embeddings = 600  # a short-context model
+    sink = MemorySink()
+    eng.session(sink).run([SHORT[:1500]])
+    steps = sink.of(StepRecorded)[:-1]
+    assert all((s.nll_full is not None) == (s.tokens_seen + 32 <= 600) for s in steps)
+    assert any(s.nll_full is None for s in steps) and all(s.nll_recency is not None for s in steps)
 
 
 def test_materialize_global_and_compact_positions():
