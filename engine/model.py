@@ -137,7 +137,11 @@ class BaseModel:
 
     @torch.no_grad()
     def forward(
-        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, output_attentions: bool = False
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        output_attentions: bool = False,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """One causal forward over an embedded sequence.
 
@@ -146,17 +150,20 @@ class BaseModel:
         `output_attentions=True` the attentions are one float32 [1, H, T, T] map per layer, each
         row a softmax over the causal prefix; that call runs the eager kernel (SDPA never
         materialises the map), so its logits equal the SDPA logits only up to float rounding.
+        `logits_to_keep=k > 0` returns only the last k positions' logits [1, k, V] (a real vocabulary
+        times a full WC is hundreds of MB of logits nobody reads).
         """
+        keep = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
         x = inputs_embeds.to(self._device, self._dtype)  # [1, T, d]
         pos = position_ids.to(self._device, torch.long)  # [1, T]
         if not output_attentions:
-            out = self._model(inputs_embeds=x, position_ids=pos, use_cache=False)
+            out = self._model(inputs_embeds=x, position_ids=pos, use_cache=False, **keep)
             return out.logits.float(), None
         switched = self._attn_impl != "eager"
         if switched:
             self._model.set_attn_implementation("eager")
         try:
-            out = self._model(inputs_embeds=x, position_ids=pos, use_cache=False, output_attentions=True)
+            out = self._model(inputs_embeds=x, position_ids=pos, use_cache=False, output_attentions=True, **keep)
         finally:
             if switched:
                 self._model.set_attn_implementation(self._attn_impl)
@@ -190,8 +197,8 @@ class BaseModel:
         tpos = torch.as_tensor(target_pos, dtype=torch.long, device=self._device).reshape(1, -1)  # [1, k]
         x = torch.cat([prefix_embeds.to(self._device, self._dtype), self.embed(tgt[:-1])[None]], dim=1)  # [1, P+k-1, d]
         pos = torch.cat([prefix_pos.to(self._device, torch.long), tpos[:, :-1]], dim=1)  # [1, P+k-1]
-        logits, _ = self.forward(x, pos)  # [1, P+k-1, V]
-        pred = logits[0, P - 1 :]  # [k, V]: row j predicts target j
+        logits, _ = self.forward(x, pos, logits_to_keep=k)  # [1, k, V]: positions P-1 .. P+k-2
+        pred = logits[0]  # [k, V]: row j predicts target j
         return F.cross_entropy(pred, tgt, reduction="none").cpu().numpy().astype(np.float32)
 
     def nll_of_continuation(
