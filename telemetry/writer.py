@@ -417,6 +417,8 @@ def _concat(parts: list, typ: pa.DataType, name: str = "") -> pa.Array:
     str, typed Arrow arrays, or `_Codes` (all checked when their event arrived)."""
     if parts and all(type(p) is _Codes for p in parts):
         return parts[0].names.take(pa.array(np.concatenate([p.codes for p in parts]), pa.int8()))
+    # An event that took the checked path buffered names, not codes: name the codes of the others too.
+    parts = [p.names.take(pa.array(p.codes, pa.int8())) if type(p) is _Codes else p for p in parts]
     if all(type(p) is np.ndarray for p in parts):
         return pa.array(np.concatenate(parts), type=typ)  # one conversion per flush, not one per event
     if all(type(p) is list for p in parts):

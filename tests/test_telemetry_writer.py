@@ -197,3 +197,23 @@ def test_refuses_folders_that_look_like_someone_elses(tmp_path):
     with pytest.raises(RunExistsError, match="no manifest"):
         ParquetSink(tmp_path)
     assert (tmp_path / "nodes" / "mine.txt").exists()
+
+
+def test_decisions_from_both_buffer_paths_flush_together(tmp_path):
+    # One event takes the fast path (codes kept until the flush), the next the checked path (its
+    # seq is int64, not the schema's int32): both must land, with their public names.
+    import dataclasses
+
+    sink = ParquetSink(tmp_path / "run")
+    sink.emit(started())
+    cols = {"node_id": [1], "lod_from": [1], "lod_to": [0], "action": [0], "score": [0.5], "outcome": [0],
+            "forced": [False], "seq": [0]}  # fmt: skip
+    sink.emit(DecisionsRecorded(0, 0, make_decisions(cols)))
+    odd = make_decisions({**cols, "node_id": [2], "action": [1], "outcome": [3]})
+    sink.emit(DecisionsRecorded(1, 0, dataclasses.replace(odd, seq=np.array([0], np.int64))))
+    sink.close("complete")
+    run = Run(tmp_path / "run")
+    assert run.manifest["status"] == "complete"
+    rows = run.table("decisions", columns=["step", "action", "outcome"]).to_pylist()
+    assert rows == [{"step": 0, "action": "expand", "outcome": "applied"},
+                    {"step": 1, "action": "collapse", "outcome": "illegal"}]  # fmt: skip
