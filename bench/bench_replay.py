@@ -3,7 +3,8 @@
 Records (once, cached in --run-dir) a real run of --tokens tokens of standard-library source with
 the tiny model and the recency scorer at w_max 2048 (no NLL: only the focus decisions matter
 here), then times, in one process: loading the recorded scores, re-planning every step with new
-hysteresis and sharpening knobs into memory, and computing every metric series on the result.
+hysteresis and sharpening knobs into memory (entries: only the columns the metrics read), and computing
+every metric series on the result.
 Target (issue 3): at most 2 s for 256k tokens / 8,000 refocus steps.
 
     python bench/bench_replay.py [--tokens 262144] [--run-dir bench/.cache/replay256k] [--json out.json]
@@ -25,7 +26,7 @@ from bench.bench_refocus import stdlib_text  # noqa: E402
 from engine.config import apply_overrides  # noqa: E402
 from engine.replay import load_recording, replay_fast  # noqa: E402
 from telemetry import metrics  # noqa: E402
-from telemetry.memory import ArrowSink  # noqa: E402
+from telemetry.memory import LAB_ENTRIES, ArrowSink  # noqa: E402
 from telemetry.reader import Run  # noqa: E402
 
 NEW_KNOBS = ["allocator.cooldown_steps=4", "allocator.hysteresis_margin=0.2", "allocator.sharpen_gamma=2.0",
@@ -62,7 +63,8 @@ def main() -> None:
         rec = load_recording(run_dir)
         t1 = time.perf_counter()
         cfg = apply_overrides(rec.config, NEW_KNOBS + ["session.check_invariants=false"])
-        sink = ArrowSink(("steps", "decisions", "entries"))
+        # The knobs lab keeps only the entry columns the metrics read (LAB_ENTRIES), not every score stage.
+        sink = ArrowSink(("steps", "decisions", "entries"), columns={"entries": LAB_ENTRIES})
         stats = replay_fast(rec, cfg, sink)
         t2 = time.perf_counter()
         steps, dec, ent = sink.table("steps"), sink.table("decisions"), sink.table("entries")

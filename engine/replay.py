@@ -66,37 +66,41 @@ class ReplayStats:
 
 
 class _Latest:
-    """Latest recorded raw score per node and the step it was recorded at, dense per level.
+    """Latest recorded raw score per node and the step it was recorded at, dense, keyed by `key`.
 
     Replay only (it grows with the history, which the engine's own state never does). Updating it
     with a step's rows before looking up makes "recorded at this step" and "latest earlier score"
-    one gather: the stamp says which it was.
+    one gather: the stamp says which it was. One flat array interleaves the levels (key = index *
+    levels + lod), so a lookup or an update is one gather or scatter, not one per level.
     """
 
     def __init__(self, max_lod: int):
-        self.v = [np.full(1024, np.nan, np.float32) for _ in range(max_lod + 1)]
-        self.at = [np.full(1024, -1, np.int32) for _ in range(max_lod + 1)]
+        self.levels = max_lod + 1
+        self.v = np.full(1024 * self.levels, np.nan, np.float32)
+        self.at = np.full(1024 * self.levels, -1, np.int32)
 
-    def update(self, lod: np.ndarray, idx: np.ndarray, raw: np.ndarray, stamp: int) -> None:
-        for level in range(len(self.v)):
-            m = lod == level
-            if not m.any():
-                continue
-            i = idx[m]
-            need = int(i.max()) + 1
-            if need > self.v[level].size:
-                size = max(need, 2 * self.v[level].size)
-                self.v[level] = np.concatenate([self.v[level], np.full(size - self.v[level].size, np.nan, np.float32)])
-                self.at[level] = np.concatenate([self.at[level], np.full(size - self.at[level].size, -1, np.int32)])
-            self.v[level][i] = raw[m]
-            self.at[level][i] = stamp
+    def key(self, lod: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """int64 key of nodes `(lod, idx)`; only meaningful for 0 <= lod <= max_lod and idx >= 0."""
+        return idx.astype(np.int64, copy=False) * self.levels + lod
 
-    def get(self, lod: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def update(self, key: np.ndarray, raw: np.ndarray, stamp: int) -> None:
+        if key.size == 0:
+            return
+        need = int(key.max()) + 1
+        if need > self.v.size:
+            size = max(need, 2 * self.v.size)
+            self.v = np.concatenate([self.v, np.full(size - self.v.size, np.nan, np.float32)])
+            self.at = np.concatenate([self.at, np.full(size - self.at.size, -1, np.int32)])
+        self.v[key] = raw
+        self.at[key] = stamp
+
+    def get(self, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(score float32, stamp int32 of its recording) per node; (NaN, -1) if never recorded."""
-        out, at = np.full(lod.shape[0], np.nan, np.float32), np.full(lod.shape[0], -1, np.int32)
-        for level in range(len(self.v)):
-            m = (lod == level) & (idx < self.v[level].size)
-            out[m], at[m] = self.v[level][idx[m]], self.at[level][idx[m]]
+        if key.size == 0 or int(key.max()) < self.v.size:
+            return self.v[key], self.at[key]
+        out, at = np.full(key.shape[0], np.nan, np.float32), np.full(key.shape[0], -1, np.int32)
+        m = key < self.v.size
+        out[m], at[m] = self.v[key[m]], self.at[key[m]]
         return out, at
 
 
@@ -105,59 +109,81 @@ def _fallback(lod: np.ndarray, idx: np.ndarray, bs: int, max_lod: int, latest: _
     s = np.full(lod.shape[0], np.nan, np.float32)
     up = lod < max_lod
     if up.any():
-        s[up] = latest.get(lod[up] + 1, nodes.parent_index(lod[up], idx[up], bs))[0]
+        lu = lod[up]
+        s[up] = latest.get(latest.key(lu + 1, nodes.parent_index(lu, idx[up], bs)))[0]
     down = np.flatnonzero(np.isnan(s) & (lod > 0))
     if down.size:  # children as one [k, bs] gather; a LOD1 node's only child is its own block at LOD0
         lv, ix = lod[down], idx[down]
         kids = np.where(lv[:, None] == 1, ix[:, None], ix[:, None] * bs + np.arange(bs))  # [k, bs]
-        vals = latest.get(np.repeat(lv - 1, bs), kids.reshape(-1))[0].reshape(-1, bs)  # [k, bs]
+        vals = latest.get((kids * latest.levels + (lv[:, None].astype(np.int64) - 1)).reshape(-1))[0].reshape(-1, bs)
         seen = ~np.isnan(vals)
         total = np.where(seen, vals, 0.0).sum(axis=1)
         count = seen.sum(axis=1)
         s[down] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return np.nan_to_num(s, nan=0.0)
+    return np.where(np.isnan(s), np.float32(0.0), s)  # finite scores only reach here: = nan_to_num(nan=0)
 
 
 def replay_fast(rec: Recording, cfg: RunConfig, sink: Sink, *, record_entries: bool = True) -> ReplayStats:
-    """Re-plan `rec` under `cfg`, emitting entries/decisions/steps events. Returns counts and timings."""
+    """Re-plan `rec` under `cfg`, emitting entries/decisions/steps events. Returns counts and timings.
+
+    Each step's WC geometry (node ids, spans, costs) is computed once, from per-level lookup tables,
+    and the recorded scores are keyed once for the whole recording: the loop does no per-level work.
+    """
     knobs, stats = PlanKnobs.from_config(cfg), ReplayStats()
-    wc = WorkingContext.empty(cfg.tree.block_size, cfg.tree.max_lod)
-    state, latest = AllocatorState.initial(cfg.tree.max_lod), _Latest(cfg.tree.max_lod)
+    bs, max_lod = cfg.tree.block_size, cfg.tree.max_lod
+    wc = WorkingContext.empty(bs, max_lod)
+    state, latest = AllocatorState.initial(max_lod), _Latest(max_lod)
+    levels = np.arange(max_lod + 1)
+    span_of, cost_of = nodes.span_tokens(levels, bs), nodes.node_cost(levels, bs)  # per LOD, as WorkingContext
     bounds = np.searchsorted(rec.step, np.arange(rec.tokens_seen.shape[0] + 1))
+    rec_lod = nodes.node_lod(rec.node_id)
+    rec_key = latest.key(rec_lod, nodes.node_index(rec.node_id))
+    rec_ok = (rec_lod >= 0) & (rec_lod <= max_lod)  # a level the WC cannot hold is never looked up
+    all_ok = bool(rec_ok.all())
+    only_round0 = not rec.iteration.size or not rec.iteration.any()
+    iterations, w_max, check = cfg.allocator.iterations, knobs.w_max, cfg.session.check_invariants
     for t, tokens in enumerate(rec.tokens_seen.tolist()):
         wc = wc.advance(tokens)
         lo, hi = int(bounds[t]), int(bounds[t + 1])
         its = rec.iteration[lo:hi]
         n_start, applied, forced, t_al = wc.n, 0, 0, 0.0
-        for it in range(cfg.allocator.iterations):
+        for it in range(iterations):
             # The recorded round with the same number (or the last recorded one) is this round's score source.
-            have = its[its <= it]
-            sel = np.flatnonzero(its == (have.max() if have.size else -1)) + lo
-            rec_ids = rec.node_id[sel]
+            if only_round0:
+                sel = slice(lo, hi)
+            else:
+                have = its[its <= it]
+                sel = np.flatnonzero(its == (have.max() if have.size else -1)) + lo
             stamp = t * 16 + it  # iterations <= 16: a score from an earlier round is not exact either
-            latest.update(nodes.node_lod(rec_ids), nodes.node_index(rec_ids), rec.raw_score[sel], stamp)
-            cur = wc.node_id
-            raw, at = latest.get(wc.lod, wc.index)
+            if all_ok:
+                latest.update(rec_key[sel], rec.raw_score[sel], stamp)
+            else:
+                ok = rec_ok[sel]
+                latest.update(rec_key[sel][ok], rec.raw_score[sel][ok], stamp)
+            lod, index = wc.lod, wc.index
+            raw, at = latest.get(latest.key(lod, index))
             miss = at != stamp
             if miss.any():  # not scored at this step: latest earlier score, else parent/children, else 0
                 stats.approximate_lookups += int(miss.sum())
                 never = miss & np.isnan(raw)
                 if never.any():
-                    raw[never] = _fallback(wc.lod[never], wc.index[never], wc.block_size, wc.max_lod, latest)
+                    raw[never] = _fallback(lod[never], index[never], bs, max_lod, latest)
             t0 = time.perf_counter()
             p = plan(wc, raw, state, knobs, t)
             t_al += (time.perf_counter() - t0) * 1000.0
             if record_entries:
-                st = p.stages
-                sink.emit(EntriesRecorded(t, it, cur, wc.lod, wc.start, wc.end, wc.cost,
+                st, span = p.stages, span_of[lod]
+                start = index * span
+                sink.emit(EntriesRecorded(t, it, nodes.node_id(lod, index), lod, start, start + span, cost_of[lod],
                                           st["raw"], st["interp"], st["shift"], st["final"]))  # fmt: skip
             sink.emit(DecisionsRecorded(t, it, p.decisions))
             applied += int(p.decisions.applied.sum())
             forced += int((p.decisions.applied & p.decisions.forced).sum())
             wc, state = p.wc, p.state
-        if cfg.session.check_invariants:
+        if check:
             check_invariants(wc, knobs.w_max, knobs.protect_blocks)
-        sink.emit(StepRecorded(t, tokens, n_start, wc.n, wc.total_cost, knobs.w_max, wc.evicted_upto, applied,
+        cost = int(cost_of[wc.lod].sum(dtype=np.int64)) + wc.tail_len  # = wc.total_cost
+        sink.emit(StepRecorded(t, tokens, n_start, wc.n, cost, w_max, wc.evicted_upto, applied,
                                forced, None, None, None, 0.0, 0.0, t_al, 0.0))  # fmt: skip
         stats.steps += 1
         stats.allocator_ms += t_al
@@ -183,8 +209,21 @@ def load_recording(run_dir: str | Path) -> Recording:
         raise ReplayError(f"{run_dir}: the recording has no steps to replay")
     e = run.table("entries", columns=["step", "iteration", "node_id", "raw_score"])
     step, it = e["step"].to_numpy().astype(np.int32), e["iteration"].to_numpy().astype(np.int16)
+    node_id, raw = e["node_id"].to_numpy(), e["raw_score"].to_numpy()
+    if _sorted_by_step_iteration(step, it):  # the recorded order (always, from the engine): no sort needed
+        return Recording(cfg, tokens, step, it, node_id, raw)
     o = np.lexsort((it, step))
-    return Recording(cfg, tokens, step[o], it[o], e["node_id"].to_numpy()[o], e["raw_score"].to_numpy()[o])
+    return Recording(cfg, tokens, step[o], it[o], node_id[o], raw[o])
+
+
+def _sorted_by_step_iteration(step: np.ndarray, it: np.ndarray) -> bool:
+    """True when rows are already in (step, iteration) order, so the stable sort would be the identity."""
+    if step.size < 2:
+        return True
+    ds = np.diff(step)
+    if np.any(ds < 0):
+        return False
+    return not np.any((ds == 0) & (it[1:] < it[:-1]))
 
 
 def replay_run(parent: str | Path, out: str | Path, sets: list[str], *, exact: bool = False, device: str = "auto",

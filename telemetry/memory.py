@@ -5,25 +5,56 @@ new knobs into an `ArrowSink` and hands its tables straight to `telemetry.metric
 buffered as numpy arrays and converted once per column when a table is asked for (thousands of
 small conversions cost more than the re-planning itself); the conversion applies the schema, so a
 value that does not fit its column still raises. Nodes and lifecycle events are ignored.
+
+`columns` keeps only some columns of a table (e.g. the knobs lab needs only what the metrics read:
+`ArrowSink(columns={"entries": LAB_ENTRIES})`); the table then has just those, in schema order, with
+the same values. By default every column is kept.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pyarrow as pa
 
 from engine.decisions import ACTIONS, OUTCOMES
-from engine.events import DecisionsRecorded, Event, NodesAdded, RunFinished, RunStarted
-from telemetry.schema import SCHEMAS, columns_to_arrays
+from engine.events import (
+    DecisionsRecorded,
+    EntriesRecorded,
+    Event,
+    NodesAdded,
+    RunFinished,
+    RunStarted,
+    StepRecorded,
+)
+from telemetry.schema import SCHEMAS, SchemaError, columns_to_arrays
 from telemetry.writer import _columns
 
 KEPT = ("steps", "entries", "decisions", "attention", "lens_attention")
+LAB_ENTRIES = ("step", "iteration", "node_id", "lod", "start", "end", "score")  # what telemetry.metrics reads
+
+
+def _int_range(t: pa.DataType) -> tuple[np.dtype, int, int]:
+    dt = np.dtype(t.to_pandas_dtype())
+    return dt, int(np.iinfo(dt).min), int(np.iinfo(dt).max)
+
+
+_INT_RANGE = {(t, f.name): _int_range(f.type) for t in SCHEMAS for f in SCHEMAS[t] if pa.types.is_integer(f.type)}
+_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(EntriesRecorded) if f.name in SCHEMAS["entries"].names)
 _CODES = {"action": pa.array(ACTIONS, pa.string()), "outcome": pa.array(OUTCOMES, pa.string())}
 
 
 class ArrowSink:
-    def __init__(self, tables: tuple[str, ...] = KEPT):
-        self._cols: dict[str, dict[str, list]] = {t: {c: [] for c in SCHEMAS[t].names} for t in tables}
+    def __init__(self, tables: tuple[str, ...] = KEPT, columns: dict[str, tuple[str, ...]] | None = None):
+        columns = columns or {}
+        for t, names in columns.items():
+            unknown = [c for c in names if c not in SCHEMAS[t].names]
+            if unknown:
+                raise ValueError(f"ArrowSink: {t} has no column {unknown[0]!r}")
+        self._cols: dict[str, dict[str, list]] = {
+            t: {c: [] for c in SCHEMAS[t].names if t not in columns or c in columns[t]} for t in tables
+        }
 
     def emit(self, event: Event) -> None:
         if isinstance(event, RunStarted | RunFinished | NodesAdded):
@@ -33,27 +64,96 @@ class ArrowSink:
                 return
             d, cols, n = event.decisions, self._cols["decisions"], len(event.decisions)
             for name in ("node_id", "lod_from", "lod_to", "action", "score", "outcome", "forced", "seq"):
-                cols[name].append(getattr(d, name))
-            cols["step"].append(np.full(n, event.step, np.int32))
-            cols["iteration"].append(np.full(n, event.iteration, np.int16))
+                if name in cols:
+                    cols[name].append(getattr(d, name))
+            if "step" in cols:
+                cols["step"].append(np.full(n, event.step, np.int32))
+            if "iteration" in cols:
+                cols["iteration"].append(np.full(n, event.iteration, np.int16))
             return
+        if type(event) is EntriesRecorded:  # the bulk of a replay: every field is an array but step, iteration
+            kept = self._cols.get("entries")
+            if kept is not None:
+                vals = {f: getattr(event, f) for f in _ENTRY_FIELDS}
+                n = max((len(v) for v in vals.values() if isinstance(v, np.ndarray | list)), default=1)
+                for name, parts in kept.items():
+                    v = vals[name]
+                    parts.append(v if isinstance(v, np.ndarray | list) else _Scalar(v, n))
+                return
+        if type(event) is StepRecorded:  # one per step, every field a scalar: one row
+            kept = self._cols.get("steps")
+            if kept is None:
+                return
+            vals = [(parts, getattr(event, name, None)) for name, parts in kept.items()]
+            if not any(isinstance(v, np.ndarray | list) for _, v in vals):
+                for parts, v in vals:
+                    parts.append(_Scalar(v, 1))
+                return
         table, cols = _columns(event)
         if table not in self._cols:
             return
         n = max((len(v) for v in cols.values() if isinstance(v, np.ndarray | list)), default=1)
-        for name in SCHEMAS[table].names:
+        for name, parts in self._cols[table].items():
             v = cols.get(name)
-            self._cols[table][name].append(v if isinstance(v, np.ndarray | list) else np.full(n, v, dtype=object))
+            parts.append(v if isinstance(v, np.ndarray | list) else _Scalar(v, n))
 
     def table(self, name: str) -> pa.Table:
         """Everything collected for `name` as one table, in emission (step) order."""
-        cols = {}
+        cols, kept = {}, self._cols[name]
         for field in SCHEMAS[name]:
-            parts = self._cols[name][field.name]
-            v = np.concatenate(parts) if parts else np.zeros(0)
+            if field.name not in kept:
+                continue
+            v = _concat(name, field.name, kept[field.name])
             if field.name in _CODES and name == "decisions":
                 cols[field.name] = _CODES[field.name].take(pa.array(v.astype(np.int8), pa.int8()))
             else:
                 cols[field.name] = v
-        arrays, _ = columns_to_arrays(name, cols)
-        return pa.Table.from_arrays(arrays, schema=SCHEMAS[name])
+        if len(cols) == len(SCHEMAS[name]):
+            arrays, _ = columns_to_arrays(name, cols)
+            return pa.Table.from_arrays(arrays, schema=SCHEMAS[name])
+        schema = pa.schema([f for f in SCHEMAS[name] if f.name in cols])
+        return pa.Table.from_arrays(_subset_arrays(name, schema, cols), schema=schema)
+
+
+class _Scalar:
+    """One event's scalar value for `n` rows, materialised only when the table is asked for."""
+
+    __slots__ = ("v", "n")
+
+    def __init__(self, v: object, n: int):
+        self.v, self.n = v, n
+
+
+def _concat(table: str, name: str, parts: list) -> np.ndarray:
+    """One column from its parts. Scalars become object arrays (the schema conversion checks them),
+    except where every part is a scalar int that fits the column's integer type: then they are built
+    in that type at once (the same values, without an object array per event)."""
+    if not parts:
+        return np.zeros(0)
+    if not all(type(p) is _Scalar for p in parts):
+        return np.concatenate([np.full(p.n, p.v, dtype=object) if type(p) is _Scalar else p for p in parts])
+    vals = [p.v for p in parts]
+    rng = _INT_RANGE.get((table, name))
+    if rng is not None and all((type(x) is int or isinstance(x, np.integer)) and rng[1] <= x <= rng[2] for x in vals):
+        arr = np.array(vals, rng[0])
+    else:
+        arr = np.empty(len(vals), object)
+        arr[:] = vals
+    counts = np.fromiter((p.n for p in parts), np.int64, len(parts))
+    return arr if np.all(counts == 1) else np.repeat(arr, counts)
+
+
+def _subset_arrays(table: str, schema: pa.Schema, cols: dict[str, np.ndarray]) -> list[pa.Array]:
+    """`columns_to_arrays` for some of a table's columns (numpy arrays of equal length): the same
+    safe conversion and checks, so a value that does not fit its column raises SchemaError."""
+    arrays = []
+    for field in schema:
+        try:
+            arr = pa.array(cols[field.name], type=field.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SchemaError(f"{table}: column {field.name!r} does not fit {field.type}: {msg}") from None
+        if not field.nullable and arr.null_count:
+            raise SchemaError(f"{table}: column {field.name!r} has {arr.null_count} nulls, expected none")
+        arrays.append(arr)
+    return arrays

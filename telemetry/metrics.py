@@ -118,10 +118,26 @@ def _positions(steps: np.ndarray, step: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, steps.size - 1)
 
 
+def _contiguous(steps: np.ndarray) -> bool:
+    return steps.size > 1 and int(steps[-1]) - int(steps[0]) + 1 == steps.size and bool(np.all(np.diff(steps) == 1))
+
+
+def _unique(step: np.ndarray) -> np.ndarray:
+    """`np.unique(step)`; without a sort when `step` is already sorted (recorded order)."""
+    if step.size > 1 and not np.any(step[1:] < step[:-1]):
+        first = np.ones(step.size, bool)
+        np.not_equal(step[1:], step[:-1], out=first[1:])
+        return step[first]
+    return np.unique(step)
+
+
 def _per_step(step: np.ndarray, values: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """Sum `values` by `step` onto the sorted array `steps` (0 where a step has none)."""
     if step.size == 0 or steps.size == 0:
         return np.zeros(steps.shape[0], np.float64)
+    if _contiguous(steps) and steps[0] <= step.min() and step.max() <= steps[-1]:
+        # Every step is one of `steps` by construction: no per-row check needed.
+        return np.bincount(step - steps[0], weights=values, minlength=steps.size).astype(np.float64)
     idx = _positions(steps, step)
     ok = steps[idx] == step
     if not ok.all():
@@ -204,7 +220,7 @@ def locality(entries: pa.Table, iteration: int = 0) -> pa.Table:
     is0 = lod == 0
     cont = np.zeros(step.size, bool)
     cont[1:] = is0[1:] & is0[:-1] & (step[1:] == step[:-1]) & (start[1:] == end[:-1])
-    steps = np.unique(step)
+    steps = _unique(step)
     detail = _per_step(step, is0.astype(np.float64), steps)
     runs = _per_step(step, (is0 & ~cont).astype(np.float64), steps)
     loc = 1.0 - (runs - 1.0) / np.maximum(1.0, detail - 1.0)
@@ -272,6 +288,29 @@ _RUNS = pa.schema(
 )
 
 
+def _node_rank_order(node: np.ndarray, rank: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """(order, node[order], rank[order]): rows by (node, rank) via one radix sort, or None where that
+    shortcut does not apply.
+
+    Applies when rows are in step order and the nodes pack into 16 bits (LOD-major, so the order is
+    node-id order), as in every recording of up to 2M tokens: a stable sort by node alone then gives
+    (node, rank) order, and numpy sorts 16-bit keys stably by radix, several times faster than a
+    comparison sort. Returns None (the caller sorts the general way) if any (node, rank) repeats."""
+    if node.size < 2 or int(node.min()) < 0 or np.any(step[1:] < step[:-1]):
+        return None
+    lod, idx = node >> nodes.LOD_SHIFT, node & nodes.INDEX_MASK
+    width = int(idx.max()) + 1
+    if (int(lod.max()) + 1) * width > 2**16:
+        return None
+    lod *= width
+    lod += idx
+    order = np.argsort(lod.astype(np.uint16), kind="stable")
+    n, r = node[order], rank[order]
+    if np.any((r[1:] == r[:-1]) & (n[1:] == n[:-1])):
+        return None
+    return order, n, r
+
+
 def residency_runs(entries: pa.Table, iteration: int = 0) -> pa.Table:
     """Each stretch of recorded steps during which a node stays an entry (so keeps its LOD).
 
@@ -283,14 +322,19 @@ def residency_runs(entries: pa.Table, iteration: int = 0) -> pa.Table:
     lod = _col(e, "lod").astype(np.int8)
     if step.size == 0:
         return _RUNS.empty_table()
-    recorded = np.unique(step)
+    recorded = _unique(step)
     rank = _positions(recorded, step)
-    lo, span = int(node.min()), int(node.max()) - int(node.min()) + 1
-    if span * recorded.size < 2**62:  # one packed int64 key sorts several times faster than a two-key lexsort
-        order = np.argsort((node - lo) * recorded.size + rank)  # keys are unique: stability is moot
+    fast = _node_rank_order(node, rank, step)
+    if fast is not None:
+        order, node, rank = fast
+        lod = lod[order]
     else:
-        order = np.lexsort((rank, node))
-    node, rank, lod = node[order], rank[order], lod[order]
+        lo, span = int(node.min()), int(node.max()) - int(node.min()) + 1
+        if span * recorded.size < 2**62:  # one packed int64 key sorts several times faster than a two-key lexsort
+            order = np.argsort((node - lo) * recorded.size + rank)  # keys are unique: stability is moot
+        else:
+            order = np.lexsort((rank, node))
+        node, rank, lod = node[order], rank[order], lod[order]
     new = np.ones(node.size, bool)
     new[1:] = (node[1:] != node[:-1]) | (rank[1:] != rank[:-1] + 1)
     first = np.flatnonzero(new)
@@ -323,7 +367,8 @@ def coherence(entries: pa.Table, decisions: pa.Table, tau_expand: float) -> pa.T
     """Per step: of the entries scored above `tau_expand` at the step's start (gists only: LOD0 has no
     finer detail), the share that end the step finer (their node's last applied edit that step was an
     expand, not undone by a later collapse)."""
-    e = _first_iteration(entries)
+    read = [c for c in entries.column_names if c in ("step", "iteration", "node_id", "lod", "score")]
+    e = _first_iteration(entries.select(read))  # filter only the columns read below, not every one
     e = e.filter(pc.and_(pc.greater(e.column("score"), tau_expand), pc.greater(e.column("lod"), 0)))
     e_step, e_node = _col(e, "step").astype(np.int64, copy=False), _col(e, "node_id").astype(np.int64, copy=False)
     a = _applied(decisions, drop_evict=True)
@@ -334,7 +379,7 @@ def coherence(entries: pa.Table, decisions: pa.Table, tau_expand: float) -> pa.T
     last[:-1] = (step[1:] != step[:-1]) | (node[1:] != node[:-1])
     fin = last & (action == EXPAND)
     finer = _rows_in([e_step, e_node], [step[fin], node[fin]])
-    steps = np.unique(e_step)
+    steps = _unique(e_step)
     cand = _per_step(e_step, np.ones(e_step.size), steps)
     hit = _per_step(e_step, finer.astype(np.float64), steps)
     return pa.table(
