@@ -28,7 +28,7 @@ from engine.events import (
     RunStarted,
     StepRecorded,
 )
-from telemetry.schema import SCHEMAS, SchemaError, columns_to_arrays
+from telemetry.schema import SCHEMAS, columns_to_arrays, field_array
 from telemetry.writer import _columns
 
 KEPT = ("steps", "entries", "decisions", "attention", "lens_attention")
@@ -146,14 +146,4 @@ def _concat(table: str, name: str, parts: list) -> np.ndarray:
 def _subset_arrays(table: str, schema: pa.Schema, cols: dict[str, np.ndarray]) -> list[pa.Array]:
     """`columns_to_arrays` for some of a table's columns (numpy arrays of equal length): the same
     safe conversion and checks, so a value that does not fit its column raises SchemaError."""
-    arrays = []
-    for field in schema:
-        try:
-            arr = pa.array(cols[field.name], type=field.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise SchemaError(f"{table}: column {field.name!r} does not fit {field.type}: {msg}") from None
-        if not field.nullable and arr.null_count:
-            raise SchemaError(f"{table}: column {field.name!r} has {arr.null_count} nulls, expected none")
-        arrays.append(arr)
-    return arrays
+    return [field_array(table, field, cols[field.name]) for field in schema]

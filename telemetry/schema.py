@@ -168,19 +168,28 @@ def columns_to_arrays(table: str, columns: dict[str, object]) -> tuple[list[pa.A
         v = columns[field.name]
         if not isinstance(v, np.ndarray | list | pa.Array):
             v = [v] * n
-        if pa.types.is_integer(field.type) and isinstance(v, list) and None not in v:
-            # From a Python list pyarrow truncates 1.5 to 1 without a word; from numpy it refuses.
-            v = np.asarray(v)
-        try:
-            # pa.array casts safely from numpy: an int64 that does not fit int8, or 1.5 into an int, raises.
-            arr = v.cast(field.type) if isinstance(v, pa.Array) else pa.array(v, type=field.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise SchemaError(f"{table}: column {field.name!r} does not fit {field.type}: {msg}") from None
-        if not field.nullable and arr.null_count:
-            raise SchemaError(f"{table}: column {field.name!r} has {arr.null_count} nulls, expected none")
-        arrays.append(arr)
+        arrays.append(field_array(table, field, v))
     return arrays, n
+
+
+def field_array(table: str, field: pa.Field, v) -> pa.Array:
+    """One column's values (numpy array, list or Arrow array) as a typed Arrow array, checked.
+
+    Raises SchemaError naming the table and column if a value does not fit the type (no silent
+    truncation or overflow) or a non-null column holds nulls.
+    """
+    if pa.types.is_integer(field.type) and isinstance(v, list) and None not in v:
+        # From a Python list pyarrow truncates 1.5 to 1 without a word; from numpy it refuses.
+        v = np.asarray(v)
+    try:
+        # pa.array casts safely from numpy: an int64 that does not fit int8, or 1.5 into an int, raises.
+        arr = v.cast(field.type) if isinstance(v, pa.Array) else pa.array(v, type=field.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SchemaError(f"{table}: column {field.name!r} does not fit {field.type}: {msg}") from None
+    if not field.nullable and arr.null_count:
+        raise SchemaError(f"{table}: column {field.name!r} has {arr.null_count} nulls, expected none")
+    return arr
 
 
 def validate(table: str, data: pa.Table | pa.RecordBatch, *, allow_extra: bool = False) -> None:
