@@ -28,7 +28,7 @@ from engine.events import (
     RunStarted,
     StepRecorded,
 )
-from telemetry.schema import SCHEMAS, columns_to_arrays, field_array
+from telemetry.schema import SCHEMAS, field_array
 from telemetry.writer import _columns
 
 KEPT = ("steps", "entries", "decisions", "attention", "lens_attention")
@@ -108,11 +108,9 @@ class ArrowSink:
                 cols[field.name] = _CODES[field.name].take(pa.array(v.astype(np.int8), pa.int8()))
             else:
                 cols[field.name] = v
-        if len(cols) == len(SCHEMAS[name]):
-            arrays, _ = columns_to_arrays(name, cols)
-            return pa.Table.from_arrays(arrays, schema=SCHEMAS[name])
+        # All columns or a subset: each goes through the schema's one checked conversion.
         schema = pa.schema([f for f in SCHEMAS[name] if f.name in cols])
-        return pa.Table.from_arrays(_subset_arrays(name, schema, cols), schema=schema)
+        return pa.Table.from_arrays([field_array(name, f, cols[f.name]) for f in schema], schema=schema)
 
 
 class _Scalar:
@@ -141,9 +139,3 @@ def _concat(table: str, name: str, parts: list) -> np.ndarray:
         arr[:] = vals
     counts = np.fromiter((p.n for p in parts), np.int64, len(parts))
     return arr if np.all(counts == 1) else np.repeat(arr, counts)
-
-
-def _subset_arrays(table: str, schema: pa.Schema, cols: dict[str, np.ndarray]) -> list[pa.Array]:
-    """`columns_to_arrays` for some of a table's columns (numpy arrays of equal length): the same
-    safe conversion and checks, so a value that does not fit its column raises SchemaError."""
-    return [field_array(table, field, cols[field.name]) for field in schema]
