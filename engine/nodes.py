@@ -9,8 +9,11 @@ This module knows nothing of vectors, models or budgets: only spans, costs and p
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
+MAX_LEVELS = 8  # levels a node id may name (config allows max_lod <= 4)
 LOD_SHIFT = 40  # 2**40 blocks of 32 tokens is far beyond any stream we will read
 INDEX_MASK = (1 << LOD_SHIFT) - 1
 
@@ -28,10 +31,15 @@ def node_index(nid):
     return np.asarray(nid, dtype=np.int64) & INDEX_MASK
 
 
+@lru_cache(maxsize=16)
+def _spans(block_size: int) -> np.ndarray:
+    """int64[MAX_LEVELS]: tokens under one node of each level (a table: one gather beats a power per entry)."""
+    return np.array([block_size ** max(lod, 1) for lod in range(MAX_LEVELS)], dtype=np.int64)
+
+
 def span_tokens(lod, block_size: int):
     """Tokens covered by one node at `lod` (LOD0 and LOD1 both cover one block)."""
-    lod = np.asarray(lod, dtype=np.int64)
-    return np.asarray(block_size, dtype=np.int64) ** np.maximum(lod, 1)
+    return _spans(block_size)[np.maximum(np.asarray(lod, dtype=np.intp), 1)]  # as max(lod, 1): LOD0 = LOD1
 
 
 def node_start(lod, index, block_size: int):
