@@ -1,0 +1,35 @@
+"""MegaContext Studio, the web app: `streamlit run app/streamlit_app.py`.
+
+The entry point only declares the pages (`st.navigation`); each page is a thin module under
+`app/pages/` over `telemetry.reader` queries (`app/queries.py`) and pure chart builders
+(`app/charts*.py`). State that a shared link must carry lives in the URL (`app/state.py`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run app/streamlit_app.py` puts app/ on sys.path, not the repository root.
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import streamlit as st  # noqa: E402
+
+_PAGES = Path(__file__).parent / "pages"
+
+st.set_page_config(page_title="MegaContext Studio", layout="wide")
+
+pages = [
+    st.Page(_PAGES / "runs.py", title="Runs", url_path="runs", default=True),
+    st.Page(_PAGES / "timeline.py", title="Timeline", url_path="timeline"),
+    st.Page(_PAGES / "step_inspector.py", title="Step inspector", url_path="step"),
+    st.Page(_PAGES / "metrics.py", title="Metrics", url_path="metrics"),
+    st.Page(_PAGES / "knobs_lab.py", title="Knobs lab", url_path="knobs"),
+    st.Page(_PAGES / "compare.py", title="Compare", url_path="compare"),
+    st.Page(_PAGES / "gist_map.py", title="Gist map", url_path="gists"),
+    st.Page(_PAGES / "live.py", title="Live", url_path="live"),
+    st.Page(_PAGES / "record.py", title="Record", url_path="record"),
+]
+st.navigation(pages).run()
