@@ -148,6 +148,7 @@ class SessionConfig:
     compute_nll: bool = True  # run the base model on the WC to get the next block's NLL
     attention_every: int = 0  # record base-model attention every N steps; 0 = never
     entries_every: int = 1  # record the per-entry table every N steps (dense tables' cadence)
+    record_gists: bool = True  # record LOD>=1 gist vectors (the `gists` table, for the app's gist map)
     baselines: bool = False  # also compute full-context and recency-window NLL on each step
     check_invariants: bool = True  # verify all WC invariants after every step (raises on breach)
     max_tokens: int = 0  # stop after this many tokens; 0 = read the whole input

@@ -4,7 +4,8 @@ A session never writes files itself: it emits these events in order to a `Sink`.
 sink here serves tests; the Parquet sink lives in `telemetry/writer.py`. Array fields are numpy,
 one element per row, so a sink can write a whole event as a columnar batch.
 
-Order per refocus step t: `NodesAdded` (nodes completed since t-1), then per iteration
+Order per refocus step t: `NodesAdded` (nodes completed since t-1) and `GistsRecorded` (their
+vectors, when `session.record_gists`), then per iteration
 `EntriesRecorded` and `DecisionsRecorded`, then optional `LensAttention` and `AttentionRecorded`;
 `StepRecorded` for step t comes once its NLL is known (when the next block has been read, or at
 the end of the stream). `RunStarted` comes first and `RunFinished` last, also after a failure.
@@ -32,12 +33,22 @@ class RunStarted:
 
 @dataclass(frozen=True, eq=False)
 class NodesAdded:
-    step: int  # first step at which these nodes exist
+    step: int | np.ndarray  # first step at which these nodes exist (int32[k] per node when a replay copies them)
     node_id: np.ndarray  # int64[k]
     lod: np.ndarray  # int8[k]
     start: np.ndarray  # int64[k]
     end: np.ndarray  # int64[k]
     preview: list[str]  # decoded text at the start of each node's span (at most ~80 chars)
+
+
+@dataclass(frozen=True, eq=False)
+class GistsRecorded:
+    """The vectors of LOD>=1 nodes completed since the last step (for the app's gist map)."""
+
+    step: int | np.ndarray  # first step at which these gists exist (or int32[k], as NodesAdded)
+    node_id: np.ndarray  # int64[k]
+    lod: np.ndarray  # int8[k], >= 1
+    vector: np.ndarray  # float32[k, d] as the tree holds them (the base model's embedding space)
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,7 +118,7 @@ class RunFinished:
 
 
 Event = RunStarted | NodesAdded | EntriesRecorded | DecisionsRecorded | AttentionRecorded | LensAttention
-Event = Event | StepRecorded | RunFinished
+Event = Event | GistsRecorded | StepRecorded | RunFinished
 
 
 class Sink(Protocol):

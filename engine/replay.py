@@ -26,6 +26,7 @@ from engine.config import RunConfig, apply_overrides, changed_knobs
 from engine.events import (
     DecisionsRecorded,
     EntriesRecorded,
+    GistsRecorded,
     NodesAdded,
     RunFinished,
     RunStarted,
@@ -256,9 +257,16 @@ def replay_run(parent: str | Path, out: str | Path, sets: list[str], *, exact: b
         sink.emit(RunStarted(cfg, model, scorer, manifest.get("input", "-"), now))
         nodes_t = run.table("nodes", columns=["step", "node_id", "lod", "start", "end", "preview"])
         if nodes_t.num_rows:
-            sink.emit(NodesAdded(0, nodes_t["node_id"].to_numpy(), nodes_t["lod"].to_numpy(),
+            # One event for the whole table: `step` as a per-row column keeps each node's first step.
+            sink.emit(NodesAdded(nodes_t["step"].to_numpy(), nodes_t["node_id"].to_numpy(), nodes_t["lod"].to_numpy(),
                                  nodes_t["start"].to_numpy(), nodes_t["end"].to_numpy(),
                                  nodes_t["preview"].to_pylist()))  # fmt: skip
+        gists_t = run.table("gists") if "gists" in run.tables() else None
+        if gists_t is not None and gists_t.num_rows:  # same tree, same gists: the map works on the replay too
+            vec = gists_t["vector"].combine_chunks()
+            d = len(vec[0]) if len(vec) else 0
+            g_step, g_id, g_lod = (gists_t[c].to_numpy() for c in ("step", "node_id", "lod"))
+            sink.emit(GistsRecorded(g_step, g_id, g_lod, vec.flatten().to_numpy().reshape(-1, d)))
         stats = replay_fast(rec, cfg, sink)
         sink.manifest["approximate"] = stats.approximate
         sink.manifest["approximate_lookups"] = stats.approximate_lookups

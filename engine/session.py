@@ -27,6 +27,7 @@ from engine.events import (
     AttentionRecorded,
     DecisionsRecorded,
     EntriesRecorded,
+    GistsRecorded,
     LensAttention,
     NodesAdded,
     RunFinished,
@@ -159,6 +160,12 @@ class Session:
             self.model.decode(toks[s : min(e, s + PREVIEW_TOKENS)].tolist()) for s, e in zip(start, end, strict=True)
         ]
         self.sink.emit(NodesAdded(self.step, ids, lod, start, end, preview))
+        if self.cfg.session.record_gists and self.tree.d:
+            g = lod >= 1
+            if g.any():
+                vec = np.concatenate([self.tree.gists(int(v), idx[g & (lod == v)]) for v in np.unique(lod[g])])
+                order = np.concatenate([np.flatnonzero(g & (lod == v)) for v in np.unique(lod[g])])
+                self.sink.emit(GistsRecorded(self.step, ids[order], lod[order], vec))  # vec: [k, d]
 
     def _view(self) -> ScoreView:
         wc, state = self.wc, self.state

@@ -4,7 +4,7 @@ The same typed columns as a run folder, without files: the knobs lab re-plans a 
 new knobs into an `ArrowSink` and hands its tables straight to `telemetry.metrics`. Events are
 buffered as numpy arrays and converted once per column when a table is asked for (thousands of
 small conversions cost more than the re-planning itself); the conversion applies the schema, so a
-value that does not fit its column still raises. Nodes and lifecycle events are ignored.
+value that does not fit its column still raises. Nodes, gists and lifecycle events are ignored.
 
 `columns` keeps only some columns of a table (e.g. the knobs lab needs only what the metrics read:
 `ArrowSink(columns={"entries": LAB_ENTRIES})`); the table then has just those, in schema order, with
@@ -23,6 +23,7 @@ from engine.events import (
     DecisionsRecorded,
     EntriesRecorded,
     Event,
+    GistsRecorded,
     NodesAdded,
     RunFinished,
     RunStarted,
@@ -57,7 +58,7 @@ class ArrowSink:
         }
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, RunStarted | RunFinished | NodesAdded):
+        if isinstance(event, RunStarted | RunFinished | NodesAdded | GistsRecorded):
             return
         if isinstance(event, DecisionsRecorded):  # keep the codes; names are looked up once, at the end
             if "decisions" not in self._cols:

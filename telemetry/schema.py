@@ -114,10 +114,20 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f("y", f32, nullable=True),
         ]
     ),
+    # Gist vectors (LOD>=1) in the base model's embedding space, for the gist map; optional
+    # (`session.record_gists`). d is the model's hidden size, the same for every row of a run.
+    "gists": pa.schema(
+        [
+            _f("node_id", i64),
+            _f("lod", i8),
+            _f("step", i32),  # first step at which the gist exists
+            _f("vector", pa.list_(f32)),
+        ]
+    ),
 }
 TABLES = tuple(SCHEMAS)
 
-# The public columns (DESIGN section 4). The three auxiliary tables have no contract in the design;
+# The public columns (DESIGN section 4). The auxiliary tables have no contract in the design;
 # their identifying columns are held to the same standard so a foreign file cannot pass for a part.
 CONTRACT: dict[str, tuple[str, ...]] = {
     "steps": ("step", "tokens_seen", "n_entries", "wc_cost", "w_max", "nll", "t_scorer_ms", "t_allocator_ms")
@@ -127,6 +137,7 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "attention": ("step", "layer", "node_id", "mass"),
     "lens_attention": ("step", "iteration", "node_id", "mass"),
     "nodes": ("node_id", "lod", "start", "end", "preview", "step"),
+    "gists": ("node_id", "lod", "step", "vector"),
 }
 
 
@@ -190,6 +201,15 @@ def field_array(table: str, field: pa.Field, v) -> pa.Array:
     if not field.nullable and arr.null_count:
         raise SchemaError(f"{table}: column {field.name!r} has {arr.null_count} nulls, expected none")
     return arr
+
+
+def vectors_array(v: np.ndarray) -> pa.Array:
+    """float32[k, d] rows -> a list<float32> Arrow array of k rows."""
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if v.ndim != 2:
+        raise SchemaError(f"gists: column 'vector' must be 2-D [rows, d], got shape {v.shape}")
+    offsets = pa.array(np.arange(v.shape[0] + 1, dtype=np.int32) * v.shape[1], pa.int32())
+    return pa.ListArray.from_arrays(offsets, pa.array(v.reshape(-1), pa.float32()))
 
 
 def validate(table: str, data: pa.Table | pa.RecordBatch, *, allow_extra: bool = False) -> None:

@@ -38,6 +38,7 @@ from engine.events import (
     DecisionsRecorded,
     EntriesRecorded,
     Event,
+    GistsRecorded,
     LensAttention,
     NodesAdded,
     RunFinished,
@@ -53,6 +54,7 @@ from telemetry.schema import (
     SchemaError,
     columns_to_arrays,
     validate,
+    vectors_array,
 )
 
 MANIFEST = "manifest.json"
@@ -292,6 +294,7 @@ class ParquetSink:
 _TABLE_OF = {
     EntriesRecorded: "entries",
     NodesAdded: "nodes",
+    GistsRecorded: "gists",
     AttentionRecorded: "attention",
     LensAttention: "lens_attention",
     StepRecorded: "steps",
@@ -313,7 +316,10 @@ def _columns(ev: Event) -> tuple[str, dict[str, object]]:
     names = _FIELDS_OF.get(type(ev))
     if names is None:
         names = _FIELDS_OF[type(ev)] = tuple(n for n in SCHEMAS[table].names if hasattr(ev, n))
-    return table, {n: getattr(ev, n) for n in names}
+    cols = {n: getattr(ev, n) for n in names}
+    if table == "gists":  # one list<float32> row per gist, from the [k, d] matrix
+        cols["vector"] = vectors_array(cols["vector"])
+    return table, cols
 
 
 # ------------------------------------------------------------------------- fast path, flush

@@ -17,6 +17,7 @@ from engine.events import (
     AttentionRecorded,
     DecisionsRecorded,
     EntriesRecorded,
+    GistsRecorded,
     LensAttention,
     NodesAdded,
     RunFinished,
@@ -91,6 +92,9 @@ def events(n_steps: int = 6, *, with_nll: bool = True, finish: bool = True, conf
         out.append(
             NodesAdded(t, nodes.node_id(lvl, both), lvl, both * BS, both * BS + BS, [f"block {i} é" for i in both])
         )
+        if n_new:  # one 4-d gist per new LOD1 node, its values derived from the index (checkable)
+            vec = (new[:, None] + np.arange(4)[None, :] / 4).astype(np.float32)  # [n_new, 4]
+            out.append(GistsRecorded(t, nodes.node_id(np.ones(n_new, np.int8), new), np.ones(n_new, np.int8), vec))
         out.append(entries_event(t, a))
         out.append(DecisionsRecorded(t, 0, decisions_between(a, b, t)))
         ids = nodes.node_id(a, np.arange(a.size))

@@ -86,3 +86,20 @@ def test_allocator_stack_imports_without_torch(module):
     assert not res["failed"], res["failed"]
     assert "torch" not in res["loaded"], f"{module} imports torch; the allocator must stay pure numpy"
     assert "numpy" in res["loaded"] or module == "engine.config"  # the probe really imported the module
+
+
+def test_telemetry_source_imports_no_ui_stack():
+    """pyarrow itself imports pandas whenever pandas is installed (the app installs it), so the
+    fresh-interpreter probe cannot hold telemetry to "no pandas"; its own import lines can."""
+    import ast
+
+    forbidden = {"pandas", "plotly", "streamlit", "umap", "torch", "transformers"}
+    files = sorted((REPO / "telemetry").glob("*.py"))
+    assert files
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad = {n.split(".")[0] for n in names} & forbidden
+            assert not bad, f"{f.name} imports {sorted(bad)}"

@@ -70,7 +70,10 @@ def test_record_writes_a_complete_readable_run(recorded):
     assert m["status"] == "complete" and run.status == "complete" and m["scorer"] == "random"
     assert m["config_flat"]["wc.w_max"] == 400 and m["tokens"] == len(SAMPLE.read_bytes())
     assert run.n_steps() == m["steps"] == -(-m["tokens"] // 32)
-    assert set(run.tables()) >= {"steps", "entries", "decisions", "attention", "nodes"}
+    assert set(run.tables()) >= {"steps", "entries", "decisions", "attention", "nodes", "gists"}
+    g, n = run.table("gists"), run.table("nodes", where="lod >= 1")
+    assert sorted(g["node_id"].to_pylist()) == sorted(n["node_id"].to_pylist()) and g.num_rows > 0
+    assert {len(v) for v in g["vector"].to_pylist()} == {m["model"]["hidden_size"]}
     assert not run.problems
     assert assert_recorded_wcs_valid(run) == run.n_steps()
     summary = json.loads(subprocess.run([sys.executable, "-m", "telemetry", "metrics", str(recorded)], cwd=REPO,
@@ -90,6 +93,12 @@ def test_fast_replay_with_recorded_knobs_is_exact(recorded, tmp_path):
         assert a[c].to_pylist() == b[c].to_pylist(), c
     man = Run(out).manifest
     assert man["parent"] == str(recorded.resolve()) and man["replay"] == "fast" and man["status"] == "complete"
+    for table in ("nodes", "gists"):  # the same tree: copied whole, each row keeping its first step
+        a, b = Run(recorded).table(table), Run(out).table(table)
+        assert a.num_rows == b.num_rows > 0
+        for c in ("node_id", "step", "lod"):
+            assert a[c].to_pylist() == b[c].to_pylist(), (table, c)
+    assert Run(recorded).table("gists")["vector"].to_pylist() == Run(out).table("gists")["vector"].to_pylist()
 
 
 @pytest.mark.parametrize("cooldown", [1, 3, 8])

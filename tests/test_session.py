@@ -15,6 +15,7 @@ from engine.events import (
     AttentionRecorded,
     DecisionsRecorded,
     EntriesRecorded,
+    GistsRecorded,
     LensAttention,
     MemorySink,
     NodesAdded,
@@ -244,3 +245,28 @@ def test_session_on_cuda(scorer):
         a = [d.decisions.node_id.tolist() for d in sink.of(DecisionsRecorded)]
         b = [d.decisions.node_id.tolist() for d in cpu.of(DecisionsRecorded)]
         assert a == b
+
+
+def test_gists_recorded_are_the_trees_and_can_be_turned_off():
+    cfg = apply_overrides(RunConfig(), ["wc.w_max=400"])
+    eng = build_engine(cfg, "tiny", "cpu")
+    sink = MemorySink()
+    session = eng.session(sink, "test")
+    session.run([SHORT])
+    gists = [e for e in sink.events if isinstance(e, GistsRecorded)]
+    added = [e for e in sink.events if isinstance(e, NodesAdded)]
+    ids = np.concatenate([e.node_id for e in gists])
+    lod = np.concatenate([e.lod for e in gists])
+    want = np.concatenate([e.node_id[e.lod >= 1] for e in added])
+    assert sorted(ids.tolist()) == sorted(want.tolist()) and ids.size > 0 and {1, 2} <= set(lod.tolist())
+    for e in gists:  # each event's vectors are the tree's, row for row, and arrive with their nodes' step
+        assert e.vector.shape == (e.node_id.size, eng.model.hidden_size)
+        for v in np.unique(e.lod):
+            m = e.lod == v
+            idx = e.node_id[m] & ((1 << 40) - 1)
+            np.testing.assert_array_equal(e.vector[m], session.tree.gists(int(v), idx))
+    steps_of = {int(i): e.step for e in added for i in e.node_id}
+    assert all(steps_of[int(i)] == e.step for e in gists for i in e.node_id)
+
+    _, off = run(["session.record_gists=false"])
+    assert not [e for e in off.events if isinstance(e, GistsRecorded)]

@@ -56,6 +56,7 @@ CONTRACT = {
     "attention": {"step": I32, "layer": I16, "node_id": I64, "mass": F32},
     "lens_attention": {"step": I32, "iteration": I16, "node_id": I64, "mass": F32},
     "nodes": {"node_id": I64, "lod": I8, "start": I64, "end": I64, "preview": STR, "step": I32, "x": F32, "y": F32},
+    "gists": {"node_id": I64, "lod": I8, "step": I32, "vector": pa.list_(F32)},
 }
 
 
@@ -117,7 +118,7 @@ def test_columns_to_arrays_checks_fit_and_lengths():
 def test_telemetry_imports_no_torch():
     code = (
         "import sys, telemetry.schema, telemetry.writer, telemetry.reader, telemetry.metrics; "
-        "bad = [m for m in ('torch', 'transformers', 'pandas') if m in sys.modules]; "
+        "bad = [m for m in ('torch', 'transformers', 'streamlit') if m in sys.modules]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
