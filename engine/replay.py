@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from engine import nodes
@@ -53,6 +54,17 @@ class Recording:
     iteration: np.ndarray  # int16[r]
     node_id: np.ndarray  # int64[r]
     raw_score: np.ndarray  # float32[r]
+    # Per-row lookup keys by max_lod, made on first use: a recording opened in the app is re-planned
+    # at every knob change, and keying its millions of rows is a quarter of a second each time.
+    _keys: dict = field(default_factory=dict, repr=False)
+
+    def keys(self, max_lod: int) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 `_Latest` key, bool "a level the WC can hold") of every row, for this max_lod."""
+        if max_lod not in self._keys:
+            lod = nodes.node_lod(self.node_id)
+            key = _Latest(max_lod).key(lod, nodes.node_index(self.node_id))
+            self._keys[max_lod] = (key, (lod >= 0) & (lod <= max_lod))
+        return self._keys[max_lod]
 
 
 @dataclass
@@ -95,33 +107,68 @@ class _Latest:
         self.v[key] = raw
         self.at[key] = stamp
 
-    def get(self, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(score float32, stamp int32 of its recording) per node; (NaN, -1) if never recorded."""
-        if key.size == 0 or int(key.max()) < self.v.size:
-            return self.v[key], self.at[key]
-        out, at = np.full(key.shape[0], np.nan, np.float32), np.full(key.shape[0], -1, np.int32)
-        m = key < self.v.size
-        out[m], at[m] = self.v[key[m]], self.at[key[m]]
-        return out, at
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_sum(x):
+    """numpy's float32 sum of a short contiguous row, bit for bit (8 accumulators up to 128 values,
+    halves beyond: `pairwise_sum` in numpy's loops), so the compiled lookup gives numpy's numbers."""
+    n = x.shape[0]
+    if n < 8:
+        r = np.float32(0.0)
+        for i in range(n):
+            r += x[i]
+        return r
+    if n <= 128:
+        a = x[:8].copy()
+        i = 8
+        while i < n - n % 8:
+            for j in range(8):
+                a[j] += x[i + j]
+            i += 8
+        r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+        while i < n:
+            r += x[i]
+            i += 1
+        return r
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise_sum(x[:n2]) + _pairwise_sum(x[n2:])
 
 
-def _fallback(lod: np.ndarray, idx: np.ndarray, bs: int, max_lod: int, latest: _Latest) -> np.ndarray:
-    """Scores for nodes never recorded: their parent's latest score, else their children's mean, else 0."""
-    s = np.full(lod.shape[0], np.nan, np.float32)
-    up = lod < max_lod
-    if up.any():
-        lu = lod[up]
-        s[up] = latest.get(latest.key(lu + 1, nodes.parent_index(lu, idx[up], bs)))[0]
-    down = np.flatnonzero(np.isnan(s) & (lod > 0))
-    if down.size:  # children as one [k, bs] gather; a LOD1 node's only child is its own block at LOD0
-        lv, ix = lod[down], idx[down]
-        kids = np.where(lv[:, None] == 1, ix[:, None], ix[:, None] * bs + np.arange(bs))  # [k, bs]
-        vals = latest.get((kids * latest.levels + (lv[:, None].astype(np.int64) - 1)).reshape(-1))[0].reshape(-1, bs)
-        seen = ~np.isnan(vals)
-        total = np.where(seen, vals, 0.0).sum(axis=1)
-        count = seen.sum(axis=1)
-        s[down] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return np.where(np.isnan(s), np.float32(0.0), s)  # finite scores only reach here: = nan_to_num(nan=0)
+@numba.njit(cache=True, nogil=True)
+def _lookup(lod, idx, v, at, stamp, levels, bs, max_lod, out):
+    """Fill `out` with each node's score recorded at `stamp`, else its latest earlier one, else its
+    parent's latest score, else its children's mean, else 0. Returns how many were not recorded at
+    `stamp` (approximate lookups). Compiled: on a recording whose scorer wanders (random), most
+    steps have some, and the numpy version was a fifth of a long replay. tests/test_replay_fast.py
+    holds it equal, bit for bit, to the numpy original."""
+    size, miss = v.shape[0], 0
+    kids = np.empty(bs, np.float32)
+    for i in range(lod.shape[0]):
+        k = idx[i] * levels + lod[i]
+        val, a = (v[k], at[k]) if k < size else (np.float32(np.nan), -1)
+        if a == stamp:
+            out[i] = val
+            continue
+        miss += 1
+        if np.isnan(val) and lod[i] < max_lod:  # the parent's latest score
+            p = idx[i] if lod[i] == 0 else idx[i] // bs
+            pk = p * levels + lod[i] + 1
+            val = v[pk] if pk < size else np.float32(np.nan)
+        if np.isnan(val) and lod[i] > 0:  # the children's mean (a LOD1 node's one child: its own block)
+            count = 0
+            for c in range(bs):
+                ck = (idx[i] if lod[i] == 1 else idx[i] * bs + c) * levels + lod[i] - 1
+                x = v[ck] if ck < size else np.float32(np.nan)
+                if np.isnan(x):
+                    kids[c] = 0.0
+                else:
+                    kids[c] = x
+                    count += 1
+            if count > 0:
+                val = np.float32(np.float64(_pairwise_sum(kids)) / count)
+        out[i] = np.float32(0.0) if np.isnan(val) else val
+    return miss
 
 
 def replay_fast(rec: Recording, cfg: RunConfig, sink: Sink, *, record_entries: bool = True) -> ReplayStats:
@@ -137,9 +184,7 @@ def replay_fast(rec: Recording, cfg: RunConfig, sink: Sink, *, record_entries: b
     levels = np.arange(max_lod + 1)
     span_of, cost_of = nodes.span_tokens(levels, bs), nodes.node_cost(levels, bs)  # per LOD, as WorkingContext
     bounds = np.searchsorted(rec.step, np.arange(rec.tokens_seen.shape[0] + 1))
-    rec_lod = nodes.node_lod(rec.node_id)
-    rec_key = latest.key(rec_lod, nodes.node_index(rec.node_id))
-    rec_ok = (rec_lod >= 0) & (rec_lod <= max_lod)  # a level the WC cannot hold is never looked up
+    rec_key, rec_ok = rec.keys(max_lod)  # a level the WC cannot hold is never looked up
     all_ok = bool(rec_ok.all())
     only_round0 = not rec.iteration.size or not rec.iteration.any()
     iterations, w_max, check = cfg.allocator.iterations, knobs.w_max, cfg.session.check_invariants
@@ -162,13 +207,11 @@ def replay_fast(rec: Recording, cfg: RunConfig, sink: Sink, *, record_entries: b
                 ok = rec_ok[sel]
                 latest.update(rec_key[sel][ok], rec.raw_score[sel][ok], stamp)
             lod, index = wc.lod, wc.index
-            raw, at = latest.get(latest.key(lod, index))
-            miss = at != stamp
-            if miss.any():  # not scored at this step: latest earlier score, else parent/children, else 0
-                stats.approximate_lookups += int(miss.sum())
-                never = miss & np.isnan(raw)
-                if never.any():
-                    raw[never] = _fallback(lod[never], index[never], bs, max_lod, latest)
+            # Not scored at this step: latest earlier score, else parent/children, else 0 (see `_lookup`).
+            raw = np.empty(lod.shape[0], np.float32)
+            stats.approximate_lookups += _lookup(
+                lod, index, latest.v, latest.at, stamp, latest.levels, bs, max_lod, raw
+            )
             t0 = time.perf_counter()
             p = plan(wc, raw, state, knobs, t)
             t_al += (time.perf_counter() - t0) * 1000.0
