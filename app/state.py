@@ -67,7 +67,12 @@ def step_scrubber(n_steps: int, *, label: str = "step", key: str = "step_scrubbe
     if key in st.session_state and st.session_state[key] != current and st.session_state.get(f"{key}_url") != current:
         # The URL moved (another page, a link, play/pause): the widget follows it.
         st.session_state[key] = current
-    step = st.slider(label, 0, hi, value=current, key=key)
+    if key in st.session_state:
+        # Set through the Session State API: passing `value=` too would log a warning on every move.
+        st.session_state[key] = max(0, min(hi, int(st.session_state[key])))
+        step = st.slider(label, 0, hi, key=key)
+    else:
+        step = st.slider(label, 0, hi, value=current, key=key)
     st.session_state[f"{key}_url"] = step
     set_param(STEP, step)
     return int(step)

@@ -1,7 +1,7 @@
 """MegaContext Studio, the web app: `streamlit run app/streamlit_app.py`.
 
 The entry point only declares the pages (`st.navigation`); each page is a thin module under
-`app/pages/` over `telemetry.reader` queries (`app/queries.py`) and pure chart builders
+`app/views/` over `telemetry.reader` queries (`app/queries.py`) and pure chart builders
 (`app/charts*.py`). State that a shared link must carry lives in the URL (`app/state.py`).
 """
 
@@ -17,7 +17,9 @@ if _REPO not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-_PAGES = Path(__file__).parent / "pages"
+# Not `pages/`: Streamlit treats a `pages/` folder beside the entry point as its own multipage app,
+# so a shared deep link (/timeline?run=...) would open the bare page file and skip this entry point.
+_PAGES = Path(__file__).parent / "views"
 
 st.set_page_config(page_title="MegaContext Studio", layout="wide")
 

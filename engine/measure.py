@@ -104,6 +104,22 @@ def _coherence(cand, nc, d_node, d_action, width, last):
 
 
 @numba.njit(cache=True, nogil=True)
+def _bin_step_min(yb, lod, start, end, t0, t1, w, span, best, weights):
+    """As `_bin_step`, keeping the finest LOD present per cell (the reader's `agg="min"`)."""
+    for i in range(lod.shape[0]):
+        s, e = max(start[i], t0), min(end[i], t1)
+        if e <= s:
+            continue
+        x0, x1 = (s - t0) * w // span, (e - 1 - t0) * w // span
+        for xb in range(x0, x1 + 1):
+            if lod[i] < best[yb, xb]:
+                best[yb, xb] = lod[i]
+            lo = t0 + (xb * span + w - 1) // w
+            hi = t0 + ((xb + 1) * span + w - 1) // w
+            weights[yb, xb] += min(e, hi) - max(s, lo)
+
+
+@numba.njit(cache=True, nogil=True)
 def _bin_step(yb, lod, start, end, t0, t1, w, span, sums, weights):
     """Spread one step's entries over the token bins of row `yb`, token-weighted (as the reader's SQL)."""
     for i in range(lod.shape[0]):
@@ -128,8 +144,9 @@ class Timeline:
 
     step_range: tuple[int, int]  # inclusive
     token_range: tuple[int, int]  # half-open
-    sums: np.ndarray  # float64[h, w] token-step-weighted LOD sums
+    sums: np.ndarray  # float64[h, w] token-step-weighted LOD sums (agg "mean"), or the finest LOD (agg "min")
     weights: np.ndarray  # int64[h, w] token-steps covered
+    agg: str = "mean"
 
     def cells(self) -> dict[str, np.ndarray]:
         """Non-empty cells with the columns of `Run.span_heatmap` (x_bin, y_bin, token_lo, token_hi,
@@ -145,7 +162,7 @@ class Timeline:
             "token_hi": (t0 + ((xb + 1) * span + w - 1) // w).astype(np.int64),
             "step_lo": (s0 + (yb * n + h - 1) // h).astype(np.int32),
             "step_hi": (s0 + ((yb + 1) * n + h - 1) // h - 1).astype(np.int32),
-            "value": (self.sums[yb, xb] / self.weights[yb, xb]).astype(np.float32),
+            "value": (self.sums[yb, xb] / (self.weights[yb, xb] if self.agg == "mean" else 1)).astype(np.float32),
             "weight": self.weights[yb, xb].astype(np.int64),
         }
 
@@ -167,12 +184,15 @@ class MeasureSink:
     """A sink for a replay's events that measures instead of storing (see the module docstring).
 
     `n_steps` and `tokens` size the per-node state (a node key is `lod * width + index`);
-    `timeline=(width, height)` bins the LOD timeline over `step_range` x `token_range`.
+    `timeline=(width, height)` bins the LOD timeline over steps [0, n_steps) x `token_range` (default:
+    the complete blocks), each cell the token-weighted mean LOD (`agg="mean"`) or the finest (`"min"`).
     """
 
     def __init__(self, *, n_steps: int, tokens: int, block_size: int, max_lod: int, tau_expand: float,
                  timeline: tuple[int, int] | None = None, token_range: tuple[int, int] | None = None,
-                 keep_steps: tuple[int, ...] = ()) -> None:  # fmt: skip
+                 keep_steps: tuple[int, ...] = (), agg: str = "mean") -> None:  # fmt: skip
+        if agg not in ("mean", "min"):
+            raise ValueError(f"timeline agg must be 'mean' or 'min', got {agg!r}")
         self.bs, self.tau = block_size, np.float32(tau_expand)
         self.width = tokens // block_size + 2  # indices at every LOD are below the LOD0 count
         k = self.width * (max_lod + 1)
@@ -198,7 +218,8 @@ class MeasureSink:
             span, n = t1 - t0, n_steps
             self.tl_geom = (t0, t1, min(w, span), span, min(h, n), n)
             hh, ww = min(h, n), min(w, span)
-            self.tl = Timeline((0, n_steps - 1), (t0, t1), np.zeros((hh, ww)), np.zeros((hh, ww), np.int64))
+            sums = np.zeros((hh, ww)) if agg == "mean" else np.full((hh, ww), 127.0)
+            self.tl = Timeline((0, n_steps - 1), (t0, t1), sums, np.zeros((hh, ww), np.int64), agg)
 
     def emit(self, ev: Event) -> None:
         if type(ev) is EntriesRecorded:
@@ -226,7 +247,8 @@ class MeasureSink:
         self.n_prev, self.prev_t, self._n = n, ev.step, n
         if self.tl is not None:
             t0, t1, w, span, h, nsteps = self.tl_geom
-            _bin_step(ev.step * h // nsteps, ev.lod, ev.start, ev.end, t0, t1, w, span, self.tl.sums, self.tl.weights)
+            binner = _bin_step if self.tl.agg == "mean" else _bin_step_min
+            binner(ev.step * h // nsteps, ev.lod, ev.start, ev.end, t0, t1, w, span, self.tl.sums, self.tl.weights)
         if ev.step in self.keep:
             self.entries[ev.step] = ev
 
@@ -362,7 +384,7 @@ def decisions_table(cols: dict[str, np.ndarray]):
 
 def replan(rec, cfg: RunConfig, *, timeline: tuple[int, int] | None = None,
            token_range: tuple[int, int] | None = None, keep_steps: tuple[int, ...] = (),
-           osc_window: int = 5) -> Measured:  # fmt: skip
+           osc_window: int = 5, agg: str = "mean") -> Measured:  # fmt: skip
     """Re-plan recording `rec` (engine.replay.Recording) under `cfg` and measure it. No files written."""
     from engine.replay import replay_fast
 
@@ -370,7 +392,7 @@ def replan(rec, cfg: RunConfig, *, timeline: tuple[int, int] | None = None,
     tokens = int(rec.tokens_seen[-1]) if n else 0
     sink = MeasureSink(n_steps=max(n, 1), tokens=tokens, block_size=cfg.tree.block_size, max_lod=cfg.tree.max_lod,
                        tau_expand=cfg.allocator.tau_expand, timeline=timeline, token_range=token_range,
-                       keep_steps=keep_steps)  # fmt: skip
+                       keep_steps=keep_steps, agg=agg)  # fmt: skip
     stats = replay_fast(rec, cfg, sink)
     out = sink.result(osc_window=osc_window)
     out.approximate_lookups, out.allocator_ms = stats.approximate_lookups, stats.allocator_ms

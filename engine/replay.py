@@ -56,15 +56,17 @@ class Recording:
     raw_score: np.ndarray  # float32[r]
     # Per-row lookup keys by max_lod, made on first use: a recording opened in the app is re-planned
     # at every knob change, and keying its millions of rows is a quarter of a second each time.
-    _keys: dict = field(default_factory=dict, repr=False)
+    # Not an init field, so `dataclasses.replace` (a recording with other rows) starts a fresh cache.
+    _keys: dict = field(default_factory=dict, init=False, repr=False)
 
     def keys(self, max_lod: int) -> tuple[np.ndarray, np.ndarray]:
         """(int64 `_Latest` key, bool "a level the WC can hold") of every row, for this max_lod."""
-        if max_lod not in self._keys:
+        hit = self._keys.get(max_lod)
+        if hit is None or hit[0] is not self.node_id:
             lod = nodes.node_lod(self.node_id)
             key = _Latest(max_lod).key(lod, nodes.node_index(self.node_id))
-            self._keys[max_lod] = (key, (lod >= 0) & (lod <= max_lod))
-        return self._keys[max_lod]
+            hit = self._keys[max_lod] = (self.node_id, key, (lod >= 0) & (lod <= max_lod))
+        return hit[1], hit[2]
 
 
 @dataclass

@@ -29,7 +29,7 @@ from engine.events import (
     RunStarted,
     StepRecorded,
 )
-from telemetry.schema import SCHEMAS, field_array
+from telemetry.schema import SCHEMAS, field_array, numpy_dtype
 from telemetry.writer import _columns
 
 KEPT = ("steps", "entries", "decisions", "attention", "lens_attention")
@@ -37,7 +37,7 @@ LAB_ENTRIES = ("step", "iteration", "node_id", "lod", "start", "end", "score")  
 
 
 def _int_range(t: pa.DataType) -> tuple[np.dtype, int, int]:
-    dt = np.dtype(t.to_pandas_dtype())
+    dt = numpy_dtype(t)
     return dt, int(np.iinfo(dt).min), int(np.iinfo(dt).max)
 
 

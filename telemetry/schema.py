@@ -192,6 +192,8 @@ def field_array(table: str, field: pa.Field, v) -> pa.Array:
     if pa.types.is_integer(field.type) and isinstance(v, list) and None not in v:
         # From a Python list pyarrow truncates 1.5 to 1 without a word; from numpy it refuses.
         v = np.asarray(v)
+    if isinstance(v, np.ndarray) and v.ndim == 2 and pa.types.is_list(field.type):
+        v = vectors_array(v)  # [rows, d] -> one list per row
     try:
         # pa.array casts safely from numpy: an int64 that does not fit int8, or 1.5 into an int, raises.
         arr = v.cast(field.type) if isinstance(v, pa.Array) else pa.array(v, type=field.type)
@@ -201,6 +203,16 @@ def field_array(table: str, field: pa.Field, v) -> pa.Array:
     if not field.nullable and arr.null_count:
         raise SchemaError(f"{table}: column {field.name!r} has {arr.null_count} nulls, expected none")
     return arr
+
+
+_NUMPY = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
+          pa.float32(): np.float32, pa.float64(): np.float64, pa.bool_(): np.bool_}  # fmt: skip
+
+
+def numpy_dtype(typ: pa.DataType) -> np.dtype:
+    """numpy dtype of a fixed-width column type (object for strings and lists), without pandas
+    (`pa.DataType.to_pandas_dtype` imports it)."""
+    return np.dtype(_NUMPY.get(typ, object))
 
 
 def vectors_array(v: np.ndarray) -> pa.Array:

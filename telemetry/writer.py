@@ -53,6 +53,7 @@ from telemetry.schema import (
     TABLES,
     SchemaError,
     columns_to_arrays,
+    numpy_dtype,
     validate,
     vectors_array,
 )
@@ -316,10 +317,7 @@ def _columns(ev: Event) -> tuple[str, dict[str, object]]:
     names = _FIELDS_OF.get(type(ev))
     if names is None:
         names = _FIELDS_OF[type(ev)] = tuple(n for n in SCHEMAS[table].names if hasattr(ev, n))
-    cols = {n: getattr(ev, n) for n in names}
-    if table == "gists":  # one list<float32> row per gist, from the [k, d] matrix
-        cols["vector"] = vectors_array(cols["vector"])
-    return table, cols
+    return table, {n: getattr(ev, n) for n in names}
 
 
 # ------------------------------------------------------------------------- fast path, flush
@@ -331,7 +329,7 @@ def _columns(ev: Event) -> tuple[str, dict[str, object]]:
 def _spec(field: pa.Field) -> tuple:
     if pa.types.is_string(field.type):
         return field.name, field.type, field.nullable, None, 0, 0
-    dt = np.dtype(field.type.to_pandas_dtype())
+    dt = numpy_dtype(field.type)
     lo, hi = (int(np.iinfo(dt).min), int(np.iinfo(dt).max)) if dt.kind in "iu" else (0, 0)
     return field.name, field.type, field.nullable, dt, lo, hi
 
@@ -368,6 +366,9 @@ def _fast_columns(table: str, cols: dict[str, object]) -> tuple[list, int] | Non
     for name, typ, nullable, dtype, lo, hi in _SPECS[table]:
         v = cols.get(name, _MISSING)
         if type(v) is np.ndarray:
+            if v.ndim == 2 and typ == _VECTORS and v.dtype == np.float32:  # gist rows: one list<float32> per row
+                out.append(v)
+                continue
             if v.dtype != dtype or v.ndim != 1:
                 return None
             out.append(v)
@@ -387,8 +388,8 @@ def _fast_columns(table: str, cols: dict[str, object]) -> tuple[list, int] | Non
             if not nullable:
                 return None
             out.append(pa.nulls(n, typ))
-        elif dtype is not None and _scalar_fits(v, dtype, lo, hi):
-            out.append(np.full(n, v, dtype))
+        elif dtype is not None and dtype.kind != "O" and _scalar_fits(v, dtype, lo, hi):
+            out.append(_Scalar(v, n))  # broadcast at flush, one call per column (a step has ~16 scalars)
         else:
             return None
     return out, n
@@ -401,6 +402,21 @@ def _decision_columns(ev: DecisionsRecorded) -> tuple[str, dict[str, object]]:
     cols = {k: getattr(d, k) for k in ("node_id", "lod_from", "lod_to", "score", "forced", "seq")}
     cols["action"], cols["outcome"] = _Codes(d.action, _ACTIONS), _Codes(d.outcome, _OUTCOMES)
     return "decisions", {**cols, "step": ev.step, "iteration": ev.iteration}
+
+
+_VECTORS = pa.list_(pa.float32())
+
+
+class _Scalar:
+    """One value of a column for all `n` rows of an event (checked to fit when buffered)."""
+
+    __slots__ = ("n", "v")
+
+    def __init__(self, v: object, n: int):
+        self.v, self.n = v, n
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class _Codes:
@@ -423,6 +439,15 @@ def _concat(parts: list, typ: pa.DataType, name: str = "") -> pa.Array:
     str, typed Arrow arrays, or `_Codes` (all checked when their event arrived)."""
     if parts and all(type(p) is _Codes for p in parts):
         return parts[0].names.take(pa.array(np.concatenate([p.codes for p in parts]), pa.int8()))
+    if parts and all(type(p) is _Scalar for p in parts):  # e.g. `step` of every event since the last flush
+        dt = numpy_dtype(typ)
+        return pa.array(np.repeat(np.array([p.v for p in parts], dt), [p.n for p in parts]), type=typ)
+    if any(type(p) is _Scalar for p in parts):
+        dt = numpy_dtype(typ)
+        parts = [np.full(p.n, p.v, dt) if type(p) is _Scalar else p for p in parts]
+    if parts and all(type(p) is np.ndarray and p.ndim == 2 for p in parts):
+        return vectors_array(np.concatenate(parts))
+    parts = [vectors_array(p) if type(p) is np.ndarray and p.ndim == 2 else p for p in parts]
     # An event that took the checked path buffered names, not codes: name the codes of the others too.
     parts = [p.names.take(pa.array(p.codes, pa.int8())) if type(p) is _Codes else p for p in parts]
     if all(type(p) is np.ndarray for p in parts):

@@ -87,22 +87,24 @@ def test_replan_metrics_equal_telemetry_metrics(recorded, sets):
     assert osc["applied_edits"] > 20  # not vacuous: the random scorer edits a lot
 
 
+@pytest.mark.parametrize("agg", ["mean", "min"])
 @pytest.mark.parametrize("size", [(300, 40), (10_000, 10_000)], ids=["binned", "one-token-one-step"])
-def test_replan_timeline_equals_reader_binning(recorded, tmp_path, size):
+def test_replan_timeline_equals_reader_binning(recorded, tmp_path, size, agg):
     sets = ["allocator.cooldown_steps=3", "allocator.tau_expand=0.3"]
     out = tmp_path / "replay"
     replay_run(recorded, out, sets)
     run = Run(out)
     rec = load_recording(recorded)
-    got = replan(rec, apply_overrides(rec.config, sets), timeline=size)
+    got = replan(rec, apply_overrides(rec.config, sets), timeline=size, agg=agg)
     cells = got.timeline.cells()
-    want = run.lod_timeline(*size, step_range=got.timeline.step_range, token_range=got.timeline.token_range)
+    tl = got.timeline
+    want = run.lod_timeline(*size, step_range=tl.step_range, token_range=tl.token_range, agg=agg)
     assert want.num_rows == cells["x_bin"].size > 0
     for col in ("x_bin", "y_bin", "token_lo", "token_hi", "step_lo", "step_hi", "weight"):
         np.testing.assert_array_equal(cells[col], want[col].to_numpy(), err_msg=col)
     np.testing.assert_allclose(cells["value"], want["value"].to_numpy(), rtol=1e-6)
     # The default token range is the whole stream's complete blocks: the reader's own extent.
-    auto = run.lod_timeline(*size)
+    auto = run.lod_timeline(*size, agg=agg)
     assert auto.num_rows == want.num_rows
 
 

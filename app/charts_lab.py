@@ -1,0 +1,70 @@
+"""Chart builders for the Knobs lab and the Gist map: pandas DataFrame in, plotly figure out.
+
+Pure: no streamlit, no I/O, no binning or projection (the callers pass data already reduced to
+what a screen can show, e.g. at most ~50k projected points). The LOD timeline itself is
+`app.charts.lod_heatmap`, shared with the Timeline page.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from app.charts import LOD_COLOURS  # the same LOD colours as the timeline
+
+
+def metric_over_steps(recorded: pd.DataFrame, replanned: pd.DataFrame, column: str, *, step: int | None = None):
+    """One per-step metric, recorded vs re-planned, as two lines over the refocus step."""
+    fig = go.Figure()
+    for df, name, dash in ((recorded, "recorded", "solid"), (replanned, "re-planned", "dot")):
+        if column in df.columns:
+            fig.add_trace(go.Scattergl(x=df["step"], y=df[column], mode="lines", name=name, line={"dash": dash}))
+    if step is not None:
+        fig.add_vline(x=step, line={"color": "#d62728", "width": 1})
+    fig.update_layout(
+        xaxis_title="refocus step", yaxis_title=column, height=280, margin={"l": 40, "r": 10, "t": 20, "b": 40}
+    )
+    return fig
+
+
+def gist_scatter(points: pd.DataFrame, *, colour: str, title: str) -> go.Figure:
+    """2-D gist projection (columns x, y, node_id, lod, start and `colour`), one marker per gist.
+
+    LOD is categorical (one trace per level, so the legend toggles levels); other colourings are
+    continuous. Points with no value for the colour (e.g. never expanded) are drawn grey.
+    """
+    fig = go.Figure()
+    hover = "node %{customdata[0]}<br>LOD %{customdata[1]}<br>token %{customdata[2]}<extra></extra>"
+    if colour == "lod":
+        for lvl in sorted(points["lod"].unique()):
+            p = points[points["lod"] == lvl]
+            fig.add_trace(
+                go.Scattergl(
+                    x=p["x"], y=p["y"], mode="markers", name=f"LOD{lvl}",
+                    marker={"size": 5, "color": LOD_COLOURS[min(int(lvl), len(LOD_COLOURS) - 1)]},
+                    customdata=p[["node_id", "lod", "start"]].to_numpy(), hovertemplate=hover,
+                )
+            )  # fmt: skip
+    else:
+        has = points[colour].notna()
+        if (~has).any():
+            p = points[~has]
+            fig.add_trace(
+                go.Scattergl(
+                    x=p["x"], y=p["y"], mode="markers", name=f"no {colour}", marker={"size": 4, "color": "#bbbbbb"},
+                    customdata=p[["node_id", "lod", "start"]].to_numpy(), hovertemplate=hover,
+                )
+            )  # fmt: skip
+        p = points[has]
+        fig.add_trace(
+            go.Scattergl(
+                x=p["x"], y=p["y"], mode="markers", name=colour,
+                marker={"size": 5, "color": p[colour], "colorscale": "Viridis", "showscale": True,
+                        "colorbar": {"title": colour}},
+                customdata=p[["node_id", "lod", "start"]].to_numpy(), hovertemplate=hover,
+            )
+        )  # fmt: skip
+    fig.update_layout(title=title, height=560, margin={"l": 20, "r": 10, "t": 40, "b": 20}, legend={"orientation": "h"})
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False, scaleanchor="x")
+    return fig

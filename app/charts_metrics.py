@@ -1,0 +1,65 @@
+"""Metric charts: per-step metric lines and the residency histogram.
+
+Pure builders: the DataFrames of `app.queries.series` / `residency_lengths` in (already thinned to
+what a screen shows), plotly Figures out. No streamlit, no I/O, no metric arithmetic: the numbers
+come from `telemetry.metrics` unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from app.charts import MARKER_COLOUR
+
+
+def metric_lines(
+    df: pd.DataFrame,
+    columns: list[str] | tuple[str, ...],
+    *,
+    title: str | None = None,
+    y_title: str | None = None,
+    step: int | None = None,
+    names: dict[str, str] | None = None,
+    height: int = 260,
+) -> go.Figure:
+    """One line per column against `step`; nulls break the line (a step with no value is not zero)."""
+    fig = go.Figure()
+    for col in columns:
+        if col in df.columns:
+            fig.add_trace(
+                go.Scatter(
+                    x=df["step"].to_numpy(),
+                    y=pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64),
+                    mode="lines",
+                    name=(names or {}).get(col, col),
+                    connectgaps=False,
+                )
+            )
+    if step is not None:
+        fig.add_vline(x=step, line={"color": MARKER_COLOUR, "width": 1.5})
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin={"l": 50, "r": 20, "t": 40 if title else 10, "b": 40},
+        xaxis={"title": {"text": "refocus step"}},
+        yaxis={"title": {"text": y_title or ""}},
+        showlegend=len(columns) > 1,
+        legend={"orientation": "h", "y": 1.15},
+    )
+    return fig
+
+
+def residency_histogram(df: pd.DataFrame) -> go.Figure:
+    """How many residency runs (a node kept at one LOD) lasted each number of steps."""
+    fig = go.Figure()
+    if len(df):
+        fig.add_trace(go.Bar(x=df["length"].to_numpy(), y=df["runs"].to_numpy(), name="runs"))
+    fig.update_layout(
+        height=260,
+        margin={"l": 50, "r": 20, "t": 10, "b": 40},
+        xaxis={"title": {"text": "steps at one LOD"}},
+        yaxis={"title": {"text": "runs"}, "type": "log"},
+    )
+    return fig

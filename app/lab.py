@@ -1,0 +1,317 @@
+"""Knobs lab logic: re-plan a recorded session with other knobs, in memory, and measure both sides.
+
+`replan(recording, overrides, grid)` is the one entry point the page uses: fast replay (recorded
+raw scores) measured as it runs by `engine.measure.replan`, which computes the metrics and the
+binned LOD timeline step by step without building per-entry tables (the same numbers as
+`telemetry.metrics` on the replay's tables; tests hold them equal). `measure(steps, entries,
+decisions, block_size, tau)` computes the recorded side from the recorded tables with
+`telemetry.metrics`, so identical knobs give identical numbers. `LAB_KNOBS` lists the page's knobs.
+
+Pure: no streamlit, no files (saving a replay run is `engine.replay.replay_run`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine import measure as engine_measure
+from engine.config import RunConfig, apply_overrides, changed_knobs
+from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayStats, replay_fast
+from telemetry import metrics
+from telemetry.memory import LAB_ENTRIES, ArrowSink
+
+# The knobs the page shows, in this order: (one name, kind). Kinds: "int", "float", "pair" (left,right).
+LAB_KNOBS: tuple[tuple[str, str], ...] = (
+    ("allocator.cooldown_steps", "int"),
+    ("allocator.hysteresis_margin", "float"),
+    ("allocator.hysteresis_steps", "int"),
+    ("allocator.tau_expand", "float"),
+    ("allocator.tau_collapse", "float"),
+    ("allocator.sharpen_gamma", "float"),
+    ("allocator.interp_gate", "float"),
+    ("allocator.shift_kernel", "pair"),
+    ("allocator.max_edits", "int"),
+    ("allocator.iterations", "int"),
+    ("wc.w_max", "int"),
+    ("wc.protect_recent", "int"),
+)
+
+# Metric rows of the comparison table: (summary key, label). Labels are the DESIGN section 4 names.
+SUMMARY_METRICS: tuple[tuple[str, str], ...] = (
+    ("swap_rate", "swap rate (applied edits / entries)"),
+    ("ping_pongs_per_edit", "ping-pongs per edit"),
+    ("ping_pongs", "ping-pongs"),
+    ("applied_edits", "applied edits"),
+    ("locality", "locality"),
+    ("adjacent_share", "expansions adjacent to detail"),
+    ("sequential_score", "sequential score"),
+    ("residency_mean", "residency mean (steps)"),
+    ("residency_p95", "residency p95 (steps)"),
+    ("utilization", "utilization (cost / w_max)"),
+    ("coherence", "coherence"),
+)
+
+# Columns of the decisions table the metrics read (applied edits only are kept, see `_applied_only`).
+_DECISION_COLS = ("step", "iteration", "node_id", "lod_from", "lod_to", "action", "outcome", "seq")
+
+
+@dataclass
+class LabResult:
+    """One side of the comparison (recorded or re-planned)."""
+
+    summary: dict  # SUMMARY_METRICS keys -> float | int | None
+    per_step: pd.DataFrame  # step, tokens_seen, swap_rate, ping_pongs, locality, utilization, coherence
+    entries: pa.Table | None  # iteration-0 entries (step, node_id, lod, start, end, score); None when `cells` is set
+    overrides: list[str] = field(default_factory=list)
+    changed: dict = field(default_factory=dict)  # knob -> new value, vs the recording's config
+    stats: ReplayStats | None = None  # None for the recorded side
+    wall_s: float = 0.0
+    cells: pd.DataFrame | None = None  # the re-planned LOD timeline already binned (as `bin_lod`), when asked
+
+
+def config_for(recording: Recording, overrides: list[str]) -> tuple[RunConfig, dict]:
+    """The recording's config with `overrides` applied, and what changed. ValueError (one line) if
+    a value is bad, a cross-field rule breaks, or a knob is one fast replay cannot change."""
+    cfg = apply_overrides(recording.config, list(overrides))
+    changed = changed_knobs(recording.config, cfg)
+    bad = [k for k in changed if k.split(".")[0] not in FAST_KNOB_SECTIONS]
+    if bad:
+        raise ValueError(f"the knobs lab re-plans with the recorded scores: it cannot change {', '.join(bad)}")
+    return cfg, changed
+
+
+def replan(recording: Recording, overrides: list[str], grid: tuple[int, int] | None = None) -> LabResult:
+    """Re-plan `recording` with `overrides` (`section.field=value`) and measure it. Raises ValueError.
+
+    `grid=(w, h)`: also bin the re-planned LOD timeline (finest LOD per cell, as `bin_lod`) over
+    steps [0, last] x tokens [0, tokens read], into `LabResult.cells`.
+    """
+    t0 = time.perf_counter()
+    cfg, changed = config_for(recording, overrides)
+    if cfg.session.entries_every == 1:
+        return _replan_measured(recording, cfg, list(overrides), changed, grid, t0)
+    # A recording with sparse entries: measure on its recorded steps only, through tables (rare, slower).
+    sink = ArrowSink(("steps", "entries", "decisions"), columns={"entries": LAB_ENTRIES, "decisions": _DECISION_COLS})
+    stats = replay_fast(recording, cfg, sink)
+    steps, entries, decisions = sink.table("steps"), sink.table("entries"), sink.table("decisions")
+    if cfg.session.entries_every > 1:  # measure the steps the recording measured, or the sides differ by cadence
+        entries = entries.filter(pc.is_in(entries.column("step"), pa.array(np.unique(recording.step))))
+    res = measure(steps, entries, decisions, cfg.tree.block_size, cfg.allocator.tau_expand)
+    res.overrides, res.changed, res.stats = list(overrides), changed, stats
+    res.wall_s = time.perf_counter() - t0
+    return res
+
+
+_CELL_COLS = ("x_bin", "y_bin", "token_lo", "token_hi", "step_lo", "step_hi", "value")
+
+
+def _replan_measured(rec: Recording, cfg: RunConfig, overrides: list[str], changed: dict,
+                     grid: tuple[int, int] | None, t0: float) -> LabResult:  # fmt: skip
+    n = int(rec.tokens_seen.shape[0])
+    tokens = int(rec.tokens_seen[-1]) if n else 0
+    m = engine_measure.replan(rec, cfg, timeline=grid if n and tokens else None, token_range=(0, max(tokens, 1)),
+                              agg="min")  # fmt: skip
+    s = m.series
+    summary = {key: m.summary.get(key) for key, _ in SUMMARY_METRICS}
+    steps = s["swap_rate"]["step"].astype(np.int64)
+    df = pd.DataFrame({"step": steps, "tokens_seen": rec.tokens_seen[: steps.size]})
+    df["ping_pongs"] = s["oscillation"]["ping_pongs"].astype(np.int64)
+    df["swap_rate"] = s["swap_rate"]["swap_rate"]
+    for name in ("locality", "coherence"):
+        df[name] = df["step"].map(pd.Series(s[name][name], index=s[name]["step"]))
+    df["utilization"] = s["utilization"]["utilization"]
+    cells = None
+    if m.timeline is not None:
+        c = m.timeline.cells()
+        cells = pd.DataFrame({k: c[k] for k in _CELL_COLS})
+        (s0, s1), (a, b) = m.timeline.step_range, m.timeline.token_range
+        hh, ww = m.timeline.weights.shape
+        cells.attrs["extent"] = {"t0": a, "t1": b, "s0": s0, "s1": s1, "w": ww, "h": hh}
+    stats = ReplayStats(steps=n, approximate_lookups=m.approximate_lookups, allocator_ms=m.allocator_ms)
+    return LabResult(summary=summary, per_step=df, entries=None, overrides=overrides, changed=changed, stats=stats,
+                     wall_s=time.perf_counter() - t0, cells=cells)  # fmt: skip
+
+
+def _applied_only(decisions: pa.Table) -> pa.Table:
+    # The metrics count applied edits only; refused candidates are most of the rows.
+    return decisions.filter(pc.equal(decisions.column("outcome"), "applied"))
+
+
+def _mean(values: np.ndarray) -> float | None:
+    v = values[~np.isnan(values)]
+    return float(v.mean()) if v.size else None
+
+
+def _series(t: pa.Table, col: str) -> np.ndarray:
+    c = t.column(col)
+    if pa.types.is_boolean(c.type):
+        c = c.cast(pa.float64())
+    return c.cast(pa.float64()).fill_null(float("nan")).to_numpy()
+
+
+def measure(steps: pa.Table, entries: pa.Table, decisions: pa.Table, block_size: int, tau: float) -> LabResult:
+    """The lab's metrics over one side's tables (the same functions and conventions as `metrics.summary`)."""
+    dec = _applied_only(decisions) if decisions.num_rows else decisions
+    first = metrics._first_iteration(entries)
+    swap = metrics.swap_rate(steps, dec, first)
+    osc = metrics.oscillation(dec, top=5)
+    loc = metrics.locality(first)
+    seq = metrics.sequential(dec, block_size)
+    res = metrics.residency(first)
+    util = metrics.utilization(steps)
+    coh = metrics.coherence(first, dec, tau)
+    cand, finer = int(np.sum(coh.column("candidates").to_numpy())), int(np.sum(coh.column("finer").to_numpy()))
+    summary = {
+        "swap_rate": _mean(_series(swap, "swap_rate")),
+        "ping_pongs_per_edit": float(osc["per_edit"]),
+        "ping_pongs": int(osc["ping_pongs"]),
+        "applied_edits": int(osc["applied_edits"]),
+        "locality": _mean(_series(loc, "locality")),
+        "adjacent_share": metrics.adjacency(entries, dec, block_size)["share"],
+        "sequential_score": _mean(_series(seq, "sequential")) if seq.num_rows else None,
+        "residency_mean": res["mean"],
+        "residency_p95": res["p95"],
+        "utilization": _mean(_series(util, "utilization")),
+        "coherence": finer / cand if cand else None,
+    }
+    per_step = _per_step(steps, swap, metrics.oscillation_events(dec), loc, util, coh)
+    keep = [c for c in ("step", "node_id", "lod", "start", "end", "score") if c in first.column_names]
+    return LabResult(summary=summary, per_step=per_step, entries=first.select(keep))
+
+
+def _per_step(steps, swap, osc_events, loc, util, coh) -> pd.DataFrame:
+    df = pd.DataFrame({"step": steps.column("step").to_numpy(), "tokens_seen": steps.column("tokens_seen").to_numpy()})
+    df = df.sort_values("step", kind="stable").reset_index(drop=True)
+    pp = pd.Series(osc_events.column("step").to_numpy()).value_counts()
+    df["ping_pongs"] = df["step"].map(pp).fillna(0).astype("int64")
+    for t, col in ((swap, "swap_rate"), (loc, "locality"), (util, "utilization"), (coh, "coherence")):
+        s = pd.Series(_series(t, col), index=t.column("step").to_numpy())
+        df[col] = df["step"].map(s[~s.index.duplicated()])
+    return df
+
+
+def recorded_side(run) -> LabResult:
+    """The recorded run's own tables measured like a re-plan (`run` is a `telemetry.reader.Run`)."""
+    steps = run.table("steps")
+    entries = run.table("entries", list(LAB_ENTRIES))
+    decisions = run.table("decisions", list(_DECISION_COLS), where="outcome = 'applied'")
+    return measure(steps, entries, decisions, int(run.knob("tree.block_size", 32)),
+                   float(run.knob("allocator.tau_expand", 0.2)))  # fmt: skip
+
+
+def compare_table(recorded: dict, replanned: dict) -> pd.DataFrame:
+    """metric | recorded | re-planned | delta, one row per SUMMARY_METRICS entry (None where undefined)."""
+    rows = []
+    for key, label in SUMMARY_METRICS:
+        a, b = recorded.get(key), replanned.get(key)
+        delta = (b - a) if a is not None and b is not None else None
+        rows.append({"metric": label, "key": key, "recorded": a, "re-planned": b, "delta": delta})
+    return pd.DataFrame(rows)
+
+
+def knob_values(cfg: RunConfig) -> dict[str, object]:
+    """Current value of every lab knob (shift_kernel as a (left, right) tuple)."""
+    flat = cfg.flat()
+    return {name: tuple(flat[name]) if kind == "pair" else flat[name] for name, kind in LAB_KNOBS}
+
+
+def format_value(value: object) -> str:
+    """A knob value in `--set` syntax (what the URL carries)."""
+    if isinstance(value, tuple | list):
+        return ",".join(format_value(v) for v in value)
+    if isinstance(value, float):
+        return repr(value) if value != int(value) else f"{value:.1f}"
+    return str(value)
+
+
+def overrides_from(values: dict[str, object], base: RunConfig) -> dict[str, str]:
+    """`values` (knob -> widget value) that differ from `base`, as `--set` strings by knob name.
+
+    A pair knob may come as text ("0.25,0"): text that does not parse is passed on unchanged, so
+    that `apply_overrides` names the problem in its one-line error.
+    """
+    rec = knob_values(base)
+    out = {}
+    for name, v in values.items():
+        if isinstance(v, str):
+            try:
+                v = tuple(float(x) for x in v.replace("(", "").replace(")", "").split(",") if x.strip())
+            except ValueError:
+                out[name] = v
+                continue
+        if isinstance(v, tuple):
+            same = v == tuple(float(x) for x in rec[name])
+        else:
+            same = v == rec[name]
+        if not same:
+            out[name] = format_value(v)
+    return out
+
+
+def replay_name(parent: str, changed: dict) -> str:
+    """A folder name for a saved replay: the parent's name plus the changed knobs (`cooldown_steps4`)."""
+    parts = [parent]
+    for k, v in sorted(changed.items()):
+        parts.append(k.split(".")[-1] + format_value(v))
+    name = re.sub(r"[^A-Za-z0-9_.,=-]+", "", "-".join(parts)).replace(",", "_").replace("=", "")
+    name = name.lstrip("._-") or "replay"
+    return name[:120]
+
+
+def bin_lod(entries: pa.Table, width: int, height: int, step_range: tuple[int, int], token_range: tuple[int, int],
+            max_lod: int) -> pd.DataFrame:  # fmt: skip
+    """Finest LOD present per (token bin, step bin) cell, like `Run.lod_timeline(..., agg="min")`.
+
+    Bins as `telemetry.reader.Run.span_heatmap`: token p in bin `(p - t0) * w // (t1 - t0)`, step s in
+    `(s - s0) * h // n`. Each entry marks the token bins its span touches through a difference array
+    per level (a +1 where it starts, a -1 after it ends, then a running sum), so the cost is one pass
+    over the rows plus (levels x cells), never one row per token. Columns: x_bin, y_bin, token_lo,
+    token_hi (half-open), step_lo, step_hi (inclusive), value (LOD); empty cells are absent.
+    `attrs["extent"]` = {t0, t1, s0, s1, w, h}, as `app.queries.heatmap` (what `app.charts` reads).
+    """
+    cols = ["x_bin", "y_bin", "token_lo", "token_hi", "step_lo", "step_hi", "value"]
+    (s0, s1), (t0, t1) = (int(v) for v in step_range), (int(v) for v in token_range)
+    if entries.num_rows == 0 or s1 < s0 or t1 <= t0:
+        df = pd.DataFrame(columns=cols)
+        df.attrs["extent"] = {"t0": t0, "t1": t1, "s0": s0, "s1": s1, "w": 0, "h": 0}
+        return df
+    n, span = s1 - s0 + 1, t1 - t0
+    w, h = max(1, min(width, span)), max(1, min(height, n))
+    step, lod = entries.column("step").to_numpy().astype(np.int64), entries.column("lod").to_numpy().astype(np.int64)
+    start = np.maximum(entries.column("start").to_numpy().astype(np.int64), t0)
+    end = np.minimum(entries.column("end").to_numpy().astype(np.int64), t1)
+    ok = (step >= s0) & (step <= s1) & (end > start)
+    step, lod, start, end = step[ok], lod[ok], start[ok], end[ok]
+    yb = (step - s0) * h // n
+    x0, x1 = (start - t0) * w // span, (end - 1 - t0) * w // span
+    best = np.full(h * w, np.iinfo(np.int64).max)
+    for lvl in range(max_lod, -1, -1):  # finer levels last: they overwrite coarser ones
+        m = lod == lvl
+        if not m.any():
+            continue
+        row = yb[m] * (w + 1)
+        diff = np.bincount(row + x0[m], minlength=h * (w + 1)) - np.bincount(row + x1[m] + 1, minlength=h * (w + 1))
+        present = np.cumsum(diff.reshape(h, w + 1), axis=1)[:, :w].reshape(-1) > 0
+        best[present] = lvl
+    cell = np.flatnonzero(best != np.iinfo(np.int64).max)
+    xb, ybin = cell % w, cell // w
+    df = pd.DataFrame(
+        {
+            "x_bin": xb.astype(np.int32),
+            "y_bin": ybin.astype(np.int32),
+            "token_lo": t0 + (xb * span + w - 1) // w,
+            "token_hi": t0 + ((xb + 1) * span + w - 1) // w,
+            "step_lo": (s0 + (ybin * n + h - 1) // h).astype(np.int32),
+            "step_hi": (s0 + ((ybin + 1) * n + h - 1) // h - 1).astype(np.int32),
+            "value": best[cell].astype(np.float32),
+        }
+    )
+    df.attrs["extent"] = {"t0": t0, "t1": t1, "s0": s0, "s1": s1, "w": w, "h": h}
+    return df

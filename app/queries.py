@@ -1,0 +1,378 @@
+"""The app's query layer: cached functions over `telemetry.reader` that return small pandas DataFrames.
+
+Every function takes a run folder (a string) and its `version`, a cheap fingerprint of the folder
+(manifest stamp and part counts): a finished run keeps its version, so its results stay cached for
+the life of the server, while a run that is still recording changes version with every flush and
+heartbeat, so a page that follows it sees new data on its next rerun. Heavy work (binning a heatmap,
+scanning entries) runs in DuckDB inside the reader; what comes back here is already screen-sized
+(at most `MAX_CELLS` heatmap cells, at most `MAX_POINTS` points per metric line).
+
+This module draws only two shared bits of page: `require_run`, the guard every page uses to open the
+run named in the URL (a one-line message and `st.stop()` when there is none, a warning naming any
+unreadable part file), and `nav_link`, a link to another page that carries run and step. Queries
+about one step are in `app/queries_step.py`; charts in `app/charts*.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import streamlit as st
+from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
+
+from app import paths, state
+from engine import nodes
+from engine.config import RunConfig
+from telemetry import metrics
+from telemetry.reader import Run, RunReadError, list_runs, load_manifest
+
+MAX_CELLS = 250_000  # heatmap cells sent to the browser, all traces of a figure together
+MAX_POINTS = 2_000  # points per metric line: more than a screen shows
+SCORE_COLUMNS = ("raw_score", "score_interp", "score_shift", "score")  # the pipeline's stages, in order
+RECORD_HINT = (
+    "Record one on the **Record** page, or from a shell: "
+    "`python -m engine record --input FILE --out runs/NAME --model tiny`."
+)
+
+
+# ------------------------------------------------------------------------------------ keys
+
+
+def version(path: str | os.PathLike) -> str:
+    """A fingerprint that changes whenever a run gains data or its manifest is rewritten."""
+    p = Path(path)
+    try:
+        s = (p / "manifest.json").stat()
+        stamp = f"{s.st_mtime_ns}:{s.st_size}"
+    except OSError:
+        stamp = "-"
+    parts = 0
+    for table in ("steps", "entries", "decisions"):
+        try:
+            parts += len(os.listdir(p / table))
+        except OSError:
+            pass
+    return f"{stamp}:{parts}"
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _run(path: str) -> Run:
+    # One Run per folder for the server's life: it keeps the DuckDB connection and its cache of
+    # checked part footers, so a warm query never re-reads footers.
+    return Run(path)
+
+
+def get_run(path: str | os.PathLike) -> Run:
+    return _run(str(Path(path).resolve()))
+
+
+def key(run: Run) -> tuple[str, str]:
+    """(path, version): the first two arguments of every cached query."""
+    p = str(Path(run.path).resolve())
+    return p, version(p)
+
+
+def require_run(name: str = state.RUN, *, what: str = "a run") -> tuple[Run, tuple[str, str]]:
+    """The run named by URL parameter `name` and its cache key; otherwise a one-line message and stop."""
+    if state.param(name) is None:
+        st.info(f"Pick {what} on the **Runs** page first (it sets `?{name}=` in the URL).")
+        st.stop()
+    run = state.open_run(name)  # a bad or refused reference: st.error already said why
+    if run is None:
+        st.stop()
+    run = get_run(run.path)
+    run.tables()  # checks every part's footer once (cached): bad parts are skipped, and named here
+    if run.problems:
+        more = f" (and {len(run.problems) - 1} more)" if len(run.problems) > 1 else ""
+        st.warning(f"Skipped {len(run.problems)} unreadable part file(s) of `{run.name}`: {run.problems[0]}{more}")
+    return run, key(run)
+
+
+# ------------------------------------------------------------------------------------- labels
+
+
+def node_labels(node_id: pd.Series | np.ndarray) -> list[str]:
+    """`L1 #12` for node (lod 1, index 12); `tail` for the raw tail (-1)."""
+    ids = np.asarray(node_id, dtype=np.int64)
+    lod, idx = nodes.node_lod(ids), nodes.node_index(ids)
+    return ["tail" if i < 0 else f"L{lv} #{ix}" for i, lv, ix in zip(ids, lod, idx, strict=True)]
+
+
+def _df(t: pa.Table) -> pd.DataFrame:
+    return t.to_pandas()
+
+
+# ------------------------------------------------------------------------------------- runs
+
+
+def _changed(manifest: dict, defaults: dict) -> str:
+    ch = manifest.get("changed_knobs")
+    if not ch:  # a first recording: what differs from the defaults
+        flat = manifest.get("config_flat") or {}
+        ch = {k: v for k, v in flat.items() if k in defaults and defaults[k] != v and not k.startswith("session.")}
+    return ", ".join(f"{k}={v}" for k, v in sorted(ch.items()))
+
+
+def runs_table() -> pd.DataFrame:
+    """Every run folder under every run root (`app.paths.run_roots()`), one row each."""
+    return _runs_table(tuple(str(r) for r in paths.run_roots()))
+
+
+@st.cache_data(ttl=3, show_spinner=False)
+def _runs_table(roots: tuple[str, ...]) -> pd.DataFrame:
+    # A short TTL: the list changes as runs appear, finish or die; keyed by the roots themselves.
+    defaults = RunConfig().flat()
+    rows = []
+    for root in roots:
+        for info in list_runs(root):
+            changed = ""
+            if info.status != "invalid":
+                try:
+                    changed = _changed(load_manifest(info.path), defaults)
+                except RunReadError:
+                    pass
+            rows.append(
+                {
+                    "ref": paths.run_ref(info.path),
+                    "root": str(root),
+                    "name": info.name,
+                    "status": info.status,
+                    "problem": info.problem or info.error or "",
+                    "size_mb": round(info.size_bytes / 2**20, 2),
+                    "scorer": info.scorer or "",
+                    "tokens": info.tokens,
+                    "steps": info.steps,
+                    "parent": info.parent or "",
+                    "changed_knobs": changed,
+                    "created_at": info.created_at or "",
+                    "path": str(info.path),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(_RUN_COLUMNS))
+
+
+_RUN_COLUMNS = (
+    "ref",
+    "root",
+    "name",
+    "status",
+    "problem",
+    "size_mb",
+    "scorer",
+    "tokens",
+    "steps",
+    "parent",
+    "changed_knobs",
+    "created_at",
+    "path",
+)
+HEADLINE = (
+    "swap_rate",
+    "ping_pongs_per_edit",
+    "locality",
+    "sequential_score",
+    "residency_mean",
+    "utilization",
+    "coherence",
+    "delta_nll_full",
+    "delta_nll_recency",
+)
+
+
+@st.cache_resource(show_spinner=False)
+def _summaries() -> dict:
+    # Shared by every session, like cache_data, but it can be asked whether a run's summary is known
+    # without computing it (the Runs page shows big runs' numbers only once something computed them).
+    return {}
+
+
+def summary(path: str, ver: str) -> dict:
+    """`telemetry.metrics.summary` of the run (headline numbers, worst nodes as a list of dicts), cached."""
+    known = _summaries()
+    if (path, ver) not in known:
+        if len(known) >= 128:  # a live run makes a new version every few seconds: forget the oldest
+            known.pop(next(iter(known)))
+        known[(path, ver)] = metrics.summary(get_run(path))
+    return known[(path, ver)]
+
+
+def cached_summary(path: str, ver: str) -> dict | None:
+    """The run's summary if some page has computed it already, else None (never computes)."""
+    return _summaries().get((path, ver))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def overview(path: str, ver: str) -> dict:
+    """Extents and what the run holds: step and token range, tables, knobs the pages need."""
+    run = get_run(path)
+    out = {"s0": 0, "s1": -1, "t0": 0, "t1": 0, "n_steps": run.n_steps(), "tables": run.tables()}
+    files = [str(p) for p in run.parts("entries")]
+    if files:
+        q = 'SELECT min(step) s0, max(step) s1, min(start) t0, max("end") t1 FROM read_parquet($p, union_by_name=true)'
+        ext = run.sql(q + " WHERE iteration = 0", {"p": files}).to_pylist()[0]
+        if ext["s0"] is not None:
+            out.update({k: int(v) for k, v in ext.items()})
+    out["block_size"] = int(run.knob("tree.block_size", 32))
+    out["max_lod"] = int(run.knob("tree.max_lod", 2))
+    out["tau_expand"] = float(run.knob("allocator.tau_expand", 0.2))
+    m = run.manifest
+    out["tokens"] = int(m.get("tokens") or 0)
+    out["scorer"] = m.get("scorer")
+    return out
+
+
+def step_list(path: str, ver: str) -> np.ndarray:
+    """The recorded steps, in order (usually 0..n-1; a cadence > 1 or a replay may skip some)."""
+    return _steps(path, ver)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _steps(path: str, ver: str) -> np.ndarray:
+    return get_run(path).steps(["step"]).column("step").to_numpy()
+
+
+# ------------------------------------------------------------------------------------ heatmaps
+
+
+def grid_size(width: int, height: int, n_steps: int, n_tokens: int, budget: int = MAX_CELLS) -> tuple[int, int]:
+    """Bins (token bins, step bins) for a chart: never finer than the data, never over `budget` cells."""
+    w, h = max(1, min(width, n_tokens)), max(1, min(height, n_steps))
+    if w * h > budget:  # keep the aspect: shrink both by the same factor
+        f = (budget / (w * h)) ** 0.5
+        w, h = max(1, int(w * f)), max(1, int(h * f))
+    return w, h
+
+
+@st.cache_data(max_entries=16, show_spinner=False)  # up to ~12 MB each at MAX_CELLS: keep few
+def heatmap(
+    path: str,
+    ver: str,
+    column: str = "lod",
+    width: int = 1000,
+    height: int = 250,
+    step_range: tuple[int, int] | None = None,
+    token_range: tuple[int, int] | None = None,
+    agg: str = "mean",
+) -> pd.DataFrame:
+    """One entries column binned over (token, step) in DuckDB, as long-form cells.
+
+    `attrs["extent"]` holds what a chart needs to place the bins: t0, t1 (tokens, half-open),
+    s0, s1 (steps, inclusive), w and h (bins). `width * height` must respect MAX_CELLS (see grid_size).
+    """
+    run = get_run(path)
+    ov = overview(path, ver)
+    s0, s1 = step_range or (ov["s0"], ov["s1"])
+    t0, t1 = token_range or (ov["t0"], ov["t1"])
+    if s1 < s0 or t1 <= t0:
+        df = pd.DataFrame(columns=["x_bin", "y_bin", "token_lo", "token_hi", "step_lo", "step_hi", "value", "weight"])
+        df.attrs["extent"] = {"t0": t0, "t1": t1, "s0": s0, "s1": s1, "w": 0, "h": 0}
+        return df
+    w, h = min(width, t1 - t0), min(height, s1 - s0 + 1)
+    if column == "lod":
+        t = run.lod_timeline(w, h, (s0, s1), (t0, t1), agg=agg)
+    else:
+        t = run.score_heatmap(w, h, (s0, s1), (t0, t1), column=column, agg=agg)
+    df = _df(t)
+    df.attrs["extent"] = {"t0": int(t0), "t1": int(t1), "s0": int(s0), "s1": int(s1), "w": int(w), "h": int(h)}
+    return df
+
+
+# ------------------------------------------------------------------------------------- metrics
+
+
+def _thin(df: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """Mean of every metric over equal runs of steps, so a line has at most `max_points` points."""
+    if len(df) <= max_points:
+        return df.reset_index(drop=True)
+    b = np.arange(len(df)) * max_points // len(df)
+    num = df.select_dtypes(include=["number", "bool"]).astype(float)
+    out = num.groupby(b).mean()
+    out["step"] = df["step"].groupby(b).first().to_numpy()  # a bin is placed at its first step
+    return out.reset_index(drop=True)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def series(path: str, ver: str, name: str, max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """`telemetry.metrics.series(run, name)` as a DataFrame thinned to `max_points` rows."""
+    df = _df(metrics.series(get_run(path), name))
+    if name == "sequential" and not df.empty:
+        # One row per consecutive pair of expansions: the share per step is what a line can show.
+        df = df.groupby("step", as_index=False)["sequential"].mean()
+    return _thin(df, max_points)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def worst_nodes(path: str, ver: str, top: int = 10, osc_window: int = 5) -> pd.DataFrame:
+    """The nodes with the most ping-pongs, each with its first ping-pong step (where a link should land)."""
+    run = get_run(path)
+    cols = ["step", "iteration", "node_id", "lod_from", "lod_to", "action", "outcome", "seq"]
+    ev = _df(metrics.oscillation_events(run.table("decisions", cols, where="outcome = 'applied'"), osc_window))
+    if ev.empty:
+        return pd.DataFrame(columns=["node", "node_id", "ping_pongs", "first_step", "start", "end"])
+    g = ev.groupby("node_id").agg(ping_pongs=("step", "size"), first_step=("step", "min")).reset_index()
+    g = g.sort_values(["ping_pongs", "node_id"], ascending=[False, True]).head(top).reset_index(drop=True)
+    bs = int(run.knob("tree.block_size", 32))
+    lod, idx = nodes.node_lod(g["node_id"]), nodes.node_index(g["node_id"])
+    g["start"] = nodes.node_start(lod, idx, bs)
+    g["end"] = g["start"] + nodes.span_tokens(lod, bs)
+    g.insert(0, "node", node_labels(g["node_id"]))
+    return g
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def residency_lengths(path: str, ver: str) -> pd.DataFrame:
+    """How many closed residency runs last each number of steps (a histogram's data)."""
+    e = get_run(path).table("entries", ["step", "iteration", "node_id", "lod"], where="iteration = 0")
+    runs = _df(metrics.residency_runs(e))
+    closed = runs[~runs["open"]] if not runs.empty else runs
+    if closed.empty:
+        return pd.DataFrame({"length": pd.Series(dtype="int64"), "runs": pd.Series(dtype="int64")})
+    c = closed.groupby("length").size().rename("runs").reset_index()
+    return c
+
+
+def compare_table(a: dict, b: dict, names: tuple[str, str]) -> pd.DataFrame:
+    """Headline metrics of two runs side by side, with `b - a`."""
+    rows = []
+    for m in ("steps", "applied_edits", "ping_pongs", *HEADLINE, "nll"):
+        va, vb = a.get(m), b.get(m)
+        delta = vb - va if isinstance(va, int | float) and isinstance(vb, int | float) else None
+        rows.append({"metric": m, names[0]: va, names[1]: vb, "delta": delta})
+    return pd.DataFrame(rows)
+
+
+def link(page: str, **params: object) -> str:
+    """A relative URL that opens `page` (its url_path, e.g. `timeline`) on the view named by `params`."""
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    return f"./{page}?{query}" if query else f"./{page}"
+
+
+# url_path (as declared in app/streamlit_app.py) -> page file, relative to the entry point
+PAGE_FILES = {
+    "runs": "views/runs.py",
+    "timeline": "views/timeline.py",
+    "step": "views/step_inspector.py",
+    "metrics": "views/metrics.py",
+    "compare": "views/compare.py",
+    "live": "views/live.py",
+}
+
+
+def nav_link(label: str, page: str, **params: object) -> None:
+    """A link to another page on the view named by `params` (run, step, ...).
+
+    Under the app's navigation this is `st.page_link` with query parameters: the page switches in
+    place and keeps them (a plain markdown link to `./timeline?...` is handled as a page switch by
+    the front end and loses its query). A page run on its own (tests, `streamlit run` of one file)
+    has no such page registered, so it gets the plain link, which a person can still copy.
+    """
+    query = {k: str(v) for k, v in params.items() if v is not None}
+    try:
+        st.page_link(PAGE_FILES[page], label=label, query_params=query)
+    except (StreamlitAPIException, StreamlitPageNotFoundError):
+        st.markdown(f"[{label}]({link(page, **params)})")

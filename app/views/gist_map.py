@@ -1,0 +1,110 @@
+"""Gist map page: the run's gists in 2-D, coloured by level, position, score or step of last expansion.
+
+PCA is drawn at once. UMAP runs in a background process (`app.projection.start_umap`) the first time
+the page opens a run without a cached one; while it runs, a fragment polls every few seconds and
+reruns the page once the cache is there. A cache made from fewer gists (the run was still recording)
+is shown as stale, with a button to recompute. Data and projections: `app.projection`; figure:
+`app.charts_lab.gist_scatter`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from app import projection, state
+from app.charts_lab import gist_scatter
+from telemetry.reader import RunReadError
+from telemetry.writer import MANIFEST
+
+COLOURS = {"level": "lod", "position": "start", "score": "score", "step of last expansion": "last_expand"}
+
+
+def _stamp(path) -> int:
+    try:
+        return os.stat(path / MANIFEST).st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_resource(max_entries=4, show_spinner="Reading gists...")
+def _points(path: str, stamp: int):
+    """(points DataFrame with x, y = PCA and every colour column, gists in the run) or None."""
+    from telemetry.reader import Run
+
+    run = Run(path)
+    g = projection.load_gists(run)
+    if g is None:
+        return None
+    df = projection.gist_colours(run, g.node_id)
+    xy = projection.pca_2d(g.vectors)
+    df["x"], df["y"] = xy[:, 0], xy[:, 1]
+    return df, g.total
+
+
+@st.fragment(run_every=3.0)
+def _wait_for_umap(path: str) -> None:
+    if projection.read_umap(path) is not None and not projection.umap_running(path):
+        st.rerun()  # ready: draw it, and stop polling
+    err = projection.umap_error(path)
+    if err and not projection.umap_running(path):
+        st.error(f"UMAP failed: {err}")
+        if st.button("Retry UMAP", key="gist_umap_retry"):
+            projection.start_umap(path)
+            st.rerun(scope="fragment")
+        return
+    st.info("UMAP is being computed in the background; it appears here when ready (this checks every 3 s).")
+    st.button("Refresh", key="gist_umap_refresh")
+
+
+def _umap(path: str, points, total: int, colour: str) -> None:
+    um = projection.read_umap(path)
+    if um is None:
+        if not projection.umap_running(path) and not projection.umap_error(path):
+            projection.start_umap(path)
+        _wait_for_umap(path)
+        return
+    df = points.drop(columns=["x", "y"]).merge(um, on="node_id", how="inner")
+    st.plotly_chart(gist_scatter(df, colour=colour, title="UMAP"), key="gist_umap")
+    made = um.attrs.get("meta", {})
+    if made.get("total") != total:
+        st.warning(f"This UMAP was made from {made.get('total', '?')} gists; the run now has {total:,}.")
+    if projection.umap_running(path):
+        st.caption("A new UMAP is being computed.")
+    elif st.button("Recompute UMAP", key="gist_umap_redo"):
+        projection.start_umap(path)
+        st.rerun()
+
+
+def main() -> None:
+    st.title("Gist map")
+    run = state.open_run()
+    if run is None:
+        st.info("Pick a run on the Runs page first (the URL needs `?run=...`).")
+        return
+    path = str(run.path)
+    try:
+        got = _points(path, _stamp(run.path))
+    except (RunReadError, ValueError, OSError) as e:
+        st.error(f"Cannot read the gists of {run.name}: {str(e).splitlines()[0]}")
+        return
+    if got is None:
+        st.info(
+            "This run has no recorded gists; record it again with `--set session.record_gists=true` "
+            "(the default) to see its gist map."
+        )
+        return
+    points, total = got
+    shown = f"{len(points):,} of {total:,} gists (a seeded sample)" if len(points) < total else f"{total:,} gists"
+    st.caption(f"Run **{run.name}**: {shown}, in the base model's embedding space.")
+    label = st.radio("colour by", list(COLOURS), horizontal=True, key="gist_colour")
+    colour = COLOURS[label]
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(gist_scatter(points, colour=colour, title="PCA"), key="gist_pca")
+    with right:
+        _umap(path, points, total, colour)
+
+
+main()

@@ -1,0 +1,205 @@
+"""Knobs lab page: move allocator knobs, re-plan the recorded session in memory, compare with the recording.
+
+The run comes from the URL (`?run=`), the knobs too (`k.section.field=value`, see `app.state`), so a
+lab view can be shared. Re-planning and metrics are `app.lab.replan` (fast mode: recorded scores);
+this page only draws widgets, tables and charts, and saves a replay run on request.
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from app import lab, paths, state
+from app.charts import lod_heatmap
+from app.charts_lab import metric_over_steps
+from app.queries import grid_size, link
+from engine.replay import ReplayError, load_recording, replay_run
+from telemetry.reader import RunReadError
+from telemetry.writer import MANIFEST
+
+CHART_W, CHART_H = 600, 400  # bins per LOD timeline, each side (grid_size keeps it under the cell budget)
+PER_STEP = ("swap_rate", "ping_pongs", "locality", "utilization", "coherence")
+
+
+def _stamp(path) -> int:
+    # A live recording rewrites its manifest: a new mtime invalidates the cached recording.
+    try:
+        return os.stat(path / MANIFEST).st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the recording...")
+def _recording(path: str, stamp: int):
+    return load_recording(path)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Measuring the recording...")
+def _recorded(path: str, stamp: int):
+    from telemetry.reader import Run
+
+    res = lab.recorded_side(Run(path))
+    return res, _extent(res)
+
+
+def _extent(res: lab.LabResult) -> tuple[int, int]:
+    return int(res.per_step["step"].max()) if len(res.per_step) else 0, int(res.per_step["tokens_seen"].max() or 0)
+
+
+def _grid(rec) -> tuple[int, int]:
+    n = int(rec.tokens_seen.shape[0])
+    return grid_size(CHART_W, CHART_H, max(n, 1), int(rec.tokens_seen[-1]) if n else 1)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Re-planning...")
+def _replanned(path: str, stamp: int, sets: tuple[str, ...]):
+    rec = _recording(path, stamp)
+    return lab.replan(rec, list(sets), grid=_grid(rec))  # the re-planned timeline is binned as it is measured
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _cells(path: str, stamp: int, sets: tuple[str, ...] | None, last_step: int, tokens: int, max_lod: int):
+    res = _recorded(path, stamp)[0] if sets is None else _replanned(path, stamp, sets)
+    if res.cells is not None:
+        return res.cells
+    w, h = grid_size(CHART_W, CHART_H, last_step + 1, tokens)
+    return lab.bin_lod(res.entries, w, h, (0, last_step), (0, tokens), max_lod)
+
+
+def _initial(kind: str, text: str | None, default: object) -> object:
+    """Widget value from a URL knob string; None if it does not parse as the widget's type."""
+    if text is None:
+        return default
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        return text
+    except ValueError:
+        return None
+
+
+def _knob_widgets(ref: str, cfg) -> tuple[dict, list[str]]:
+    """Draw one input per lab knob (label = the knob's one name). Returns (values, URL-only overrides)."""
+    if st.session_state.get("lab:run") != ref:  # another run: its own knobs, not the last run's
+        for k in [k for k in st.session_state if str(k).startswith("lab:")]:
+            del st.session_state[k]
+        st.session_state["lab:run"] = ref
+    url = dict(s.split("=", 1) for s in state.knob_overrides())
+    recorded = lab.knob_values(cfg)
+    values, cols = {}, st.columns(4)
+    for i, (name, kind) in enumerate(lab.LAB_KNOBS):
+        key = f"lab:{name}"
+        # The widget's type is the knob's (a float knob written as 0 in a manifest still gets a float input).
+        default = {"pair": lab.format_value, "int": int, "float": float}[kind](recorded[name])
+        if key not in st.session_state:
+            init = _initial(kind, url.get(name), default)
+            if init is None:
+                st.error(f"URL knob {name}={url[name]!r} is not a valid {kind}; using the recorded value")
+                init = default
+            st.session_state[key] = init
+        with cols[i % 4]:
+            if kind == "pair":
+                values[name] = st.text_input(name, key=key, help="left,right neighbour weights")
+            elif kind == "int":
+                values[name] = st.number_input(name, key=key, step=1, help=f"recorded: {recorded[name]}")
+            else:
+                values[name] = st.number_input(name, key=key, step=0.05, format="%.3f",
+                                               help=f"recorded: {recorded[name]}")  # fmt: skip
+    others = [f"{k}={v}" for k, v in url.items() if k not in values]  # knobs the page has no widget for
+    return values, others
+
+
+def _reset() -> None:
+    for k in [k for k in st.session_state if str(k).startswith("lab:") and k != "lab:run"]:
+        del st.session_state[k]
+    state.set_knob_overrides({})
+
+
+def _save(run, sets: list[str], changed: dict) -> None:
+    base = lab.replay_name(run.name, changed) if changed else f"{run.name}-replay"
+    try:
+        out, k = paths.new_run_dir(base), 2
+        while out.exists():
+            out, k = paths.new_run_dir(f"{base}-{k}"), k + 1
+        with st.spinner(f"Writing {paths.run_ref(out)}..."):
+            info = replay_run(run.path, out, sets)
+    except (ValueError, OSError, RunReadError) as e:
+        st.error(f"Could not save the replay run: {str(e).splitlines()[0]}")
+        return
+    ref = paths.run_ref(out)
+    st.success(f"Saved replay run {ref} ({info['steps']} steps, {info['wall_s']} s); it is listed on the Runs page.")
+    st.markdown(f"[Open it on the Runs page]({link('runs', run=ref)}) or [in the Knobs lab]({link('knobs', run=ref)})")
+
+
+def main() -> None:
+    st.title("Knobs lab")
+    run = state.open_run()
+    if run is None:
+        st.info("Pick a run on the Runs page first (the URL needs `?run=...`).")
+        return
+    path, stamp, ref = str(run.path), _stamp(run.path), state.param(state.RUN)
+    try:
+        rec = _recording(path, stamp)
+        recorded, (last_step, tokens) = _recorded(path, stamp)
+    except (ReplayError, RunReadError, ValueError, KeyError) as e:
+        st.error(f"Cannot re-plan {ref}: {str(e).splitlines()[0]}")
+        return
+    st.caption(f"Run **{ref}**: {last_step + 1} steps, {tokens:,} tokens, scorer {run.manifest.get('scorer')}. "
+               "Re-planning reuses the recorded raw scores (fast replay).")  # fmt: skip
+
+    if run.status == "recording":
+        st.info("This run is still recording: the lab re-plans the steps recorded so far.")
+    values, others = _knob_widgets(ref, rec.config)
+    try:
+        sets = lab.overrides_from(values, rec.config)
+    except ValueError as e:
+        st.error(str(e).splitlines()[0])
+        return
+    state.set_knob_overrides({**sets, **dict(o.split("=", 1) for o in others)})
+    overrides = tuple(sorted([f"{k}={v}" for k, v in sets.items()] + others))
+    if others:
+        st.caption("Also from the URL: " + ", ".join(others))
+    try:
+        res = _replanned(path, stamp, overrides)
+    except ValueError as e:
+        st.error(str(e).splitlines()[0])
+        st.button("Reset to the recorded knobs", on_click=_reset)
+        return
+
+    c1, c2, c3 = st.columns([3, 1, 1])
+    changed = ", ".join(f"{k}={lab.format_value(v)}" for k, v in res.changed.items()) or "none (the recorded knobs)"
+    c1.markdown(f"Changed knobs: {changed}. Re-planned in {res.wall_s:.2f} s.")
+    c2.button("Reset to the recorded knobs", on_click=_reset)
+    if c3.button("Save as replay run"):
+        _save(run, list(overrides), res.changed)
+    if res.stats is not None and res.stats.approximate:
+        st.warning(f"Approximate replay: {res.stats.approximate_lookups:,} entry scores were not recorded at their "
+                   "step and were filled in (the node's latest earlier score, else its parent's or children's, "
+                   "else 0).")  # fmt: skip
+
+    st.subheader("Metrics")
+    st.dataframe(
+        lab.compare_table(recorded.summary, res.summary).drop(columns="key"),
+        hide_index=True,
+        column_config={c: st.column_config.NumberColumn(format="%.4g") for c in ("recorded", "re-planned", "delta")},
+    )
+
+    step = state.step_scrubber(last_step + 1)
+    max_lod = rec.config.tree.max_lod
+    left, right = st.columns(2)
+    with left:
+        cells = _cells(path, stamp, None, last_step, tokens, max_lod)
+        st.plotly_chart(lod_heatmap(cells, title="recorded", max_lod=max_lod, step=step, height=420), key="lab_rec")
+    with right:
+        cells = _cells(path, stamp, overrides, last_step, tokens, max_lod)
+        fig = lod_heatmap(cells, title="re-planned", max_lod=max_lod, step=step, height=420)
+        st.plotly_chart(fig, key="lab_new")
+    metric = st.selectbox("per-step metric", PER_STEP, key="lab_metric")
+    st.plotly_chart(metric_over_steps(recorded.per_step, res.per_step, metric, step=step), key="lab_series")
+
+
+main()

@@ -1,0 +1,72 @@
+"""Live page: follows a run that is still recording, refreshing every few seconds.
+
+A timer fragment re-reads the run (new part files and a new manifest heartbeat give it a new cache
+version) and redraws steps and tokens so far, the timeline of the latest steps and the utilization
+and swap rate so far. A run that is not recording (finished, interrupted, failed) gets a one-line
+message and a link to its Timeline instead; with no `?run=` the page offers the runs recording now.
+Queries: `app/queries.py`; charts: `app/charts.py`, `app/charts_metrics.py`.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts, charts_metrics, state
+from app import queries as q
+from app import queries_step as qs
+
+REFRESH_S = 2.0
+WINDOW_STEPS = 200  # the live timeline shows the newest steps only: the old ones do not change
+
+st.title("Live")
+if state.param(state.RUN) is None:
+    runs = q.runs_table()
+    live = list(runs.loc[runs["status"] == "recording", "ref"]) if not runs.empty else []
+    if not live:
+        st.info(f"No run is recording now. {q.RECORD_HINT}")
+        st.stop()
+    pick = st.selectbox("recording now", live, key="live_pick")
+    state.set_param(state.RUN, pick)
+
+run, _ = q.require_run()
+ref = state.param(state.RUN)
+status = run.status
+if status != "recording":
+    if status == "complete":
+        st.success(f"`{ref}` has finished recording ({run.manifest.get('steps', 0)} steps).")
+    elif status == "interrupted":
+        st.warning(f"`{ref}` was interrupted: its recorder stopped without finishing. What it wrote is readable.")
+    else:
+        st.error(f"`{ref}` failed: {run.manifest.get('error') or 'no reason recorded'}. What it wrote is readable.")
+    q.nav_link("Open its timeline", "timeline", run=ref)
+    st.stop()
+
+
+@st.fragment(run_every=REFRESH_S)
+def follow() -> None:
+    path, ver = q.key(run)
+    if run.status != "recording":
+        st.rerun()  # finished or died between two ticks: the whole page switches to its message
+    ov = q.overview(path, ver)
+    last = qs.step_row(path, ver, ov["s1"]) if ov["s1"] >= 0 else {}
+    c = st.columns(4)
+    c[0].metric("steps so far", ov["n_steps"])
+    c[1].metric("tokens so far", f"{last.get('tokens_seen', ov['t1']):,}")
+    c[2].metric("WC cost", f"{last.get('wc_cost', '-')} / {last.get('w_max', '-')}")
+    c[3].metric("heartbeat", str(run.manifest.get("heartbeat_at", "-"))[11:19])
+    if ov["s1"] < ov["s0"]:
+        st.info("No WC recorded yet: the first part files appear after the recorder's first flush.")
+        return
+    s0 = max(ov["s0"], ov["s1"] - WINDOW_STEPS + 1)
+    w, h = q.grid_size(1000, WINDOW_STEPS, ov["s1"] - s0 + 1, ov["t1"] - ov["t0"])
+    cells = q.heatmap(path, ver, "lod", w, h, (s0, ov["s1"]), (ov["t0"], ov["t1"]))
+    fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], title=f"Steps {s0} to {ov['s1']}", height=420)
+    st.plotly_chart(fig, key="live_tl")
+    cols = st.columns(2)
+    for col, (name, y) in zip(cols, (("utilization", "utilization"), ("swap_rate", "swap_rate")), strict=True):
+        with col:
+            df = q.series(path, ver, name)
+            st.plotly_chart(charts_metrics.metric_lines(df, [y], title=name.replace("_", " ")), key=f"live_{name}")
+
+
+follow()

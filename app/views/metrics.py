@@ -1,0 +1,90 @@
+"""Metrics page: a run's focus metrics (DESIGN section 4) over time, and its worst-oscillating nodes.
+
+Headline numbers come from `telemetry.metrics.summary`, the lines from `telemetry.metrics.series`
+(thinned to what a screen shows), both cached in `app/queries.py`. Each worst node links to the
+Timeline at its first ping-pong step (`?run=...&step=...`), so the link can also be shared. The
+selected step of the URL, if any, is marked on every line.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts_metrics, export, state
+from app import queries as q
+
+# (series name, columns, chart title, y-axis title)
+LINES = (
+    ("swap_rate", ["swap_rate"], "Swap rate", "applied edits / entries"),
+    ("oscillation", ["ping_pongs"], "Oscillation", "ping-pongs"),
+    ("locality", ["locality"], "Locality", "1 = one region of detail"),
+    ("sequential", ["sequential"], "Sequential score", "share within one block"),
+    ("utilization", ["utilization"], "Utilization", "cost / w_max"),
+    ("coherence", ["coherence"], "Coherence", "share of high scores made finer"),
+    ("delta_nll", ["d_full", "d_recency"], "ΔNLL", "nats (policy minus baseline)"),
+)
+NAMES = {"d_full": "vs full context", "d_recency": "vs recency window"}
+
+
+def _fmt(v: object, digits: int = 3) -> str:
+    return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+st.title("Metrics")
+run, (path, ver) = q.require_run()
+if q.overview(path, ver)["n_steps"] == 0:
+    st.info(f"Run `{run.name}` has no recorded steps yet.")
+    st.stop()
+s = q.summary(path, ver)
+tiles = [
+    ("swap rate", _fmt(s["swap_rate"])),
+    ("ping-pongs / edit", _fmt(s["ping_pongs_per_edit"])),
+    ("locality", _fmt(s["locality"])),
+    ("adjacent expansions", _fmt(s["adjacent_share"])),
+    ("sequential score", _fmt(s["sequential_score"])),
+    ("residency mean / p95", f"{_fmt(s['residency_mean'], 1)} / {_fmt(s['residency_p95'], 1)}"),
+    ("utilization", _fmt(s["utilization"])),
+    ("coherence", _fmt(s["coherence"])),
+    ("ΔNLL vs full", _fmt(s["delta_nll_full"])),
+    ("ΔNLL vs recency", _fmt(s["delta_nll_recency"])),
+]
+for i in range(0, len(tiles), 5):
+    for col, (label, value) in zip(st.columns(5), tiles[i : i + 5], strict=False):
+        col.metric(label, value)
+st.caption(f"{s['applied_edits']} applied edits, {s['ping_pongs']} ping-pongs, {s['steps']} steps.")
+
+marker = state.int_param(state.STEP, -1, -1, 10**9) if state.param(state.STEP) is not None else None
+cols = st.columns(2)
+for i, (name, ys, title, y_title) in enumerate(LINES):
+    with cols[i % 2]:
+        df = q.series(path, ver, name)
+        if df.empty or df[[c for c in ys if c in df.columns]].isna().all().all():
+            st.markdown(f"**{title}**")
+            why = " (NLL was not computed)." if name == "delta_nll" else "."
+            st.info(f"No {title} data in this run{why}")
+            continue
+        fig = charts_metrics.metric_lines(df, ys, title=title, y_title=y_title, step=marker, names=NAMES)
+        st.plotly_chart(fig, key=f"m_{name}")
+        export.download_buttons(df, f"{run.name}-{name}", key=f"m_{name}_dl")
+
+with cols[len(LINES) % 2]:
+    st.markdown("**Residency** (steps a node keeps its LOD)")
+    # Opt-in: it re-reads every entry (seconds on a 256k-token run), and the tiles already give mean and p95.
+    if st.toggle("show the distribution", key="m_residency_on"):
+        res = q.residency_lengths(path, ver)
+        if res.empty:
+            st.info("No closed residency runs yet.")
+        else:
+            st.plotly_chart(charts_metrics.residency_histogram(res), key="m_residency")
+            export.download_buttons(res, f"{run.name}-residency", key="m_residency_dl")
+
+st.subheader("Worst-oscillating nodes")
+worst = q.worst_nodes(path, ver)
+if worst.empty:
+    st.info("No ping-pongs: no node returned to a LOD it had within the oscillation window.")
+else:
+    ref = state.param(state.RUN)
+    for r in worst.itertuples():
+        label = f"{r.node}: {r.ping_pongs} ping-pongs, first at step {r.first_step}, tokens [{r.start:,}, {r.end:,})"
+        q.nav_link(label, "timeline", run=ref, step=int(r.first_step))
+    export.download_buttons(worst, f"{run.name}-worst-nodes", key="m_worst_dl")

@@ -1,0 +1,96 @@
+"""Step inspector page: the working context at one refocus step, and why each edit happened or not.
+
+Shows the step's WC entries (node, LOD, span, cost, text preview, and the score after each pipeline
+stage: raw, interpolated, shifted, final), every decision with its outcome, the base-model attention
+over the entries (only on the steps that recorded it: the page says which, and jumps to the nearest)
+and LensNet's cross-attention when the scorer was LensNet. Data: `app/queries_step.py`; charts:
+`app/charts_step.py`.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts_step, export, state
+from app import queries as q
+from app import queries_step as qs
+
+ENTRY_COLUMNS = ["position", "node", "lod", "start", "end", "cost", "preview", *q.SCORE_COLUMNS, "node_id"]
+
+st.title("Step inspector")
+run, (path, ver) = q.require_run()
+ov = q.overview(path, ver)
+steps = q.step_list(path, ver)
+if steps.size == 0:
+    st.info(f"Run `{run.name}` has no recorded steps yet.")
+    st.stop()
+step = state.step_scrubber(int(steps.max()) + 1)
+row = qs.step_row(path, ver, step)
+if row:
+    c = st.columns(5)
+    c[0].metric("tokens read", f"{row['tokens_seen']:,}")
+    c[1].metric("entries", row["n_entries"])
+    c[2].metric("WC cost / w_max", f"{row['wc_cost']}/{row['w_max']}")
+    c[3].metric("edits applied", row.get("n_applied", 0))
+    c[4].metric("next-block NLL", "-" if row.get("nll") is None else f"{row['nll']:.3f}")
+
+# ------------------------------------------------------------------------------------------ WC
+ents = qs.step_entries(path, ver, step)
+st.subheader("Working context")
+if ents.empty:
+    st.info(f"No WC recorded at step {step}: entries are recorded every `session.entries_every` steps.")
+else:
+    rounds = sorted(int(i) for i in ents["iteration"].unique())
+    it = st.radio("scorer round", rounds, horizontal=True, key="si_round") if len(rounds) > 1 else rounds[0]
+    wc = ents[ents["iteration"] == it]
+    tau = float(run.knob("allocator.tau_expand", 0.2))
+    tau_c = float(run.knob("allocator.tau_collapse", 0.2))
+    st.plotly_chart(charts_step.score_stages(wc, tau_expand=tau, tau_collapse=tau_c), key="si_scores")
+    st.dataframe(wc[[c for c in ENTRY_COLUMNS if c in wc.columns]], hide_index=True, key="si_entries")
+    export.download_buttons(wc, f"{run.name}-wc-step{step}", key="si_wc")
+
+# ----------------------------------------------------------------------------------- decisions
+st.subheader("Decisions")
+dec = qs.step_decisions(path, ver, step)
+if dec.empty:
+    st.info(f"No decisions at step {step}: no candidate passed the thresholds and nothing was forced.")
+else:
+    counts = dec["outcome"].value_counts()
+    st.caption(", ".join(f"{n} {o}" for o, n in counts.items()))
+    st.dataframe(qs.decision_view(dec), hide_index=True, key="si_decisions")
+    export.download_buttons(dec, f"{run.name}-decisions-step{step}", key="si_dec")
+
+
+def _jump(to: int) -> None:
+    state.set_param(state.STEP, to)
+
+
+# ----------------------------------------------------------------------------------- attention
+st.subheader("Base-model attention")
+att_steps = qs.table_steps(path, ver, "attention")
+if att_steps.size == 0:
+    st.info("This run recorded no base-model attention (set `session.attention_every` when recording).")
+else:
+    att = qs.attention_at(path, ver, step) if step in set(att_steps.tolist()) else None
+    if att is None or att.empty:
+        near = qs.nearest(att_steps, step)
+        shown = ", ".join(map(str, att_steps[:12].tolist())) + (" ..." if att_steps.size > 12 else "")
+        st.info(f"No attention recorded at step {step}. It was recorded at {att_steps.size} steps: {shown}.")
+        st.button(f"Jump to step {near}", on_click=_jump, args=(near,), key="si_jump_att")
+    else:
+        st.plotly_chart(charts_step.attention_heatmap(att), key="si_attention")
+        export.download_buttons(att, f"{run.name}-attention-step{step}", key="si_att")
+
+st.subheader("LensNet cross-attention")
+lens_steps = qs.table_steps(path, ver, "lens_attention")
+if lens_steps.size == 0:
+    st.info(f"No LensNet attention in this run (scorer: `{ov['scorer']}`; only `lensnet` records it).")
+else:
+    lens = qs.lens_attention_at(path, ver, step)
+    if lens.empty:
+        near = qs.nearest(lens_steps, step)
+        st.info(f"No LensNet attention recorded at step {step}.")
+        st.button(f"Jump to step {near}", on_click=_jump, args=(near,), key="si_jump_lens")
+    else:
+        st.plotly_chart(charts_step.lens_attention_bars(lens), key="si_lens")
+        export.download_buttons(lens, f"{run.name}-lens-attention-step{step}", key="si_lens_dl")

@@ -1,0 +1,124 @@
+"""Timeline page: the LOD heatmap of a run (x = token position, y = refocus step, colour = LOD).
+
+A shared step scrubber (URL `step`) with play/pause selects a step: it is marked on the heatmap, its
+WC is drawn as a strip, and its decisions are listed with their outcomes. The heatmap is binned by
+the reader in DuckDB to at most `queries.MAX_CELLS` cells; an optional score overlay shares that
+budget. Queries live in `app/queries.py`, figures in `app/charts.py`; this page only wires them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from app import charts, export, state
+from app import queries as q
+from app import queries_step as qs
+
+PLAY_EVERY_S = 1.0  # one step per second while playing: a full rerun of this page fits well inside it
+RESOLUTIONS = {"standard (1000 x 250)": (1000, 250), "wide (2000 x 125)": (2000, 125), "tall (500 x 500)": (500, 500)}
+OVERLAYS = {"none": None, "final score": "score", "raw score": "raw_score"}
+AGGS = {"mean LOD": "mean", "finest present": "min", "coarsest present": "max"}
+
+st.title("Timeline")
+run, (path, ver) = q.require_run()
+ov = q.overview(path, ver)
+if ov["n_steps"] == 0 or ov["s1"] < ov["s0"]:
+    live = " It is still recording: the **Live** page follows it." if run.status == "recording" else ""
+    st.info(f"Run `{run.name}` has no working context recorded yet.{live}")
+    st.stop()
+
+n_steps = int(q.step_list(path, ver).max()) + 1
+step = state.step_scrubber(n_steps)
+
+
+def _toggle_play() -> None:
+    st.session_state["tl_playing"] = not st.session_state.get("tl_playing", False)
+    st.session_state["tl_play_at"] = time.monotonic()
+
+
+playing = bool(st.session_state.get("tl_playing", False))
+c_play, c_res, c_agg, c_over = st.columns([1, 2, 2, 2])
+with c_play:
+    icon = ":material/pause:" if playing else ":material/play_arrow:"
+    st.button("Pause" if playing else "Play", on_click=_toggle_play, key="tl_play_btn", icon=icon)
+with c_res:
+    res = st.selectbox("resolution", list(RESOLUTIONS), key="tl_res")
+with c_agg:
+    agg = st.selectbox("cell colour", list(AGGS), key="tl_agg")
+with c_over:
+    overlay_name = st.selectbox("score overlay", list(OVERLAYS), key="tl_overlay")
+overlay_col = OVERLAYS[overlay_name]
+
+s_rng = t_rng = None
+# Keyed by run and extent: another run, or a live run that grew, starts unzoomed rather than
+# keeping a range that may not fit it.
+zoom_key = f"{path}:{ov['s1']}:{ov['t1']}"
+with st.expander("Zoom"):
+    if ov["s1"] > ov["s0"]:
+        s_rng = st.slider("steps", ov["s0"], ov["s1"], (ov["s0"], ov["s1"]), key=f"tl_steps:{zoom_key}")
+    if ov["t1"] > ov["t0"]:
+        t_rng = st.slider("tokens", ov["t0"], ov["t1"], (ov["t0"], ov["t1"]), key=f"tl_tokens:{zoom_key}")
+s_rng = s_rng if s_rng and s_rng[1] >= s_rng[0] else (ov["s0"], ov["s1"])
+t_rng = t_rng if t_rng and t_rng[1] > t_rng[0] else (ov["t0"], ov["t1"])
+
+width, height = RESOLUTIONS[res]
+budget = q.MAX_CELLS // (2 if overlay_col else 1)  # the overlay shares the page's cell budget
+w, h = q.grid_size(width, height, s_rng[1] - s_rng[0] + 1, t_rng[1] - t_rng[0], budget)
+cells = q.heatmap(path, ver, "lod", w, h, tuple(s_rng), tuple(t_rng), AGGS[agg])
+over = q.heatmap(path, ver, overlay_col, w, h, tuple(s_rng), tuple(t_rng), "mean") if overlay_col else None
+fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], step=step, overlay=over, overlay_name=overlay_name)
+st.plotly_chart(fig, key="tl_heatmap", config={"displaylogo": False})
+ext = cells.attrs["extent"]
+st.caption(
+    f"{ext['w']} x {ext['h']} cells: {(ext['t1'] - ext['t0']) / max(ext['w'], 1):.0f} tokens x "
+    f"{(ext['s1'] - ext['s0'] + 1) / max(ext['h'], 1):.1f} steps per cell."
+)
+export.download_buttons(cells, f"{run.name}-lod-timeline", key="tl_cells")
+
+
+@st.fragment(run_every=PLAY_EVERY_S if playing else None)
+def _player() -> None:
+    # While playing, each timer tick moves the URL's step on and reruns the whole page, so the
+    # scrubber, heatmap marker and tables all follow. A full rerun also runs this fragment; the
+    # clock check keeps that from advancing twice.
+    if not st.session_state.get("tl_playing"):
+        return
+    now = time.monotonic()
+    if now - st.session_state.get("tl_play_at", now) < PLAY_EVERY_S * 0.9:
+        return
+    st.session_state["tl_play_at"] = now
+    cur = state.int_param(state.STEP, n_steps - 1, 0, n_steps - 1)
+    if cur >= n_steps - 1:
+        st.session_state["tl_playing"] = False  # the end: stop rather than wrap
+    else:
+        state.set_param(state.STEP, cur + 1)
+    st.rerun()
+
+
+_player()
+
+st.subheader(f"Step {step}")
+row = qs.step_row(path, ver, step)
+if row:
+    nll = "-" if row.get("nll") is None else f"{row['nll']:.3f}"
+    st.caption(
+        f"{row['tokens_seen']:,} tokens read, {row['n_entries']} entries, cost {row['wc_cost']} / {row['w_max']}, "
+        f"{row.get('n_applied', 0)} edits applied ({row.get('n_forced', 0)} forced), next-block NLL {nll}"
+    )
+ents = qs.step_entries(path, ver, step)
+if len(ents):
+    first = ents[ents["iteration"] == 0]
+    st.plotly_chart(charts.lod_strip(first, max_lod=ov["max_lod"]), key="tl_strip", config={"displaylogo": False})
+else:
+    st.caption("No WC recorded at this step (entries are recorded every `session.entries_every` steps).")
+
+dec = qs.step_decisions(path, ver, step)
+if dec.empty:
+    st.info(f"No decisions at step {step}: no candidate passed the thresholds and nothing was forced.")
+else:
+    applied = int((dec["outcome"] == "applied").sum())
+    st.markdown(f"**Decisions** ({len(dec)} candidates, {applied} applied)")
+    st.dataframe(qs.decision_view(dec), hide_index=True, key="tl_decisions")
+    export.download_buttons(dec, f"{run.name}-decisions-step{step}", key="tl_dec")

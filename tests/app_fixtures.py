@@ -1,0 +1,135 @@
+"""Shared fixtures for the app's AppTest tests: small runs recorded into a temporary run root.
+
+`run_roots(tmp)` records, through the real `ParquetSink`, the hand-made event streams of
+`tests/telemetry_fixtures.py` (no model: milliseconds each) into `<tmp>/samples`:
+- `small`: 8 complete steps (attention at even steps, mass `layer + position / 1000`; LensNet
+  attention at every step);
+- `replay`: the same stream with every decision score halved, its manifest naming `small` as parent;
+- `live`: 3 steps and no RunFinished, its manifest marked `recording` with a fresh heartbeat;
+- `stale`: the same, with a heartbeat an hour old (shows as `interrupted`);
+- `broken`: a folder with no manifest (shows as `invalid`).
+`<tmp>/mine` is the writable runs folder (empty). `point_app_at(monkeypatch, roots)` sets
+`MCS_RUN_ROOTS` / `MCS_RUNS_DIR` so the app lists exactly these.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+
+from engine.events import AttentionRecorded, DecisionsRecorded
+from tests.telemetry_fixtures import events, record
+
+N_STEPS = 8
+
+
+def _manifest(run_dir: Path, **changes) -> None:
+    p = run_dir / "manifest.json"
+    m = json.loads(p.read_text())
+    m.update(changes)
+    p.write_text(json.dumps(m))
+
+
+def heartbeat(run_dir: Path, seconds_ago: float = 0.0) -> None:
+    stamp = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)).isoformat()
+    _manifest(run_dir, status="recording", heartbeat_at=stamp)
+
+
+def _halved(evs):
+    out = []
+    for e in evs:
+        if isinstance(e, DecisionsRecorded):
+            d = e.decisions
+            d = type(d)(**{**{k: getattr(d, k) for k in d.__dataclass_fields__}, "score": d.score * 0.5})
+            e = DecisionsRecorded(e.step, e.iteration, d)
+        out.append(e)
+    return out
+
+
+def distinct_attention(evs):
+    """Attention events whose mass tells layer and WC position apart: `layer + position / 1000`
+    (the fixture's own masses are all equal, so a transposed or shuffled heatmap would still pass)."""
+    out = []
+    for e in evs:
+        if isinstance(e, AttentionRecorded):
+            k = e.node_id.size // 2
+            mass = (e.layer.astype(np.float32) + np.tile(np.arange(k, dtype=np.float32), 2) / 1000).astype(np.float32)
+            e = AttentionRecorded(e.step, e.layer, e.node_id, mass)
+        out.append(e)
+    return out
+
+
+def run_roots(tmp: Path) -> dict:
+    samples, mine = tmp / "samples", tmp / "mine"
+    samples.mkdir(parents=True, exist_ok=True)
+    mine.mkdir(exist_ok=True)
+    evs = distinct_attention(events(N_STEPS))
+    record(samples / "small", evs, flush_rows=25)
+    record(samples / "replay", _halved(evs))
+    _manifest(samples / "replay", parent=str(samples / "small"), changed_knobs={"allocator.cooldown_steps": 4})
+    for name, age in (("live", 0.0), ("stale", 3600.0)):
+        record(samples / name, events(3, finish=False))
+        heartbeat(samples / name, age)
+    (samples / "broken").mkdir()
+    (samples / "broken" / "notes.txt").write_text("not a run")
+    return {"samples": samples, "mine": mine, "events": evs}
+
+
+def point_app_at(monkeypatch, roots: dict) -> None:
+    monkeypatch.setenv("MCS_RUN_ROOTS", str(roots["samples"]))
+    monkeypatch.setenv("MCS_RUNS_DIR", str(roots["mine"]))
+
+
+def fig_json(element) -> dict:
+    """The plotly figure JSON an AppTest `plotly_chart` element carries."""
+    return json.loads(element.proto.spec)
+
+
+def decode(v) -> np.ndarray:
+    """A plotly JSON array (a list, or a typed-array dict `{dtype, bdata, shape}`) as numpy."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        shape = v.get("shape")
+        if shape:
+            a = a.reshape([int(s) for s in str(shape).split(",")])
+        return a
+    return np.asarray(v, dtype=float)
+
+
+def charts(at) -> list[dict]:
+    return [fig_json(e) for e in at.get("plotly_chart")]
+
+
+PAGES = Path(__file__).resolve().parents[1] / "app" / "views"
+
+
+def open_page(name: str, timeout: float = 60, **params):
+    """Run one page file directly (no navigation) with `params` as its URL query; returns the AppTest."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=timeout)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    return at.run()
+
+
+def clean(at) -> None:
+    """No exception and no error box on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def frame_with(at, *columns: str):
+    """The first st.dataframe on the page holding all of `columns` (AppTest does not expose their keys)."""
+    for df in at.dataframe:
+        if all(c in df.value.columns for c in columns):
+            return df.value
+    raise AssertionError(f"no dataframe with columns {columns}: {[list(d.value.columns) for d in at.dataframe]}")

@@ -1,0 +1,89 @@
+"""Fixtures shared by the app tests of the Knobs lab, Record and Gist map pages.
+
+- `record(out, *sets)`: a real, small recording (tiny model, tests/data/sample.txt, no NLL) made by
+  the engine's command line, so that replaying it with its own knobs is exact;
+- `synthetic_run(path, gists=...)`: a hand-made run folder (tests/telemetry_fixtures events) with,
+  optionally, a `gists` table written by hand as one Parquet part (RUN/gists/part-000000.parquet);
+- `plotly_points(element)`: how many points a rendered plotly chart draws (typed arrays decoded);
+- `stop(procs)`: end the background processes a test started, by their Popen handles.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine import nodes
+from tests import telemetry_fixtures as tf
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "tests" / "data" / "sample.txt"
+# The random scorer thrashes; no cooldown or margin: hysteresis knobs then change a lot.
+THRASH = ("wc.w_max=400", "allocator.cooldown_steps=0", "allocator.hysteresis_margin=0",
+          "session.compute_nll=false", "session.max_tokens=4000", "session.record_gists=false")  # fmt: skip
+
+
+def record(out: Path, *sets: str, scorer: str = "random") -> Path:
+    cmd = [sys.executable, "-m", "engine", "record", "--quiet", "--input", str(SAMPLE), "--out", str(out),
+           "--scorer", scorer]  # fmt: skip
+    for s in sets:
+        cmd += ["--set", s]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def synthetic_run(path: Path, *, n_steps: int = 12, gists: bool = True, d: int = 16) -> int:
+    """A run folder from hand-made events; returns the number of gists written (0 if none).
+
+    The events' own gists are replaced by a hand-written part (two clusters, an LOD2 gist too), or
+    removed (`gists=False`: a recording from before the table, or with `session.record_gists=false`).
+    """
+    tf.record(path, tf.events(n_steps))
+    shutil.rmtree(path / "gists", ignore_errors=True)
+    if not gists:
+        return 0
+    n_blocks = n_steps + 3
+    lod = np.array([1] * n_blocks + [2], np.int8)
+    idx = np.array(list(range(n_blocks)) + [0], np.int64)
+    rng = np.random.default_rng(0)
+    vec = rng.normal(size=(lod.size, d)).astype(np.float32)
+    vec[: n_blocks // 2] += 3.0  # two clusters, so a projection has something to show
+    offsets = pa.array(np.arange(lod.size + 1, dtype=np.int32) * d, pa.int32())
+    table = pa.table(
+        {
+            "node_id": pa.array(nodes.node_id(lod, idx), pa.int64()),
+            "lod": pa.array(lod, pa.int8()),
+            "step": pa.array(np.minimum(idx, n_steps - 1), pa.int32()),
+            "vector": pa.ListArray.from_arrays(offsets, pa.array(vec.reshape(-1), pa.float32())),
+        }
+    )
+    (path / "gists").mkdir(exist_ok=True)
+    pq.write_table(table, path / "gists" / "part-000000.parquet")
+    return lod.size
+
+
+def _count(v) -> int:
+    if isinstance(v, dict) and "bdata" in v:  # plotly's typed array encoding
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).size
+    return len(v) if v is not None else 0
+
+
+def plotly_points(element) -> int:
+    spec = json.loads(element.proto.spec)
+    return sum(_count(tr.get("x")) for tr in spec["data"])
+
+
+def stop(procs: list) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+        p.wait(timeout=30)

@@ -1,0 +1,165 @@
+"""The app's core pieces without a page: cell budgets, exact heatmap placement, figure builders,
+export round trips, cache versions, labels and links; and the whole app through its navigation
+(`app/streamlit_app.py`) once every page file exists."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app import charts, charts_metrics, charts_step, export
+from app import queries as q
+from app import queries_step as qs
+from tests.app_fixtures import PAGES, clean, decode, point_app_at, run_roots
+from tests.app_fixtures import charts as page_charts
+from tests.telemetry_fixtures import per_token_lod
+
+ALL_PAGES = ("runs", "timeline", "step_inspector", "metrics", "knobs_lab", "compare", "gist_map", "live", "record")
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    return run_roots(tmp_path_factory.mktemp("app_core"))
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, roots):
+    point_app_at(monkeypatch, roots)
+
+
+def _small(roots) -> tuple[str, str]:
+    return q.key(q.get_run(roots["samples"] / "small"))
+
+
+@pytest.mark.parametrize(
+    "width, height, steps, tokens",
+    [(1000, 250, 8192, 262144), (2000, 250, 8192, 262144), (500, 500, 10**6, 10**8), (1000, 250, 8, 352), (5, 5, 1, 1)],
+)
+def test_grid_size_never_exceeds_the_budget_or_the_data(width, height, steps, tokens):
+    w, h = q.grid_size(width, height, steps, tokens)
+    assert 1 <= w <= min(width, tokens) and 1 <= h <= min(height, steps)
+    assert w * h <= q.MAX_CELLS
+    w2, h2 = q.grid_size(width, height, steps, tokens, budget=q.MAX_CELLS // 2)
+    assert w2 * h2 <= q.MAX_CELLS // 2
+
+
+def test_heatmap_grid_is_exact_at_one_token_per_cell(roots):
+    path, ver = _small(roots)
+    cells = q.heatmap(path, ver, "lod", 1000, 250)
+    ext = cells.attrs["extent"]
+    assert (ext["w"], ext["h"], ext["t0"], ext["t1"], ext["s0"], ext["s1"]) == (352, 8, 0, 352, 0, 7)
+    z, x, y = charts.grid(cells)
+    want = per_token_lod(roots["events"], 0, 7, 0, 352).astype(np.float32)
+    want[want < 0] = np.nan
+    np.testing.assert_array_equal(z, want)
+    assert x.tolist() == list(range(352)) and y.tolist() == list(range(8))
+
+
+def test_coarse_heatmap_bins_match_the_reader_and_stay_in_budget(roots):
+    path, ver = _small(roots)
+    cells = q.heatmap(path, ver, "lod", 10, 3)
+    z, x, y = charts.grid(cells)
+    assert z.shape == (3, 10)
+    assert x.tolist() == sorted(cells.drop_duplicates("x_bin")["token_lo"].tolist())  # same bin edges as the SQL
+    assert y.tolist() == sorted(cells.drop_duplicates("y_bin")["step_lo"].tolist())
+    fig = charts.lod_heatmap(cells, step=4)
+    assert decode(json.loads(fig.to_json())["data"][0]["z"]).size == 30
+
+
+def test_lod_heatmap_figure_marks_the_step_and_overlays_scores(roots):
+    path, ver = _small(roots)
+    cells = q.heatmap(path, ver, "lod", 1000, 250)
+    over = q.heatmap(path, ver, "score", 1000, 250)
+    fig = json.loads(charts.lod_heatmap(cells, step=5, overlay=over).to_json())
+    assert [t["type"] for t in fig["data"]] == ["heatmap", "heatmap"]
+    assert fig["data"][1]["zmin"] == -1 and fig["data"][1]["zmax"] == 1
+    line = [s for s in fig["layout"]["shapes"] if s["type"] == "line"]
+    assert line[0]["y0"] == line[0]["y1"] == 5
+    empty = cells.iloc[0:0].copy()
+    empty.attrs["extent"] = {"w": 0, "h": 0}
+    assert decode(json.loads(charts.lod_heatmap(empty).to_json())["data"][0]["z"]).size == 0
+
+
+def test_step_charts_and_metric_lines(roots):
+    path, ver = _small(roots)
+    wc = qs.step_entries(path, ver, 2)
+    fig = charts_step.score_stages(wc, tau_expand=0.2, tau_collapse=0.2)
+    assert len(fig.data) == 4 and [s.y0 for s in fig.layout.shapes] == [0.2, -0.2]
+    att = qs.attention_at(path, ver, 2)
+    assert charts_step.attention_heatmap(att).data[0].z.shape == (2, len(wc) + 1)
+    assert att.loc[att["node_id"] == -1, "node"].eq("tail").all()
+    df = pd.DataFrame({"step": [0, 1, 2], "a": [0.1, None, 0.3]})
+    line = charts_metrics.metric_lines(df, ["a"], step=1)
+    assert np.isnan(line.data[0].y[1]) and line.layout.shapes[0].x0 == 1
+
+
+def test_export_round_trips_csv_and_parquet(roots):
+    path, ver = _small(roots)
+    dec = qs.step_decisions(path, ver, 3)
+    back = pd.read_csv(io.BytesIO(export.to_csv(dec)))
+    assert back["node_id"].tolist() == dec["node_id"].tolist() and back["outcome"].tolist() == dec["outcome"].tolist()
+    cells = q.heatmap(path, ver, "lod", 1000, 250)
+    pq = pd.read_parquet(io.BytesIO(export.to_parquet(cells)))
+    want = cells.reset_index(drop=True)
+    want.attrs = {}
+    pd.testing.assert_frame_equal(pq, want, check_dtype=True)
+    assert export.file_stem("my run", "step 3/4") == "my_run-step_3_4"
+
+
+def test_version_changes_when_a_live_run_writes(roots):
+    from tests.app_fixtures import heartbeat
+
+    live = roots["samples"] / "live"
+    v1 = q.version(live)
+    assert q.version(live) == v1  # stable while nothing changes: caches stay hot
+    heartbeat(live)
+    assert q.version(live) != v1
+    (live / "steps" / "part-999999.parquet").write_bytes(b"junk")  # a new part (even a bad one) too
+    v2 = q.version(live)
+    (live / "steps" / "part-999999.parquet").unlink()
+    assert v2 != q.version(live)
+
+
+def test_labels_links_nearest_and_compare_table():
+    assert q.node_labels(np.array([0, (1 << 40) | 12, (2 << 40) | 3, -1])) == ["L0 #0", "L1 #12", "L2 #3", "tail"]
+    assert q.link("timeline", run="runs/a b", step=3) == "./timeline?run=runs%2Fa+b&step=3"
+    assert q.link("live") == "./live"
+    assert qs.nearest(np.array([0, 2, 4, 6]), 3) == 2 and qs.nearest(np.array([0, 2, 4, 6]), 9) == 6
+    assert qs.nearest(np.zeros(0, np.int64), 3) is None
+    t = q.compare_table({"swap_rate": 0.5, "steps": 8}, {"swap_rate": 0.25, "steps": 8}, ("a", "b")).set_index("metric")
+    assert t.loc["swap_rate", "delta"] == -0.25 and t.loc["steps", "delta"] == 0
+
+
+def test_runs_table_lists_roots_in_order(roots):
+    t = q.runs_table()
+    assert t["ref"].tolist() == [f"samples/{n}" for n in ("broken", "live", "replay", "small", "stale")]
+    assert t.set_index("ref").loc["samples/broken", "status"] == "invalid"
+
+
+@pytest.mark.skipif(
+    not all((PAGES / f"{p}.py").exists() for p in ALL_PAGES),
+    reason="some page files of the navigation do not exist yet",
+)
+def test_whole_app_through_its_navigation(roots):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PAGES.parent / "streamlit_app.py"), default_timeout=60)
+    at.query_params["run"] = "samples/small"
+    at.query_params["step"] = "3"
+    at.run()
+    clean(at)
+    # the Runs page, with the URL's run: under navigation its links are page links carrying the query
+    links = {(link.proto.page, link.proto.query_string) for link in at.page_link}
+    assert ("timeline", "run=samples%2Fsmall&step=3") in links and ("metrics", "run=samples%2Fsmall") in links
+    at.switch_page("views/timeline.py").run()
+    clean(at)
+    want = per_token_lod(roots["events"], 0, 7, 0, 352)[3].astype(float)
+    want[want < 0] = np.nan
+    np.testing.assert_array_equal(decode(page_charts(at)[0]["data"][0]["z"])[3], want)
+    for page in ("views/step_inspector.py", "views/metrics.py", "views/live.py"):
+        at.switch_page(page).run()
+        assert not at.exception, page

@@ -1,0 +1,124 @@
+"""Gist map: PCA of a hand-written gists table drawn at once, one point per gist; the empty state
+when a run has no gists; the sample cap; and the UMAP cache written by the background process."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app import projection
+from engine import nodes
+from telemetry.reader import Run
+from tests.lab_fixtures import REPO, plotly_points, stop, synthetic_run
+
+PAGE = str(REPO / "app" / "views" / "gist_map.py")
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    n = synthetic_run(src / "with")
+    synthetic_run(src / "without", gists=False)
+    monkeypatch.setenv("MCS_RUN_ROOTS", str(src))
+    monkeypatch.setenv("MCS_RUNS_DIR", str(tmp_path / "runs"))
+    yield src, n
+    stop(projection._PROCS)  # the page starts UMAP in the background: end ours, by their handles
+    projection._PROCS.clear()
+
+
+def page(run: str, colour: str | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["run"] = run
+    at.run()
+    if colour:
+        at.radio(key="gist_colour").set_value(colour)
+        at.run()
+    return at
+
+
+def charts(at: AppTest) -> dict:
+    import json
+
+    return {json.loads(c.proto.spec)["layout"]["title"]["text"]: c for c in at.get("plotly_chart")}
+
+
+@pytest.mark.parametrize("colour", [None, "position", "score", "step of last expansion"])
+def test_pca_has_one_point_per_gist(roots, colour):
+    src, n = roots
+    at = page("src/with", colour)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    pca = charts(at)["PCA"]
+    assert plotly_points(pca) == n == 16
+    assert f"{n} gists" in at.caption[0].value
+
+
+def test_colours_are_the_runs_own_values(roots):
+    src, _ = roots
+    run = Run(src / "with")
+    g = projection.load_gists(run)
+    c = projection.gist_colours(run, g.node_id)
+    assert (c["start"].to_numpy() == nodes.node_start(g.lod, nodes.node_index(g.node_id), 32)).all()
+    # Fixture: the detail window walks over blocks 0..3, so those LOD1 nodes were expanded; later ones never.
+    expanded = c.dropna(subset=["last_expand"])
+    assert set(nodes.node_index(expanded["node_id"].to_numpy()).tolist()) <= {0, 1, 2, 3, 4}
+    assert len(expanded) > 0 and c["last_expand"].isna().sum() > 0
+
+
+def test_run_without_gists_shows_the_empty_state(roots):
+    at = page("src/without")
+    assert not at.exception and not at.error
+    assert "this run has no recorded gists" in at.info[0].value.lower()
+    assert "session.record_gists" in at.info[0].value
+    assert not at.get("plotly_chart") and not projection._PROCS  # nothing to project: no UMAP started
+
+
+def test_sample_is_capped_seeded_and_sorted(roots):
+    src, n = roots
+    run = Run(src / "with")
+    a, b = projection.load_gists(run, max_points=5), projection.load_gists(run, max_points=5)
+    assert a.node_id.size == 5 and a.total == n and (np.diff(a.node_id) > 0).all()
+    assert (a.node_id == b.node_id).all() and (a.vectors == b.vectors).all()
+    full = projection.load_gists(run)
+    rows = np.searchsorted(full.node_id, a.node_id)
+    assert (full.vectors[rows] == a.vectors).all()  # the sampled rows carry their own vectors
+
+
+def test_pca_is_the_top_two_components():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 6)) * np.array([10, 3, 0.1, 0.1, 0.1, 0.1])
+    xy = projection.pca_2d(x.astype(np.float32))
+    assert xy.shape == (200, 2)
+    assert np.corrcoef(np.abs(xy[:, 0]), np.abs(x[:, 0]))[0, 1] > 0.99
+    assert projection.pca_2d(np.zeros((1, 4), np.float32)).tolist() == [[0.0, 0.0]]
+
+
+def test_cache_lives_in_the_users_runs_else_under_runs_dir(roots, tmp_path, monkeypatch):
+    src, _ = roots
+    shipped = projection.cache_path(src / "with")  # not one of the user's runs: left as shipped
+    assert shipped == tmp_path / "runs" / "_cache" / "src" / "with" / "umap.parquet"
+    synthetic_run(tmp_path / "runs" / "mine", gists=False)
+    assert projection.cache_path(tmp_path / "runs" / "mine") == tmp_path / "runs" / "mine" / "gist_map" / "umap.parquet"
+    monkeypatch.setattr(projection.os, "access", lambda *a: False)  # a read-only run folder
+    assert projection.cache_path(tmp_path / "runs" / "mine").parent == tmp_path / "runs" / "_cache" / "runs" / "mine"
+
+
+@pytest.mark.slow
+def test_umap_is_computed_in_the_background_and_cached(roots):
+    src, n = roots
+    t0 = time.monotonic()
+    at = page("src/with")
+    assert time.monotonic() - t0 < 20  # the page does not wait for UMAP
+    assert "UMAP is being computed" in at.info[0].value and len(projection._PROCS) == 1
+    at.run()  # a rerun while it computes does not start a second one
+    assert len(projection._PROCS) == 1
+    cache = projection.cache_path(src / "with")
+    projection._PROCS[0].wait(timeout=300)
+    assert cache.exists() and projection.umap_error(src / "with") is None
+    um = projection.read_umap(src / "with", n)
+    assert len(um) == n and np.isfinite(um[["x", "y"]].to_numpy()).all()
+    assert projection.read_umap(src / "with", n + 1) is None  # made from fewer gists: stale
+    at.run()
+    assert plotly_points(charts(at)["UMAP"]) == n

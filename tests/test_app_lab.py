@@ -1,0 +1,200 @@
+"""Knobs lab: the page re-plans a real recording with the knobs in its inputs (and URL), and its
+numbers are the ones the engine's replay and the telemetry metrics give on their own."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app import lab
+from engine.replay import load_recording, replay_run
+from telemetry import metrics
+from telemetry.memory import LAB_ENTRIES
+from telemetry.reader import Run
+from tests.lab_fixtures import REPO, THRASH, record
+
+PAGE = str(REPO / "app" / "views" / "knobs_lab.py")
+REF = "src/rec"
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("lab")
+    record(base / "src" / "rec", *THRASH)
+    return base
+
+
+@pytest.fixture
+def env(roots, monkeypatch):
+    monkeypatch.setenv("MCS_RUN_ROOTS", str(roots / "src"))
+    monkeypatch.setenv("MCS_RUNS_DIR", str(roots / "runs"))
+    return roots
+
+
+def page(**params) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def table(at: AppTest):
+    return at.dataframe[0].value.set_index("metric")
+
+
+def rendered(at: AppTest) -> dict:
+    """The re-planned column of the page's metric table, by summary key."""
+    df = at.dataframe[0].value
+    labels = dict(lab.SUMMARY_METRICS)
+    return {key: df.loc[df["metric"] == labels[key], "re-planned"].item() for key, _ in lab.SUMMARY_METRICS}
+
+
+def same(a, b) -> bool:
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b))
+    return b is not None and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_no_run_says_what_to_do(env):
+    at = page()
+    assert not at.exception and "Runs page" in at.info[0].value
+
+
+def test_recorded_knobs_give_zero_deltas_and_the_recorded_metrics(env):
+    at = page(run=REF)
+    assert not at.exception and not at.error
+    df = table(at)
+    assert len(df) == len(lab.SUMMARY_METRICS)
+    assert all(d == 0 for d in df["delta"].dropna()) and df["delta"].notna().sum() >= 8
+    s = metrics.summary(Run(env / "src" / "rec"))  # the metrics module's own numbers for the recording
+    labels = dict(lab.SUMMARY_METRICS)
+    for key in ("swap_rate", "ping_pongs_per_edit", "locality", "sequential_score", "residency_mean", "utilization",
+                "coherence", "adjacent_share"):  # fmt: skip
+        assert same(df.loc[labels[key], "recorded"], s[key]), key
+    assert "k.allocator.cooldown_steps" not in at.query_params  # nothing changed: nothing in the URL
+    assert not at.warning  # same knobs: every score was recorded, the replay is exact
+
+
+def test_moving_cooldown_and_tau_replans_like_engine_replay(env, tmp_path):
+    at = page(run=REF)
+    at.number_input(key="lab:allocator.cooldown_steps").set_value(6)
+    at.number_input(key="lab:allocator.tau_expand").set_value(0.5)
+    at.run()
+    assert not at.exception and not at.error
+    assert at.query_params["k.allocator.cooldown_steps"] == "6" and at.query_params["k.allocator.tau_expand"] == "0.5"
+    got = rendered(at)
+    # Independently: the engine's replay into a run folder, then the metrics module on that folder.
+    out = tmp_path / "direct"
+    replay_run(env / "src" / "rec", out, ["allocator.cooldown_steps=6", "allocator.tau_expand=0.5"])
+    want = metrics.summary(Run(out))
+    for key, _ in lab.SUMMARY_METRICS:
+        assert same(got[key], want[key]), (key, got[key], want[key])
+    df = table(at)
+    assert df.loc["ping-pongs", "delta"] < 0  # the random scorer ping-pongs; a cooldown of 6 stops most of it
+    assert (df["delta"].dropna() != 0).sum() >= 3
+
+
+def test_url_knobs_set_the_inputs(env):
+    at = page(run=REF, **{"k.allocator.hysteresis_steps": "3", "k.allocator.shift_kernel": "0.25,0.25"})
+    assert not at.exception and not at.error
+    assert at.number_input(key="lab:allocator.hysteresis_steps").value == 3
+    assert at.text_input(key="lab:allocator.shift_kernel").value == "0.25,0.25"
+    rec = load_recording(env / "src" / "rec")
+    want = lab.replan(rec, ["allocator.hysteresis_steps=3", "allocator.shift_kernel=0.25,0.25"]).summary
+    got = rendered(at)
+    assert all(same(got[k], want[k]) for k in want)
+    changed = next(m.value for m in at.markdown if m.value.startswith("Changed knobs:"))
+    assert "allocator.hysteresis_steps=3" in changed and "allocator.shift_kernel=0.25,0.25" in changed
+
+
+@pytest.mark.parametrize(
+    ("params", "widget", "message"),
+    [
+        ({}, ("lab:wc.w_max", 100), "wc.w_max must be >= "),  # RunConfig's cross-field rule
+        ({"k.allocator.tau_expand": "1.5"}, None, "allocator.tau_expand must be in [0, 1), got 1.5"),
+        ({"k.allocator.cooldown_steps": "abc"}, None, "is not a valid int"),
+        ({"k.scorer.name": "recency"}, None, "cannot change scorer.name"),
+        ({}, ("lab:allocator.shift_kernel", "0.5"), "allocator.shift_kernel must be two weights"),
+    ],
+)
+def test_bad_knobs_are_one_error_line(env, params, widget, message):
+    at = page(run=REF, **params)
+    if widget:
+        key, value = widget
+        (at.text_input if key.endswith("shift_kernel") else at.number_input)(key=key).set_value(value)
+        at.run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any(message in e for e in errors), errors
+    assert all("\n" not in e and "Traceback" not in e for e in errors)
+
+
+def test_replay_that_needs_unrecorded_scores_says_approximate(env):
+    at = page(run=REF, **{"k.wc.w_max": "1024"})  # a bigger WC keeps entries the recording never scored
+    assert not at.exception and not at.error
+    assert at.warning and "Approximate replay" in at.warning[0].value
+
+
+def test_save_as_replay_run_writes_a_listed_run(env):
+    at = page(run=REF, **{"k.allocator.cooldown_steps": "4"})
+    at.button[[b.label for b in at.button].index("Save as replay run")].click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    out = env / "runs" / "rec-cooldown_steps4"
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "complete" and man["changed_knobs"] == {"allocator.cooldown_steps": 4}
+    assert man["parent"] == str((env / "src" / "rec").resolve())
+    assert "runs/rec-cooldown_steps4" in at.success[0].value
+    # Saved again: a second folder, never an overwrite.
+    at.button[[b.label for b in at.button].index("Save as replay run")].click()
+    at.run()
+    assert (env / "runs" / "rec-cooldown_steps4-2" / "manifest.json").exists()
+
+
+def test_bin_lod_matches_the_readers_binning(env):
+    run = Run(env / "src" / "rec")
+    entries = run.table("entries", list(LAB_ENTRIES))
+    n, tokens = run.n_steps(), int(run.manifest["tokens"])
+    for w, h in ((600, 400), (37, 11), (tokens, n)):
+        cells = lab.bin_lod(entries, w, h, (0, n - 1), (0, tokens), 2)
+        ref = run.lod_timeline(w, h, (0, n - 1), (0, tokens), agg="min").to_pandas()
+        assert len(cells) == len(ref) > 0
+        m = cells.merge(ref, on=["x_bin", "y_bin"], suffixes=("", "_r"))
+        assert len(m) == len(ref)
+        for c in ("value", "token_lo", "token_hi", "step_lo", "step_hi"):
+            assert (m[c].to_numpy() == m[c + "_r"].to_numpy()).all(), c
+
+
+def test_replanned_timeline_cells_are_the_readers_binning_of_the_replay(env, tmp_path):
+    """The re-planned timeline is binned while measuring (engine.measure); it must be the cells the
+    reader gives for the same replay written to a folder, as the recorded side's are."""
+    sets = ["allocator.cooldown_steps=5", "allocator.tau_expand=0.4"]
+    rec = load_recording(env / "src" / "rec")
+    n, tokens = int(rec.tokens_seen.size), int(rec.tokens_seen[-1])
+    res = lab.replan(rec, sets, grid=(53, 17))
+    replay_run(env / "src" / "rec", tmp_path / "replay", sets)
+    ref = Run(tmp_path / "replay").lod_timeline(53, 17, (0, n - 1), (0, tokens), agg="min").to_pandas()
+    assert res.cells.attrs["extent"] == {"t0": 0, "t1": tokens, "s0": 0, "s1": n - 1, "w": 53, "h": 17}
+    assert len(res.cells) == len(ref) > 0
+    for c in ("x_bin", "y_bin", "value", "token_lo", "token_hi", "step_lo", "step_hi"):
+        assert (res.cells[c].to_numpy() == ref[c].to_numpy()).all(), c
+
+
+def test_replay_name_is_a_plain_folder_name():
+    assert lab.replay_name("rec", {"allocator.cooldown_steps": 4}) == "rec-cooldown_steps4"
+    name = lab.replay_name("r", {"allocator.shift_kernel": (0.25, 0.5), "allocator.tau_expand": 0.3})
+    assert name == "r-shift_kernel0.25_0.5-tau_expand0.3"
+
+
+def test_reset_brings_back_the_recorded_knobs(env):
+    at = page(run=REF, **{"k.allocator.max_edits": "9"})
+    assert at.number_input(key="lab:allocator.max_edits").value == 9
+    at.button[[b.label for b in at.button].index("Reset to the recorded knobs")].click()
+    at.run()
+    assert not at.exception and not at.error
+    assert at.number_input(key="lab:allocator.max_edits").value == 4
+    assert not [k for k in at.query_params if k.startswith("k.")]
+    assert all(d == 0 for d in table(at)["delta"].dropna())

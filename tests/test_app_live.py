@@ -1,0 +1,80 @@
+"""Live page (AppTest): follows a run while it records (new parts show on the next refresh), and
+says clearly when a run is finished, interrupted or failed, or when none is recording."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.app_fixtures import charts, clean, decode, heartbeat, open_page, point_app_at, run_roots, texts
+from tests.telemetry_fixtures import events
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    return run_roots(tmp_path_factory.mktemp("app_live"))
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, roots):
+    point_app_at(monkeypatch, roots)
+
+
+def _metrics(at) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_follows_a_recording_run_as_it_grows(roots):
+    from telemetry.writer import ParquetSink
+
+    run_dir = roots["mine"] / "growing"
+    evs = events(6, finish=False)
+    cut = next(i for i, e in enumerate(evs) if type(e).__name__ == "StepRecorded" and e.step == 2) + 1
+    sink = ParquetSink(run_dir, flush_rows=10**9, flush_seconds=10**9)
+    try:
+        for e in evs[:cut]:
+            sink.emit(e)
+        sink.flush()
+        at = open_page("live", run="mine/growing")
+        clean(at)
+        assert _metrics(at)["steps so far"] == "3"
+        assert decode(charts(at)[0]["data"][0]["z"]).shape[0] == 3
+        for e in evs[cut:]:
+            sink.emit(e)
+        sink.flush()
+        at.run()  # what the refresh timer does
+        clean(at)
+        assert _metrics(at)["steps so far"] == "6"
+        assert decode(charts(at)[0]["data"][0]["z"]).shape[0] == 6
+        assert len(charts(at)) == 3  # timeline, utilization, swap rate
+    finally:
+        sink.close()
+    at.run()
+    assert "failed" in texts(at.error)  # closed without RunFinished: the page stops following
+
+
+def test_offers_the_runs_recording_now(roots):
+    heartbeat(roots["samples"] / "live")
+    at = open_page("live")
+    clean(at)
+    assert at.selectbox(key="live_pick").options == ["samples/live"]
+    assert at.query_params["run"] == "samples/live" and _metrics(at)["steps so far"] == "3"
+
+
+def test_messages_for_runs_that_are_not_recording(roots):
+    at = open_page("live", run="samples/small")
+    assert "finished recording (8 steps)" in texts(at.success)
+    assert "./timeline?run=samples%2Fsmall" in texts(at.markdown)
+    at = open_page("live", run="samples/stale")
+    assert "interrupted" in texts(at.warning)
+    assert not at.get("plotly_chart") and not at.exception
+
+
+def test_none_recording(tmp_path, monkeypatch, roots):
+    shutil.copytree(roots["samples"] / "small", tmp_path / "a" / "small")
+    (tmp_path / "b").mkdir()
+    point_app_at(monkeypatch, {"samples": tmp_path / "a", "mine": tmp_path / "b"})
+    at = open_page("live")
+    clean(at)
+    assert "No run is recording now" in texts(at.info) and "python -m engine record" in texts(at.info)

@@ -1,0 +1,81 @@
+"""Runs page (AppTest): every run folder with its status and problem, replay lineage, headline
+metrics from the summary, picking one or two runs into the URL, and the empty state."""
+
+from __future__ import annotations
+
+import pytest
+
+from telemetry import metrics
+from telemetry.reader import Run
+from tests.app_fixtures import clean, frame_with, heartbeat, open_page, point_app_at, run_roots, texts
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    return run_roots(tmp_path_factory.mktemp("app_runs"))
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, roots):
+    point_app_at(monkeypatch, roots)
+
+
+def test_lists_every_run_with_status_problem_lineage_and_metrics(roots):
+    heartbeat(roots["samples"] / "live")
+    at = open_page("runs")
+    clean(at)
+    t = frame_with(at, "ref", "state").set_index("ref")
+    assert sorted(t.index) == [f"samples/{n}" for n in ("broken", "live", "replay", "small", "stale")]
+    state = {r: s.split()[-1] for r, s in t["state"].items()}
+    assert state == {
+        "samples/broken": "invalid",
+        "samples/live": "recording",
+        "samples/replay": "complete",
+        "samples/small": "complete",
+        "samples/stale": "interrupted",
+    }
+    assert "no manifest.json" in t.loc["samples/broken", "problem"]
+    assert t.loc["samples/replay", "parent"].endswith("small")
+    assert t.loc["samples/replay", "changed_knobs"] == "allocator.cooldown_steps=4"
+    assert t.loc["samples/small", "steps"] == 8 and t.loc["samples/small", "scorer"] == "recency"
+    assert t.loc["samples/small", "size_mb"] > 0
+    s = metrics.summary(Run(roots["samples"] / "small"))
+    assert t.loc["samples/small", "swap_rate"] == pytest.approx(s["swap_rate"])
+    assert t.loc["samples/small", "ping_pongs_per_edit"] == pytest.approx(s["ping_pongs_per_edit"])
+    assert t.loc["samples/live", "swap_rate"] is None or t["swap_rate"].isna()["samples/live"]  # live: not summarised
+    # with no run in the URL the first finished one is picked, and its links carry it
+    assert at.query_params["run"] == "samples/replay"
+    assert "./timeline?run=samples%2Freplay" in texts(at.markdown)
+
+
+def test_picking_runs_sets_the_url(roots):
+    at = open_page("runs")
+    at.selectbox(key="runs_pick").set_value("samples/stale").run()
+    clean(at)
+    assert at.query_params["run"] == "samples/stale"
+    assert "interrupted" in texts(at.warning)
+    at.selectbox(key="runs_pick2").set_value("samples/small").run()
+    assert at.query_params["run2"] == "samples/small"
+    assert "./compare?run=samples%2Fstale&run2=samples%2Fsmall" in texts(at.markdown)
+    assert "samples/broken" not in at.selectbox(key="runs_pick").options  # invalid runs cannot be opened
+    at.selectbox(key="runs_pick2").set_value("(none)").run()
+    assert "run2" not in at.query_params
+
+
+def test_url_run_is_kept_and_a_recording_run_points_to_live(roots):
+    heartbeat(roots["samples"] / "live")
+    at = open_page("runs", run="samples/live")
+    clean(at)
+    assert at.selectbox(key="runs_pick").value == "samples/live"
+    assert "still recording" in texts(at.info) and "./live?run=samples%2Flive" in texts(at.markdown)
+
+
+def test_empty_state_says_how_to_record(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    point_app_at(monkeypatch, {"samples": tmp_path / "a", "mine": tmp_path / "b"})
+    at = open_page("runs")
+    clean(at)
+    info = texts(at.info)
+    assert "No runs yet" in info and "python -m engine record" in info and "Record" in info
+    assert not at.dataframe

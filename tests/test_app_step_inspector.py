@@ -1,0 +1,98 @@
+"""Step inspector page (AppTest): the WC table and score stages are the recorded entries, decisions
+are the recorded ones, attention maps show the recorded mass, and steps or runs without them say so."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.decisions import OUTCOMES
+from engine.events import AttentionRecorded, DecisionsRecorded, EntriesRecorded, LensAttention
+from tests.app_fixtures import charts, clean, decode, frame_with, open_page, point_app_at, run_roots, texts
+from tests.telemetry_fixtures import events, record
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    r = run_roots(tmp_path_factory.mktemp("app_step"))
+    plain = [e for e in events(4) if not isinstance(e, AttentionRecorded | LensAttention)]
+    record(r["samples"] / "plain", plain)
+    return r
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, roots):
+    point_app_at(monkeypatch, roots)
+
+
+def _event(evs, kind, step):
+    return next(e for e in evs if isinstance(e, kind) and e.step == step)
+
+
+def test_wc_table_and_score_stages_are_the_recorded_entries(roots):
+    at = open_page("step_inspector", run="samples/small", step=2)
+    clean(at)
+    e = _event(roots["events"], EntriesRecorded, 2)
+    wc = frame_with(at, "preview", "raw_score")
+    assert wc["node_id"].tolist() == e.node_id.tolist()
+    assert wc["lod"].tolist() == e.lod.tolist() and wc["start"].tolist() == e.start.tolist()
+    assert wc["cost"].tolist() == e.cost.tolist()
+    for col in ("raw_score", "score_interp", "score_shift", "score"):
+        np.testing.assert_allclose(wc[col].to_numpy(), getattr(e, col), rtol=1e-6)
+    assert wc["preview"].tolist() == [f"block {i} é" for i in range(e.lod.size)]  # from the nodes table
+    tiles = {m.label: m.value for m in at.metric}
+    assert tiles["tokens read"] == "197" and tiles["entries"] == "6" and tiles["WC cost / w_max"] == "104/2048"
+    stages = charts(at)[0]
+    assert [t["name"] for t in stages["data"]] == [
+        "raw (scorer)",
+        "after interpolation",
+        "after shift",
+        "final (sharpened)",
+    ]
+    np.testing.assert_allclose(decode(stages["data"][0]["y"]), e.raw_score, rtol=1e-6)
+    np.testing.assert_allclose(decode(stages["data"][3]["y"]), e.score, rtol=1e-6)
+
+
+def test_decisions_of_the_step_with_their_reasons(roots):
+    at = open_page("step_inspector", run="samples/small", step=4)
+    clean(at)
+    d = _event(roots["events"], DecisionsRecorded, 4).decisions
+    table = frame_with(at, "outcome", "change")
+    assert table["node_id"].tolist() == d.node_id.tolist()
+    assert table["outcome"].tolist() == [OUTCOMES[c] for c in d.outcome]
+    assert "budget" in table["outcome"].tolist()  # the refused candidate keeps its reason
+
+
+def test_attention_heatmap_on_a_recorded_step(roots):
+    at = open_page("step_inspector", run="samples/small", step=2)
+    clean(at)
+    a = _event(roots["events"], AttentionRecorded, 2)
+    heat = next(f for f in charts(at) if f["data"] and f["data"][0]["type"] == "heatmap")
+    z = decode(heat["data"][0]["z"])
+    n = _event(roots["events"], EntriesRecorded, 2).lod.size
+    assert z.shape == (2, n + 1)  # two layers; every entry and the raw tail
+    want = np.stack([np.arange(n + 1) / 1000 + layer for layer in (0, 1)])  # layer + position / 1000
+    np.testing.assert_allclose(z, want, rtol=1e-6)
+    assert a.mass.size == z.size
+    lens = next(f for f in charts(at) if f["data"] and f["data"][0]["type"] == "bar")
+    np.testing.assert_allclose(decode(lens["data"][0]["y"]), np.full(n, 1.0 / n), rtol=1e-6)
+
+
+def test_step_without_attention_names_the_steps_that_have_it_and_jumps(roots):
+    at = open_page("step_inspector", run="samples/small", step=3)
+    clean(at)
+    assert "recorded at 4 steps: 0, 2, 4, 6" in texts(at.info)
+    jump = at.button(key="si_jump_att")
+    assert jump.label == "Jump to step 2"  # 2 and 4 are as near: the earlier one
+    jump.click().run()
+    clean(at)
+    assert at.query_params["step"] == "2" and at.slider(key="step_scrubber").value == 2
+    assert not any("No attention recorded" in i.value for i in at.info)
+
+
+def test_run_without_attention_tables_says_so(roots):
+    at = open_page("step_inspector", run="samples/plain", step=1)
+    clean(at)
+    info = texts(at.info)
+    assert "recorded no base-model attention" in info and "No LensNet attention" in info
+    assert len(frame_with(at, "preview", "raw_score")) == _event(events(4), EntriesRecorded, 1).lod.size

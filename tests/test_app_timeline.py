@@ -1,0 +1,169 @@
+"""Timeline page (AppTest): the heatmap's cells are the recorded LODs, the decisions table is the
+recorded decisions, the scrubber and the URL move together, play advances, bad runs are refused."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from engine.decisions import ACTIONS, OUTCOMES
+from engine.events import DecisionsRecorded, EntriesRecorded
+from tests.app_fixtures import charts, clean, decode, frame_with, heartbeat, open_page, point_app_at, run_roots, texts
+from tests.telemetry_fixtures import per_token_lod
+
+T1 = (7 + 4) * 32  # tokens covered by the WC at the last step of the 8-step fixture
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    return run_roots(tmp_path_factory.mktemp("app_timeline"))
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, roots):
+    point_app_at(monkeypatch, roots)
+
+
+def per_token(evs, column: str, n_steps: int = 8) -> np.ndarray:
+    grid = np.full((n_steps, T1), np.nan)
+    for e in evs:
+        if isinstance(e, EntriesRecorded) and e.iteration == 0:
+            for v, s, end in zip(getattr(e, column), e.start, e.end, strict=True):
+                grid[e.step, int(s) : int(end)] = v
+    return grid
+
+
+def heat_z(fig: dict, trace: int = 0) -> np.ndarray:
+    return decode(fig["data"][trace]["z"]).astype(float)
+
+
+def test_heatmap_cells_are_the_recorded_lods_and_the_step_is_marked(roots):
+    at = open_page("timeline", run="samples/small", step=3)
+    clean(at)
+    fig = charts(at)[0]
+    assert fig["data"][0]["type"] == "heatmap"
+    z = heat_z(fig)
+    want = per_token_lod(roots["events"], 0, 7, 0, T1).astype(float)
+    want[want < 0] = np.nan
+    assert z.shape == (8, T1)
+    np.testing.assert_array_equal(z[3], want[3])  # the selected step, token by token
+    np.testing.assert_array_equal(z, want)  # and every other step
+    assert decode(fig["data"][0]["y"]).tolist() == list(range(8))
+    marker = [s for s in fig["layout"]["shapes"] if s.get("type") == "line"]
+    assert marker and marker[0]["y0"] == 3 and marker[0]["y1"] == 3
+    assert at.query_params["step"] == "3"
+
+
+def test_decisions_table_is_the_recorded_decisions_of_the_step(roots):
+    at = open_page("timeline", run="samples/small", step=3)
+    clean(at)
+    d = next(e.decisions for e in roots["events"] if isinstance(e, DecisionsRecorded) and e.step == 3)
+    table = frame_with(at, "outcome", "change")
+    assert table["node_id"].tolist() == d.node_id.tolist()
+    assert table["action"].tolist() == [ACTIONS[c] for c in d.action]
+    assert table["outcome"].tolist() == [OUTCOMES[c] for c in d.outcome]
+    assert table["forced"].tolist() == d.forced.tolist()
+    assert table["change"].tolist() == [
+        f"{a}->{'out' if b < 0 else b}" for a, b in zip(d.lod_from, d.lod_to, strict=True)
+    ]
+    assert "evict" in table["action"].tolist()  # step 3 of the fixture has the forced eviction
+    labels = [b.label for b in at.get("download_button")]
+    assert labels.count("CSV") >= 2 and labels.count("Parquet") >= 2  # heatmap cells and decisions
+
+
+def test_scrubber_and_url_move_together(roots):
+    at = open_page("timeline", run="samples/small", step=6)
+    assert at.slider(key="step_scrubber").value == 6  # a shared link opens on its step
+    at.slider(key="step_scrubber").set_value(2).run()
+    clean(at)
+    assert at.query_params["step"] == "2"
+    assert [s for s in charts(at)[0]["layout"]["shapes"] if s.get("type") == "line"][0]["y0"] == 2
+    at.query_params["step"] = "5"  # another page (or play) moved the URL: the slider follows
+    at.run()
+    assert at.slider(key="step_scrubber").value == 5
+    d = next(e.decisions for e in roots["events"] if isinstance(e, DecisionsRecorded) and e.step == 5)
+    assert frame_with(at, "outcome", "change")["node_id"].tolist() == d.node_id.tolist()
+
+
+def test_play_advances_one_step_per_tick_and_stops_at_the_end(roots):
+    at = open_page("timeline", run="samples/small", step=5)
+    at.button(key="tl_play_btn").click().run()
+    assert at.session_state["tl_playing"] is True
+    assert at.query_params["step"] == "5"  # starting does not jump
+    for want in ("6", "7"):
+        time.sleep(1.0)
+        at.run()
+        clean(at)
+        assert at.query_params["step"] == want
+    time.sleep(1.0)
+    at.run()
+    assert at.query_params["step"] == "7" and at.session_state["tl_playing"] is False
+
+
+def test_score_overlay_shares_the_cell_budget_and_carries_the_scores(roots):
+    at = open_page("timeline", run="samples/small", step=1)
+    at.selectbox(key="tl_overlay").set_value("final score").run()
+    clean(at)
+    fig = charts(at)[0]
+    assert [t["type"] for t in fig["data"]] == ["heatmap", "heatmap"]
+    np.testing.assert_allclose(heat_z(fig, 1), per_token(roots["events"], "score"), rtol=1e-6)
+    assert sum(heat_z(fig, i).size for i in (0, 1)) <= 250_000
+
+
+def test_zoom_bins_only_the_chosen_steps_and_tokens(roots):
+    at = open_page("timeline", run="samples/small", step=3)
+    steps = next(s for s in at.slider if s.key.startswith("tl_steps:"))
+    tokens = next(s for s in at.slider if s.key.startswith("tl_tokens:"))
+    steps.set_value((2, 5))
+    tokens.set_value((64, 192)).run()
+    clean(at)
+    fig = charts(at)[0]
+    assert decode(fig["data"][0]["y"]).tolist() == [2, 3, 4, 5]
+    assert decode(fig["data"][0]["x"]).tolist() == list(range(64, 192))
+    want = per_token_lod(roots["events"], 2, 5, 64, 192).astype(float)
+    want[want < 0] = np.nan
+    np.testing.assert_array_equal(heat_z(fig), want)
+
+
+def test_refused_and_missing_runs_say_so_in_one_line(roots):
+    for ref, text in (
+        ("/etc", "outside the configured run folders"),
+        ("../../../etc", "outside the configured run folders"),
+        ("samples/broken", "not a run"),
+        ("samples/nope", "no run folder"),
+    ):
+        at = open_page("timeline", run=ref)
+        assert not at.exception
+        assert text in texts(at.error) and "\n" not in texts(at.error), ref
+        assert not at.get("plotly_chart")
+    at = open_page("timeline")
+    assert not at.exception and "Runs" in texts(at.info)
+
+
+def test_recording_and_interrupted_runs_show_what_they_have(roots):
+    heartbeat(roots["samples"] / "live")
+    for ref in ("samples/live", "samples/stale"):
+        at = open_page("timeline", run=ref)
+        clean(at)
+        z = heat_z(charts(at)[0])
+        assert z.shape[0] == 3  # three steps written before the recorder stopped (or so far)
+        assert at.slider(key="step_scrubber").max == 2
+
+
+def test_a_bad_part_is_named_and_the_rest_still_shows(roots):
+    bad = roots["samples"] / "bad_part"
+    shutil.copytree(roots["samples"] / "small", bad)
+    part = sorted((bad / "entries").glob("*.parquet"))[-1]
+    part.write_bytes(b"not parquet at all")
+    at = open_page("timeline", run="samples/bad_part", step=0)
+    assert not at.exception and not at.error
+    warning = texts(at.warning)
+    assert "Skipped 1 unreadable part file" in warning and part.name in warning
+    z = heat_z(charts(at)[0])
+    want = per_token_lod(roots["events"], 0, 7, 0, T1).astype(float)
+    assert z.shape[0] < 8  # the last steps were in the bad part
+    w0 = want[0, : z.shape[1]]
+    np.testing.assert_array_equal(z[0], np.where(w0 < 0, np.nan, w0))  # early steps are in the good parts
