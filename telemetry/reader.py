@@ -343,19 +343,21 @@ class Run:
             return _HEATMAP.empty_table()
         n, span = s1 - s0 + 1, t1 - t0
         w, h = min(width, span), min(height, n)
-        value = {"mean": "sum(v * ov * c) / sum(ov * c)", "min": "min(v)", "max": "max(v)"}[agg]
-        # r: entries that are the same span with the same value within one step bin (most of them: a
-        # gist stays put for many steps) are merged first, with a count `c`, so the spreading over
-        # token bins below runs once per distinct (step bin, span, value), not once per step.
+        value = {"mean": "sum(v * ov) / sum(ov * c)", "min": "min(v)", "max": "max(v)"}[agg]
+        v_of = {"mean": "sum(v)", "min": "min(v)", "max": "max(v)"}[agg]
+        # r: entries of the same span within one step bin (most of them: a gist stays put for many
+        # steps) are merged first, whatever their values, into a count `c` and their sum (or min, or
+        # max) `v`, so the spreading over token bins below runs once per (step bin, span), not once
+        # per step. A mean is then sum(v * overlap) / sum(overlap * c): exact, not an approximation.
         q = f"""
         WITH r AS (
-            SELECT (step - $s0) * $h // $n AS yb, v, s, e, count(*) AS c
+            SELECT (step - $s0) * $h // $n AS yb, {v_of} AS v, s, e, count(*) AS c
             FROM (
                 SELECT step, {_quote(column)}::DOUBLE AS v, greatest(start, $t0) AS s, least("end", $t1) AS e
                 FROM read_parquet($parts, union_by_name=true)
                 WHERE iteration = $it AND step BETWEEN $s0 AND $s1 AND "end" > $t0 AND start < $t1
             )
-            GROUP BY yb, v, s, e
+            GROUP BY yb, s, e
         ), e AS (
             SELECT yb, v, c, s, e, (s - $t0) * $w // $span AS x0, (e - 1 - $t0) * $w // $span AS x1 FROM r
         ), b AS (  -- most entries fall in one token bin: only the others are spread with generate_series
