@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the product's main job on real text.
-# Until the web app lands: record a standard-library module end to end (tiny model; any knob can be
-# given as extra args, e.g. --scorer recency --set wc.w_max=1024) into runs/argparse, then print
-# the focus metrics of that recording. The run folder can be replayed with other knobs:
-#   .venv/bin/python -m engine replay runs/argparse --out runs/argparse-cool4 --set allocator.cooldown_steps=4
+# Set up (idempotent) and start the Studio web app on this machine: http://127.0.0.1:8501
+# It lists the recordings shipped in sample_runs/ and the user's runs/ folder; the Record page
+# records new ones (runs/). Extra args go to `streamlit run` (e.g. --server.port 8600).
+# Other folders of runs: MCS_RUN_ROOTS=/path/a:/path/b bash scripts/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-INPUT=$(.venv/bin/python -c 'import argparse; print(argparse.__file__)')
-.venv/bin/python -m engine record --input "$INPUT" --out runs/argparse --overwrite --model tiny "$@"
-.venv/bin/python -m telemetry metrics runs/argparse --indent 2
+mkdir -p runs
+echo "MegaContext Studio: open http://127.0.0.1:${PORT:-8501} (Ctrl-C stops the server)" >&2
+exec .venv/bin/python -m streamlit run app/streamlit_app.py --server.port "${PORT:-8501}" "$@"

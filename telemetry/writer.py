@@ -337,7 +337,6 @@ def _spec(field: pa.Field) -> tuple:
 _SPECS = {t: tuple(_spec(f) for f in SCHEMAS[t]) for t in TABLES}
 _NAMES = {t: frozenset(SCHEMAS[t].names) for t in TABLES}
 _F32_MAX = float(np.finfo(np.float32).max)
-_MISSING = object()
 
 
 def _scalar_fits(v: object, dt: np.dtype, lo: int, hi: int) -> bool:
@@ -350,48 +349,53 @@ def _scalar_fits(v: object, dt: np.dtype, lo: int, hi: int) -> bool:
 
 
 def _fast_columns(table: str, cols: dict[str, object]) -> tuple[list, int] | None:
-    """Buffer-ready columns (numpy of the exact dtype, or typed Arrow arrays) when no check can fail;
-    None sends the event down `columns_to_arrays`, which checks everything and names what is wrong."""
+    """Buffer-ready columns (numpy of the exact dtype, typed Arrow arrays, or `_Scalar` placeholders
+    for one value on every row) when no check can fail; None sends the event down
+    `columns_to_arrays`, which checks everything and names what is wrong. One pass over the schema:
+    this runs for every event (~6 per step), so it is kept to type checks and appends."""
     if not cols.keys() <= _NAMES[table]:
         return None
-    n = None
-    for v in cols.values():
-        if isinstance(v, np.ndarray | list | pa.Array | _Codes):
-            if n is None:
-                n = len(v)
-            elif len(v) != n:
-                return None
-    n = 1 if n is None else n
-    out = []
+    n, out, scalars = -1, [], []
     for name, typ, nullable, dtype, lo, hi in _SPECS[table]:
-        v = cols.get(name, _MISSING)
-        if type(v) is np.ndarray:
-            if v.ndim == 2 and typ == _VECTORS and v.dtype == np.float32:  # gist rows: one list<float32> per row
-                out.append(v)
-                continue
-            if v.dtype != dtype or v.ndim != 1:
-                return None
-            out.append(v)
-        elif type(v) is _Codes:  # range-checked on construction; only string fields take codes
+        v = cols.get(name)
+        tv = type(v)
+        if tv is np.ndarray:
+            if v.ndim != 1 or v.dtype != dtype:
+                if not (v.ndim == 2 and typ == _VECTORS and v.dtype == np.float32):  # gists: a list per row
+                    return None
+            k = v.shape[0]
+        elif tv is _Codes:  # range-checked on construction; only string fields take codes
             if dtype is not None:
                 return None
-            out.append(v)
-        elif type(v) is list:  # only a list of str (node previews) is sure to fit, and only a string field
+            k = len(v)
+        elif tv is list:  # only a list of str (node previews) is sure to fit, and only a string field
             if dtype is not None or not all(type(x) is str for x in v):
                 return None
-            out.append(v)
+            k = len(v)
+        elif v is None:
+            if not nullable:
+                return None
+            scalars.append(len(out))
+            out.append(_Scalar(None, 0))
+            continue
         elif isinstance(v, pa.Array):
             if v.type != typ or v.null_count:
                 return None
-            out.append(v)
-        elif v is _MISSING or v is None:
-            if not nullable:
-                return None
-            out.append(pa.nulls(n, typ))
+            k = len(v)
         elif dtype is not None and dtype.kind != "O" and _scalar_fits(v, dtype, lo, hi):
-            out.append(_Scalar(v, n))  # broadcast at flush, one call per column (a step has ~16 scalars)
+            scalars.append(len(out))
+            out.append(_Scalar(v, 0))  # broadcast at flush, one call per column (a step has ~16 scalars)
+            continue
         else:
             return None
+        if n < 0:
+            n = k
+        elif k != n:
+            return None
+        out.append(v)
+    n = 1 if n < 0 else n
+    for i in scalars:
+        out[i].n = n
     return out, n
 
 
@@ -440,11 +444,14 @@ def _concat(parts: list, typ: pa.DataType, name: str = "") -> pa.Array:
     if parts and all(type(p) is _Codes for p in parts):
         return parts[0].names.take(pa.array(np.concatenate([p.codes for p in parts]), pa.int8()))
     if parts and all(type(p) is _Scalar for p in parts):  # e.g. `step` of every event since the last flush
-        dt = numpy_dtype(typ)
-        return pa.array(np.repeat(np.array([p.v for p in parts], dt), [p.n for p in parts]), type=typ)
+        values = [p.v for p in parts]
+        if any(v is None for v in values):  # a nullable column (nll, or x/y of nodes): Python values, None = null
+            return pa.array([v for p in parts for v in [p.v] * p.n], type=typ)
+        return pa.array(np.repeat(np.array(values, numpy_dtype(typ)), [p.n for p in parts]), type=typ)
     if any(type(p) is _Scalar for p in parts):
         dt = numpy_dtype(typ)
-        parts = [np.full(p.n, p.v, dt) if type(p) is _Scalar else p for p in parts]
+        parts = [(pa.nulls(p.n, typ) if p.v is None else np.full(p.n, p.v, dt)) if type(p) is _Scalar else p
+                 for p in parts]  # fmt: skip
     if parts and all(type(p) is np.ndarray and p.ndim == 2 for p in parts):
         return vectors_array(np.concatenate(parts))
     parts = [vectors_array(p) if type(p) is np.ndarray and p.ndim == 2 else p for p in parts]

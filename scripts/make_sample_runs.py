@@ -1,0 +1,137 @@
+"""Regenerate `sample_runs/`: the recordings a new user browses first, made by the default models.
+
+    .venv/bin/python scripts/make_sample_runs.py [--model default] [--out sample_runs] [--only NAME ...]
+
+Every run is a real `python -m engine record` (or `replay`) over real text, so the shipped runs are
+what a user's own recordings look like. Inputs are written under `<out>/_inputs/` (folders starting
+with `_` are not listed as runs) so that an exact replay can re-read them. Each run must stay under
+10 MB; the script says so and fails if one does not. Deterministic given the model: the texts come
+from the standard library of the running Python and the passkey from a fixed seed.
+
+The runs:
+- `code-<module>`: one long standard-library module read end to end (code navigation), lensnet;
+- `passkey-16k`: the passkey recall scenario (a fact planted early, asked for at the end), lensnet;
+- `topics`: several documents on different topics concatenated (topic switches), lensnet;
+- `compare-lensnet` and `compare-recency`: one text under both policies, with the recency and
+  full-context NLL baselines, for the Compare page;
+- `compare-lensnet-cool6-gamma2`: a fast replay of `compare-lensnet` with other hysteresis and
+  sharpening knobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MAX_MB = 10.0
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+CODE_MODULE = "typing.py"  # long, self-contained, in every Python
+TOPIC_FILES = ("json/decoder.py", "pydoc_data/topics.py", "email/message.py", "statistics.py", "zipfile/__init__.py")
+COMPARE_MODULE = "argparse.py"
+COMMON = ["--set", "wc.w_max=1024", "--set", "wc.position_mode=compact", "--set", "session.attention_every=16"]
+REPLAY_KNOBS = ["allocator.cooldown_steps=6", "allocator.hysteresis_margin=0.2", "allocator.sharpen_gamma=2.0"]
+
+
+def _read(rel: str, limit_chars: int) -> str:
+    path = STDLIB / rel
+    if not path.is_file():  # a Python without this file (zipfile became a package in 3.12)
+        path = STDLIB / rel.replace("/__init__", "")
+    return path.read_text(encoding="utf-8")[:limit_chars]
+
+
+def inputs(model: str, out: Path) -> dict[str, Path]:
+    """Write every input text under out/_inputs and return them by run name."""
+    from engine.model import load_model
+    from engine.scenarios import PasskeyConfig, passkey_cases
+
+    d = out / "_inputs"
+    d.mkdir(parents=True, exist_ok=True)
+    texts = {
+        f"code-{CODE_MODULE.removesuffix('.py')}": _read(CODE_MODULE, 240_000),
+        "topics": "".join(f"\n\n# ===== {rel} =====\n\n" + _read(rel, 40_000) for rel in TOPIC_FILES),
+        "compare": _read(COMPARE_MODULE, 40_000),  # full-context baseline per step: keep it short
+    }
+    m = load_model(model, device="cpu")
+    filler = _read("collections/__init__.py", 200_000) + _read("functools.py", 100_000)
+    case = passkey_cases(filler, m.tokenize, m.decode, PasskeyConfig(lengths=(16384,), depths=(0.1,)))[0]
+    texts["passkey-16k"] = case.text
+    (d / "passkey-16k.json").write_text(json.dumps({"passkey": case.passkey, "answer": case.answer}) + "\n")
+    paths = {}
+    for name, text in texts.items():
+        paths[name] = d / f"{name}.txt"
+        paths[name].write_text(text, encoding="utf-8")
+    return paths
+
+
+def _engine(*args: str) -> None:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"error: engine {' '.join(args[:1])} failed: {r.stderr.strip().splitlines()[-1:]}")
+    print(f"  {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+def record(name: str, src: Path, out: Path, model: str, scorer: str, *extra: str) -> None:
+    print(f"recording {name} ({scorer})", file=sys.stderr)
+    _engine("record", "--quiet", "--overwrite", "--input", str(src), "--out", str(out / name), "--model", model,
+            "--scorer", scorer, "--device", "cpu", *COMMON, *extra)  # fmt: skip
+
+
+def mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--out", default=str(REPO / "sample_runs"))
+    ap.add_argument("--only", nargs="*", default=None, help="run names to regenerate (default: all)")
+    ap.add_argument("--max-tokens", type=int, default=0, help="stop every recording after this many tokens (checks)")
+    args = ap.parse_args()
+    if args.max_tokens:
+        COMMON.extend(["--set", f"session.max_tokens={args.max_tokens}"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    src = inputs(args.model, out)
+    code = f"code-{CODE_MODULE.removesuffix('.py')}"
+    plan = {
+        code: lambda: record(code, src[code], out, args.model, "lensnet"),
+        "passkey-16k": lambda: record("passkey-16k", src["passkey-16k"], out, args.model, "lensnet"),
+        "topics": lambda: record("topics", src["topics"], out, args.model, "lensnet"),
+        "compare-lensnet": lambda: record(
+            "compare-lensnet", src["compare"], out, args.model, "lensnet", "--set", "session.baselines=true"
+        ),  # fmt: skip
+        "compare-recency": lambda: record(
+            "compare-recency", src["compare"], out, args.model, "recency", "--set", "session.baselines=true"
+        ),  # fmt: skip
+    }
+    for name, make in plan.items():
+        if args.only is None or name in args.only:
+            make()
+    replay = "compare-lensnet-cool6-gamma2"
+    if args.only is None or replay in args.only:
+        print(f"replaying {replay}", file=sys.stderr)
+        shutil.rmtree(out / replay, ignore_errors=True)
+        _engine("replay", str(out / "compare-lensnet"), "--out", str(out / replay),
+                *[a for k in REPLAY_KNOBS for a in ("--set", k)])  # fmt: skip
+    too_big = []
+    for run in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        size = mb(run)
+        print(f"{run.name}: {size:.2f} MB", file=sys.stderr)
+        if size > MAX_MB:
+            too_big.append(f"{run.name} ({size:.1f} MB)")
+    if too_big:
+        sys.exit(f"error: sample runs over {MAX_MB:.0f} MB: {', '.join(too_big)}")
+
+
+if __name__ == "__main__":
+    main()
