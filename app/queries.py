@@ -349,6 +349,7 @@ def compare_table(a: dict, b: dict, names: tuple[str, str]) -> pd.DataFrame:
 def link(page: str, **params: object) -> str:
     """A relative URL that opens `page` (its url_path, e.g. `timeline`) on the view named by `params`."""
     query = urlencode({k: v for k, v in params.items() if v is not None})
+    page = "" if page == "runs" else page  # the default page is served at the root: /runs is "Page not found"
     return f"./{page}?{query}" if query else f"./{page}"
 
 
