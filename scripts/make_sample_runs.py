@@ -34,14 +34,25 @@ sys.path.insert(0, str(REPO))
 
 MAX_MB = 10.0
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-CODE_MODULE = "typing.py"  # long, self-contained, in every Python
-TOPIC_FILES = ("json/decoder.py", "pydoc_data/topics.py", "email/message.py", "statistics.py", "zipfile/__init__.py")
-COMPARE_MODULE = "argparse.py"
+# Every text is from the corpus's held-out test split (models/README.md), so the default models never
+# trained on what the sample runs show.
+CODE_MODULE = "tarfile.py"  # a long module, read end to end
+TOPIC_FILES = ("asyncio/base_events.py", "pydoc:specialnames", "email/feedparser.py", "pydoc:specialnames@40000",
+               "wsgiref/handlers.py")  # code, reference prose, code, prose, code  # fmt: skip
+COMPARE_MODULE = "nntplib.py"
+PASSKEY_FILLER = ("test/test_itertools.py", "idlelib/pyshell.py")
 COMMON = ["--set", "wc.w_max=1024", "--set", "wc.position_mode=compact", "--set", "session.attention_every=16"]
 REPLAY_KNOBS = ["allocator.cooldown_steps=6", "allocator.hysteresis_margin=0.2", "allocator.sharpen_gamma=2.0"]
 
 
 def _read(rel: str, limit_chars: int) -> str:
+    """A stdlib file's text, or `pydoc:TOPIC[@offset]`: a documentation topic from `pydoc_data`."""
+    if rel.startswith("pydoc:"):
+        from pydoc_data.topics import topics
+
+        name, _, offset = rel.removeprefix("pydoc:").partition("@")
+        start = int(offset or 0)
+        return topics[name][start : start + limit_chars]
     path = STDLIB / rel
     if not path.is_file():  # a Python without this file (zipfile became a package in 3.12)
         path = STDLIB / rel.replace("/__init__", "")
@@ -61,7 +72,7 @@ def inputs(model: str, out: Path) -> dict[str, Path]:
         "compare": _read(COMPARE_MODULE, 40_000),  # full-context baseline per step: keep it short
     }
     m = load_model(model, device="cpu")
-    filler = _read("collections/__init__.py", 200_000) + _read("functools.py", 100_000)
+    filler = "".join(_read(rel, 200_000) for rel in PASSKEY_FILLER)
     case = passkey_cases(filler, m.tokenize, m.decode, PasskeyConfig(lengths=(16384,), depths=(0.1,)))[0]
     texts["passkey-16k"] = case.text
     (d / "passkey-16k.json").write_text(json.dumps({"passkey": case.passkey, "answer": case.answer}) + "\n")
