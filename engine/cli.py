@@ -3,6 +3,7 @@
   record  stream a text through the engine and record every step to a run folder (Parquet)
   replay  re-plan a recorded run with other knobs into a new run folder (fast or --exact)
   run     stream a text through the engine and print a JSON summary (nothing recorded)
+  eval    compare every policy at one budget (and the gists) on texts; JSON on stdout, a table on stderr
 
 Every knob is reachable with `--set section.field=value` (repeatable), the same names as the
 manifest and the app. Errors a user can cause print one line, `error: ...`, and exit with 2.
@@ -18,7 +19,7 @@ from collections import Counter
 
 import numpy as np
 
-from engine.config import RunConfig, apply_overrides
+from engine.config import SCORER_NAMES, RunConfig, apply_overrides
 from engine.decisions import OUTCOMES
 from engine.events import DecisionsRecorded, RunFinished, StepRecorded
 from engine.textio import InputError
@@ -161,6 +162,38 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from engine.eval import EvalConfig, eval_run_config, format_table, progress, read_inputs
+
+    cfg = eval_run_config(list(args.set or []))
+    ecfg = EvalConfig(policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
+                      nll_every=args.nll_every, gist_samples=args.gist_samples, gist_horizon=args.gist_horizon,
+                      seed=args.seed)  # fmt: skip
+    if args.scenario:
+        from engine.scenarios import PasskeyConfig
+
+        lengths = tuple(int(x) for x in args.lengths.split(",") if x.strip())
+        pcfg = PasskeyConfig(lengths, tuple(float(x) for x in args.depths.split(",") if x.strip()), seed=args.seed)
+    texts = read_inputs(args.input)  # bad input fails before any model loads
+    from engine.runtime import build_engine
+
+    engine = build_engine(apply_overrides(cfg, ["scorer.name=lensnet"]), args.model, args.device)
+    say = (lambda msg: None) if args.quiet else progress
+    if args.scenario:
+        from engine.eval_scenario import format_passkey, passkey_eval
+
+        res = passkey_eval(engine, cfg, ecfg.policies, pcfg, "\n\n".join(t for _, t in texts), log=say)
+        table = format_passkey(res)
+    else:
+        from engine.eval import evaluate
+
+        res = evaluate(engine, cfg, ecfg, texts, log=say)
+        table = format_table(res)
+    print(table, file=sys.stderr)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -179,6 +212,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flush-seconds", type=float, default=5.0, help="seconds between flushes")
     _add_common(p)
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("eval", help="compare every policy at one budget, and the gists (JSON on stdout)")
+    p.add_argument("--input", required=True, nargs="+", help="text files (long ones: 16k+ tokens)")
+    p.add_argument("--scenario", default=None, choices=("passkey",), help="a recall scenario on the inputs as filler")
+    p.add_argument("--policies", default=",".join(SCORER_NAMES), help="comma-separated scorers to compare")
+    p.add_argument("--nll-every", type=int, default=1, help="measure the next block's NLL every N refocus steps")
+    p.add_argument("--gist-samples", type=int, default=64, help="blocks for the gist-quality numbers (0 = skip)")
+    p.add_argument("--gist-horizon", type=int, default=64, help="H of the gist's ΔNLL@H")
+    p.add_argument("--lengths", default="16384", help="scenario: comma-separated case lengths in tokens")
+    p.add_argument("--depths", default="0.1,0.5,0.9", help="scenario: comma-separated fact depths in [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="gist windows and passkeys are drawn from this seed")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (the table still prints)")
+    _add_common(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("replay", help="re-plan a recorded run with other knobs into a new run folder")
     p.add_argument("run_dir", help="the recorded run")

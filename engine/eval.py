@@ -1,0 +1,258 @@
+"""`python -m engine eval`: every policy at one budget on the same texts, and the quality of the gists.
+
+For each input text and each policy (scorer) a real session streams the text at the budget
+`wc.w_max` (default 1,024 here) and measures the base model's NLL of each next block under the WC
+that policy produced (every `nll_every`-th block, the same blocks for every policy). One extra pass
+measures two references on the same blocks: `full` (the whole history, only for blocks whose
+history fits the model's trained context) and `window` (a raw window of the newest `w_max` tokens,
+the plain truncated-context transformer). Gist quality: on `gist_samples` windows cut from the
+same texts, the base model's NLL of the H tokens after a block when the block is shown as raw
+tokens, as its GistNet gist, dropped, or as the mean of its token embeddings (ΔNLL@H = variant
+minus raw tokens; lower is better).
+
+Output (a contract; NLL in nats per token, token-weighted means):
+    {"w_max": int, "tokens": int, "policies": {NAME: {"nll": float, ...}},
+     "gist": {"gist": float, "drop": float, "mean_pool": float, ...}, ...}
+The recall scenario (`--scenario passkey`) lives in `engine/eval_scenario.py`. This module does not
+train anything and writes no files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.config import SCORER_NAMES, RunConfig, apply_overrides
+from engine.events import RunFinished, StepRecorded
+from engine.scorers import build_scorer
+from engine.session import Session
+
+REFERENCES = ("full", "window")  # rows of the policy table that are not scorers
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    policies: tuple[str, ...] = SCORER_NAMES  # scorers to compare, each at the same budget
+    nll_every: int = 1  # measure the next block's NLL at every Nth refocus step (same steps for all)
+    gist_samples: int = 64  # windows for the gist-quality numbers (0 = skip them)
+    gist_horizon: int = 64  # H of ΔNLL@H
+    gist_prefix_blocks: int = 4  # raw blocks before the gisted block
+    seed: int = 0  # draws of the gist windows
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.policies if p not in SCORER_NAMES]
+        if not self.policies or bad:
+            raise ValueError(f"eval policies must be among {', '.join(SCORER_NAMES)}, got {list(self.policies)}")
+        if self.nll_every < 1 or self.gist_samples < 0 or self.gist_horizon < 2 or self.gist_prefix_blocks < 1:
+            raise ValueError("eval needs nll_every >= 1, gist_samples >= 0, gist_horizon >= 2, gist_prefix_blocks >= 1")
+        if self.seed < 0:
+            raise ValueError("eval seed must be >= 0")
+
+
+def eval_run_config(sets: list[str]) -> RunConfig:
+    """The engine config of an evaluation: the defaults with `wc.w_max=1024`, then `--set` overrides."""
+    return apply_overrides(RunConfig(), ["wc.w_max=1024", *sets])
+
+
+class _SampledSession(Session):
+    """A session that measures NLL (and the baselines) only at every `nll_every`-th refocus step."""
+
+    def __init__(self, *args, nll_every: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nll_every = nll_every
+
+    def _keep(self, cursor: int) -> bool:
+        return (cursor // self.cfg.session.refocus_every) % self.nll_every == 0
+
+    def _nll_under(self, wc, target):
+        return super()._nll_under(wc, target) if self._keep(wc.tokens_seen) else None
+
+    def _nll_raw(self, lo, hi, target):
+        return super()._nll_raw(lo, hi, target) if self._keep(hi) else None
+
+
+class _StepNLL:
+    """Sink keeping cursor -> (nll, nll_full, nll_recency) of every measured step, and the token count."""
+
+    def __init__(self):
+        self.rows: dict[int, tuple[float | None, float | None, float | None]] = {}
+        self.tokens = 0
+
+    def emit(self, e) -> None:
+        if isinstance(e, StepRecorded) and e.nll is not None:
+            self.rows[e.tokens_seen] = (e.nll, e.nll_full, e.nll_recency)
+        elif isinstance(e, RunFinished):
+            self.tokens = e.tokens
+
+
+def _weighted(values: list[tuple[float, int]]) -> float | None:
+    w = sum(n for _, n in values)
+    return float(sum(v * n for v, n in values) / w) if w else None
+
+
+def run_policy(engine, cfg: RunConfig, policy: str, texts: list[tuple[str, str]], nll_every: int,
+               baselines: bool = False) -> list[tuple[str, int, int, float, float | None, float | None]]:  # fmt: skip
+    """Stream every text under one policy; rows (text name, cursor, block tokens, nll, nll_full, nll_window)."""
+    pcfg = apply_overrides(cfg, [f"scorer.name={policy}", f"session.baselines={str(baselines).lower()}"])
+    scorer = engine.scorer if policy == "lensnet" else build_scorer(pcfg, d_embed=engine.model.hidden_size)
+    every = pcfg.session.refocus_every
+    out = []
+    for name, text in texts:
+        sink = _StepNLL()
+        _SampledSession(pcfg, engine.model, engine.gistnet, scorer, sink, name, nll_every=nll_every).run([text])
+        for cursor, (nll, full, window) in sorted(sink.rows.items()):
+            out.append((name, cursor, min(every, sink.tokens - cursor), nll, full, window))
+    return out
+
+
+def policy_table(rows: dict[str, list], base: list, w_max: int) -> dict[str, dict]:
+    """Per policy: token-weighted NLL over all measured blocks, over blocks where the budget binds
+    (cursor >= w_max), and over the blocks where the full history fits; then the `full` and `window`
+    references from `base` (rows of a pass with baselines on)."""
+    full_keys = {(r[0], r[1]) for r in base if r[4] is not None}
+
+    def mean(rs, col, keep=lambda r: True):
+        return _weighted([(r[col], r[2]) for r in rs if r[col] is not None and keep(r)])
+
+    bound = lambda r: r[1] >= w_max  # noqa: E731
+    fits = lambda r: (r[0], r[1]) in full_keys  # noqa: E731
+    out: dict[str, dict] = {}
+    for policy, rs in rows.items():
+        out[policy] = {"nll": mean(rs, 3), "nll_budget_bound": mean(rs, 3, bound),
+                       "nll_where_full_fits": mean(rs, 3, fits), "blocks": len(rs)}  # fmt: skip
+    if full_keys:
+        out["full"] = {"nll": mean(base, 4), "nll_where_full_fits": mean(base, 4), "blocks": len(full_keys)}
+    if any(r[5] is not None for r in base):
+        out["window"] = {"nll": mean(base, 5), "nll_budget_bound": mean(base, 5, bound),
+                         "nll_where_full_fits": mean(base, 5, fits),
+                         "blocks": sum(r[5] is not None for r in base)}  # fmt: skip
+    rec = out.get("recency", {}).get("nll")
+    for row in out.values():
+        if rec is not None and row.get("nll") is not None:
+            row["delta_vs_recency"] = row["nll"] - rec
+    return out
+
+
+@torch.no_grad()
+def gist_quality(model, gistnet, token_docs: list[np.ndarray], cfg: RunConfig, ecfg: EvalConfig) -> dict:
+    """ΔNLL@H (vs the raw block) of the gist, of dropping the block and of the mean-pooled embedding.
+
+    LOD1 always; LOD2 (vs its 32 LOD1 gists, the detail a LOD2 gist replaces) under `lod2` when the
+    texts are long enough. Empty dict when no text is long enough for one window.
+    """
+    from engine.train.common import seeded_generator
+    from engine.train.gist_task import horizon_logits, sample_windows, token_nll
+
+    bs, mode = cfg.tree.block_size, cfg.wc.position_mode
+    gen = seeded_generator(ecfg.seed)
+    out: dict = {}
+    for level, teacher, variants in ((1, "full", ("gist", "drop", "mean_pool")),
+                                     (2, "lod1", ("gist", "drop", "mean_pool"))):  # fmt: skip
+        if level > cfg.tree.max_lod:
+            break
+        sums = dict.fromkeys((teacher, *variants), 0.0)
+        done = 0
+        try:
+            for lo in range(0, ecfg.gist_samples, 16):
+                n = min(16, ecfg.gist_samples - lo)
+                win = sample_windows(token_docs, n, level=level, n_gisted=1, prefix=ecfg.gist_prefix_blocks * bs,
+                                     horizon=ecfg.gist_horizon, block_size=bs, gen=gen)  # fmt: skip
+                for v in sums:
+                    sums[v] += float(token_nll(horizon_logits(model.model, gistnet, win, v, mode), win.targets).sum())
+                done += n
+        except ValueError:  # texts too short for a window at this level
+            pass
+        if not done:
+            continue
+        per = {v: s / (done * ecfg.gist_horizon) for v, s in sums.items()}
+        row = {v: per[v] - per[teacher] for v in variants} | {f"{teacher}_nll": per[teacher], "samples": done,
+                                                              "horizon": ecfg.gist_horizon}  # fmt: skip
+        if level == 1:
+            out.update(row)
+        else:
+            out["lod2"] = row
+    return out
+
+
+def evaluate(engine, cfg: RunConfig, ecfg: EvalConfig, texts: list[tuple[str, str]], log=None) -> dict:
+    """The evaluation JSON (see the module docstring) for `texts` = [(name, text)], with `engine` a
+    `runtime.Engine` built with scorer `lensnet` (its model, GistNet and LensNet are reused)."""
+    from engine.train.token_docs import tokenize_text
+
+    say = log or (lambda msg: None)
+    rows: dict[str, list] = {}
+    timings = {}
+    # The references ride along with the recency pass (or get a pass of their own without recency).
+    ref_policy = "recency" if "recency" in ecfg.policies else None
+    for i, policy in enumerate(ecfg.policies):
+        t0 = time.perf_counter()
+        rows[policy] = run_policy(engine, cfg, policy, texts, ecfg.nll_every, baselines=policy == ref_policy)
+        timings[policy] = round(time.perf_counter() - t0, 1)
+        say(f"eval: {policy} done ({i + 1}/{len(ecfg.policies)}, {timings[policy]} s)")
+    base = rows[ref_policy] if ref_policy else run_policy(engine, cfg, "recency", texts, ecfg.nll_every, True)
+    limit = cfg.session.max_tokens
+    toks = [tokenize_text(t, engine.model.tokenize) for _, t in texts]
+    toks = [t[:limit] if limit else t for t in toks]
+    gist = {}
+    if ecfg.gist_samples:
+        gist = gist_quality(engine.model, engine.gistnet, toks, cfg, ecfg)
+        say("eval: gist quality done")
+    return {
+        "w_max": cfg.wc.w_max,
+        "tokens": int(sum(len(t) for t in toks)),
+        "policies": policy_table(rows, base, cfg.wc.w_max),
+        "gist": gist,
+        "model": engine.model.model_id,
+        "weights": engine.weights,
+        "inputs": [name for name, _ in texts],
+        "position_mode": cfg.wc.position_mode,
+        "eval": dataclasses.asdict(ecfg),
+        "seconds": timings,
+    }
+
+
+def format_table(res: dict) -> str:
+    """The human-readable table of an evaluation result (what `engine eval` prints on stderr)."""
+
+    def f(x, signed=False):
+        return "-" if x is None else (f"{x:+.4f}" if signed else f"{x:.4f}")
+
+    head = f"{'policy':<12} {'nll':>8} {'nll@bound':>10} {'Δ recency':>10} {'nll@full':>9} {'blocks':>7}"
+    lines = [
+        f"w_max {res['w_max']}, {res['tokens']} tokens, model {res['model']}, positions {res['position_mode']}",
+        head,
+    ]
+    for name, row in res["policies"].items():
+        lines.append(
+            f"{name:<12} {f(row.get('nll')):>8} {f(row.get('nll_budget_bound')):>10} "
+            f"{f(row.get('delta_vs_recency'), True):>10} {f(row.get('nll_where_full_fits')):>9} {row['blocks']:>7}"
+        )
+    g = res.get("gist") or {}
+    if g:
+        lines.append(
+            f"gist quality, ΔNLL@{g['horizon']} vs raw tokens ({g['samples']} blocks): gist {f(g['gist'], True)}  "
+            f"drop {f(g['drop'], True)}  mean_pool {f(g['mean_pool'], True)}"
+        )
+        if "lod2" in g:
+            h = g["lod2"]
+            lines.append(
+                f"LOD2 gist, ΔNLL@{h['horizon']} vs its 32 LOD1 gists ({h['samples']}): gist {f(h['gist'], True)}  "
+                f"drop {f(h['drop'], True)}  mean_pool {f(h['mean_pool'], True)}"
+            )
+    return "\n".join(lines)
+
+
+def read_inputs(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, whole text) of each input, with textio's one-line errors for bad files."""
+    from engine.textio import read_text
+
+    return [(p, "".join(read_text(p))) for p in paths]
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,255 @@
+"""LensNet's labels: counterfactual ΔNLL per unit of cost, measured on sampled working-context states.
+
+An *episode* streams one training document through a real session (a baseline policy at a drawn
+budget, so the WCs look like the ones LensNet will meet) and snapshots the exact `ScoreView` the
+scorer saw at a few refocus steps. For each snapshot, up to `candidates` unprotected entries get one
+counterfactual edit each, by one level:
+
+- a LOD0 block is collapsed to its LOD1 gist;  a LOD1 gist is expanded to its block;
+- a LOD2 gist is expanded to its 32 LOD1 gists;
+and the base model's NLL of the next `horizon` tokens is measured after the edited WC. The label is
+the value of the finer of the two levels per position it costs:
+
+    u = (NLL(coarser WC) - NLL(finer WC)) / (block_size - 1)     (nats per token per position)
+
+so positive u = detail helps; LOD0 entries and gists share one scale and can be ranked against each
+other (collapse the least useful detail, expand the most useful gist). Non-candidates and protected
+entries are NaN. Edited WCs of equal cost share batched forwards (`engine/train/wc_nll.py`).
+
+A label set is one safetensors file of concatenated per-state tensors with offsets; generation is
+resumable per episode (episode e draws from its own generator, seeded by (seed, e)). This module
+does not train LensNet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.config import RunConfig, apply_overrides, protected_blocks
+from engine.lensnet import entry_features
+from engine.scorers import build_scorer
+from engine.session import Session
+from engine.train.common import load_tensors, save_tensors, seeded_generator
+from engine.train.token_docs import TokenDoc
+from engine.train.wc_nll import wc_scores
+from engine.view import ScoreView
+from engine.working_context import WorkingContext, protected_from
+
+LABEL_KEYS = ("entry_vecs", "feats", "queries", "label", "lod", "entry_off", "query_off")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    episodes: int = 40  # sessions run; each is one document, one budget, one policy
+    states_per_episode: int = 4  # WC snapshots labelled per episode
+    candidates: int = 16  # entries per snapshot whose one-level edit is measured
+    horizon: int = 32  # H: next tokens whose NLL the edit changes
+    w_max_min: int = 384  # budgets are drawn uniformly (in blocks) from [w_max_min, w_max_max]
+    w_max_max: int = 928  # keep w_max + block_size + horizon within the base model's trained context
+    max_tokens: int = 6144  # a document is read at most this far
+    policies: tuple[str, ...] = ("recency", "compressive", "random", "retrieval", "hopfield")  # state makers
+    position_mode: str = "compact"  # positions as the engine will use them
+    batch: int = 8  # edited WCs per base-model forward
+    seed: int = 0  # episode e draws from a generator seeded by (seed, e)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.episodes >= 1, "episodes >= 1"),
+            (self.states_per_episode >= 1, "states_per_episode >= 1"),
+            (self.candidates >= 2, "candidates >= 2"),
+            (self.horizon >= 1, "horizon >= 1"),
+            (1 <= self.w_max_min <= self.w_max_max, "1 <= w_max_min <= w_max_max"),
+            (self.max_tokens >= 1, "max_tokens >= 1"),
+            (len(self.policies) >= 1 and all(p != "lensnet" for p in self.policies), "baseline policies only"),
+            (self.position_mode in ("global", "compact"), "position_mode one of 'global', 'compact'"),
+            (self.batch >= 1, "batch >= 1"),
+            (self.seed >= 0, "seed >= 0"),
+        ]
+        for ok, rule in checks:
+            if not ok:
+                raise ValueError(f"lensnet labels: {rule} is required")
+
+
+class _NullSink:
+    def emit(self, e) -> None:  # the episode only needs the views, not the events
+        pass
+
+
+class _Snapshotting:
+    """Wraps a scorer: keeps the view it is shown at the chosen steps, then scores as the policy would."""
+
+    needs_vectors = True  # LensNet's inputs must be in every kept view
+
+    def __init__(self, inner, steps: set[int]):
+        self.inner, self.steps, self.name = inner, steps, inner.name
+        self.views: list[ScoreView] = []
+
+    def score(self, view: ScoreView):
+        if view.step in self.steps:
+            self.views.append(view)
+        return self.inner.score(view)
+
+
+def lens_queries(view: ScoreView, query_gists: int) -> torch.Tensor:
+    """[m, d] LensNet's query vectors for a view, exactly as `LensNet.score_view` assembles them."""
+    parts = [view.query_vecs.float()]
+    g = view.recent_gists
+    if g is not None and g.shape[0] and query_gists:
+        parts.insert(0, g[-query_gists:].float())
+    return torch.cat(parts, dim=0)
+
+
+def one_level_edit(wc: WorkingContext, i: int) -> tuple[WorkingContext, bool]:
+    """(WC with entry i moved one level, True if that made it finer). LOD0 collapses, gists expand."""
+    lod, idx, bs = int(wc.lod[i]), int(wc.index[i]), wc.block_size
+    keep = np.ones(wc.n, bool)
+    keep[i] = False
+    if lod == 0:
+        add_lod, add_idx, finer = np.array([1]), np.array([idx]), False
+    elif lod == 1:
+        add_lod, add_idx, finer = np.array([0]), np.array([idx]), True
+    else:
+        add_lod, add_idx, finer = np.full(bs, lod - 1), idx * bs + np.arange(bs), True
+    new = wc.with_entries(np.concatenate([wc.lod[keep], add_lod]).astype(np.int8),
+                          np.concatenate([wc.index[keep], add_idx]).astype(np.int64))  # fmt: skip
+    return new, finer
+
+
+def label_view(model, tree, view: ScoreView, targets: np.ndarray, protect: int, cfg: LabelConfig,
+               gen: torch.Generator) -> np.ndarray:  # fmt: skip
+    """float32[n] labels u for one snapshot (NaN where not measured). See the module docstring."""
+    wc = view.wc
+    p0 = protected_from(wc, protect)
+    pool = np.flatnonzero(wc.end <= p0)  # unprotected entries: the ones the allocator may edit
+    u = np.full(wc.n, np.nan, np.float32)
+    if pool.size == 0:
+        return u
+    # Half the candidates from raw blocks, half from gists where both exist: the ranking must
+    # compare collapsing detail with expanding gists, not only one kind.
+    raw, gist = pool[wc.lod[pool] == 0], pool[wc.lod[pool] > 0]
+    half = cfg.candidates // 2
+    pick = []
+    for group, want in ((raw, half), (gist, cfg.candidates - half)):
+        order = torch.randperm(group.size, generator=gen).numpy()
+        pick.append(group[order[:want]])
+    chosen = np.concatenate(pick)
+    if chosen.size < min(cfg.candidates, pool.size):  # one kind ran short: top up from the rest
+        rest = np.setdiff1d(pool, chosen)
+        order = torch.randperm(rest.size, generator=gen).numpy()
+        chosen = np.concatenate([chosen, rest[order[: min(cfg.candidates, pool.size) - chosen.size]]])
+    edits = [one_level_edit(wc, int(i)) for i in chosen]
+    res = wc_scores(model, tree, [wc] + [e for e, _ in edits], targets, cfg.position_mode, cfg.batch)
+    nll = res.nll.mean(axis=1)  # [1 + k]
+    per_cost = float(wc.block_size - 1)
+    for j, (i, (_, finer)) in enumerate(zip(chosen, edits, strict=True)):
+        coarse, fine = (nll[0], nll[1 + j]) if finer else (nll[1 + j], nll[0])
+        u[i] = (coarse - fine) / per_cost
+    return u
+
+
+def run_episode(model, gistnet, doc: TokenDoc, cfg: LabelConfig, engine_cfg: RunConfig, episode: int) -> list[dict]:
+    """Label `states_per_episode` snapshots of one session over `doc`; [] if the document is too short."""
+    gen = seeded_generator(cfg.seed * 1_000_003 + episode)
+    bs = engine_cfg.tree.block_size
+    lo_b, hi_b = -(-cfg.w_max_min // bs), cfg.w_max_max // bs
+    w_max = bs * int(torch.randint(lo_b, hi_b + 1, (), generator=gen))
+    policy = cfg.policies[int(torch.randint(len(cfg.policies), (), generator=gen))]
+    sets = [f"wc.w_max={w_max}", f"scorer.name={policy}", f"wc.position_mode={cfg.position_mode}"]
+    ecfg = apply_overrides(engine_cfg, [*sets, "session.compute_nll=false", "session.check_invariants=false"])
+    every = ecfg.session.refocus_every
+    n_tok = min(len(doc.tokens), cfg.max_tokens)
+    # Step s sees tokens [0, (s+1)*every); keep the budget binding and H targets after the cursor.
+    first = -(-(w_max + 2 * bs) // every) - 1
+    last = (n_tok - cfg.horizon) // every - 1
+    if last < first:
+        return []
+    k = min(cfg.states_per_episode, last - first + 1)
+    steps = set((first + torch.randperm(last - first + 1, generator=gen)[:k]).tolist())
+    scorer = _Snapshotting(build_scorer(ecfg, d_embed=model.hidden_size), steps)
+    stop = (max(steps) + 1) * every
+    ecfg = apply_overrides(ecfg, [f"session.max_tokens={stop}"])
+    sess = Session(ecfg, model, gistnet, scorer, _NullSink(), doc.name)
+    sess.run([doc.text])
+    if not np.array_equal(sess.tree.tokens()[:stop], doc.tokens[:stop]):
+        raise RuntimeError(f"session tokens differ from the document's tokens in {doc.name}")
+    protect = protected_blocks(ecfg.tree, ecfg.wc)
+    out = []
+    for view in scorer.views:
+        c = view.wc.tokens_seen
+        u = label_view(model, sess.tree, view, doc.tokens[c : c + cfg.horizon], protect, cfg, gen)
+        out.append({
+            "entry_vecs": view.entry_vecs.float(),
+            "feats": entry_features(view),
+            "queries": lens_queries(view, ecfg.lensnet.query_gists),
+            "label": torch.from_numpy(u),
+            "lod": torch.from_numpy(view.wc.lod.astype(np.int64)),
+            "meta": {"doc": doc.name, "policy": policy, "w_max": w_max, "tokens_seen": c},
+        })  # fmt: skip
+    return out
+
+
+def pack(states: list[dict]) -> dict[str, torch.Tensor]:
+    """Concatenate per-state tensors, with `entry_off` / `query_off` [S+1] marking each state's rows."""
+    if not states:
+        raise ValueError("no labelled states to pack")
+    e_off = np.cumsum([0] + [s["label"].shape[0] for s in states])
+    q_off = np.cumsum([0] + [s["queries"].shape[0] for s in states])
+    return {
+        "entry_vecs": torch.cat([s["entry_vecs"] for s in states]),
+        "feats": torch.cat([s["feats"] for s in states]),
+        "queries": torch.cat([s["queries"] for s in states]),
+        "label": torch.cat([s["label"] for s in states]),
+        "lod": torch.cat([s["lod"] for s in states]),
+        "entry_off": torch.from_numpy(e_off.astype(np.int64)),
+        "query_off": torch.from_numpy(q_off.astype(np.int64)),
+    }
+
+
+def unpack(t: dict[str, torch.Tensor]) -> list[dict]:
+    """Inverse of `pack` (without metadata)."""
+    missing = [k for k in LABEL_KEYS if k not in t]
+    if missing:
+        raise ValueError(f"label file lacks tensors {missing}")
+    e, q = t["entry_off"].tolist(), t["query_off"].tolist()
+    return [
+        {
+            "entry_vecs": t["entry_vecs"][e[i] : e[i + 1]],
+            "feats": t["feats"][e[i] : e[i + 1]],
+            "queries": t["queries"][q[i] : q[i + 1]],
+            "label": t["label"][e[i] : e[i + 1]],
+            "lod": t["lod"][e[i] : e[i + 1]],
+        }
+        for i in range(len(e) - 1)
+    ]
+
+
+def generate_labels(model, gistnet, docs: list[TokenDoc], cfg: LabelConfig, engine_cfg: RunConfig,
+                    path: str | Path, log=None) -> list[dict]:  # fmt: skip
+    """Label `cfg.episodes` episodes (document e mod len(docs)), saving after each; resumes from `path`.
+
+    Returns every labelled state. The file's metadata records how many episodes are done, so a killed
+    run continues where it stopped and produces the same labels.
+    """
+    path = Path(path)
+    states: list[dict] = []
+    done = 0
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            done = int((f.metadata() or {}).get("episodes_done", 0))
+        states = unpack(load_tensors(path))
+    gistnet.eval()
+    for e in range(done, cfg.episodes):
+        states += run_episode(model, gistnet, docs[e % len(docs)], cfg, engine_cfg, e)
+        if states:
+            meta = {"episodes_done": str(e + 1), "config": repr(dataclasses.asdict(cfg))}
+            save_tensors(path, pack(states), metadata=meta)
+        if log is not None:
+            log(f"labels: episode {e + 1}/{cfg.episodes}, {len(states)} states")
+    return states

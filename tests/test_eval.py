@@ -1,0 +1,115 @@
+"""`engine eval` on the tiny model: the JSON contract, the sampled NLL steps, the table maths, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import cli
+from engine.config import SCORER_NAMES, apply_overrides
+from engine.eval import EvalConfig, _SampledSession, _StepNLL, eval_run_config, policy_table
+from engine.runtime import build_engine
+
+SAMPLE = Path(__file__).resolve().parent / "data" / "sample.txt"
+TEXT = SAMPLE.read_text()
+SMALL = ["--model", "tiny", "--set", "wc.w_max=320", "--set", "session.max_tokens=1280", "--nll-every", "4",
+         "--gist-samples", "8", "--gist-horizon", "16", "--quiet", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_eval_json_has_every_policy_and_the_gist_numbers(capsys):
+    assert cli.main(["eval", "--input", str(SAMPLE), *SMALL]) == 0
+    cap = capsys.readouterr()
+    res = json.loads(cap.out)
+    assert res["w_max"] == 320 and isinstance(res["w_max"], int)
+    assert res["tokens"] == 1280 and isinstance(res["tokens"], int)
+    assert set(SCORER_NAMES) <= set(res["policies"])
+    assert {"full", "window"} <= set(res["policies"])  # the tiny model's context holds the whole history
+    for name, row in res["policies"].items():
+        assert isinstance(row["nll"], float) and 0 < row["nll"] < 20, name
+    blocks = {res["policies"][p]["blocks"] for p in SCORER_NAMES}
+    assert blocks == {len(range(128, 1280, 128))}  # every 4th block (none after the last), the same for all
+    assert set(res["gist"]) >= {"gist", "drop", "mean_pool"}
+    assert all(isinstance(res["gist"][k], float) for k in ("gist", "drop", "mean_pool"))
+    # An untrained GistNet is a mean-pool: the two must agree exactly.
+    assert res["gist"]["gist"] == pytest.approx(res["gist"]["mean_pool"], abs=1e-5)
+    assert res["weights"]["gistnet"] == "random-init"
+    assert "policy" in cap.err and "lensnet" in cap.err and "gist quality" in cap.err
+
+
+def test_sampled_session_measures_only_every_nth_block():
+    cfg = apply_overrides(eval_run_config(["wc.w_max=320"]), ["scorer.name=recency", "session.baselines=true"])
+    eng = build_engine(cfg, "tiny", "cpu")
+    sink = _StepNLL()
+    _SampledSession(cfg, eng.model, eng.gistnet, eng.scorer, sink, "t", nll_every=3).run([TEXT[:1600]])
+    assert sink.tokens == 1600
+    assert sorted(sink.rows) == [c for c in range(32, 1600, 32) if (c // 32) % 3 == 0]
+    assert all(full is not None and win is not None for _, full, win in sink.rows.values())
+
+
+def test_policy_table_weights_by_tokens_and_keeps_references_apart():
+    # rows: (text, cursor, block tokens, nll, nll_full, nll_window)
+    rows = {
+        "recency": [("a", 32, 32, 2.0, None, None), ("a", 64, 16, 5.0, None, None)],
+        "lensnet": [("a", 32, 32, 1.0, None, None), ("a", 64, 16, 4.0, None, None)],
+    }
+    base = [("a", 32, 32, 2.0, 1.5, 2.5), ("a", 64, 16, 5.0, None, 6.0)]
+    t = policy_table(rows, base, w_max=64)
+    assert t["recency"]["nll"] == pytest.approx((2 * 32 + 5 * 16) / 48)
+    assert t["lensnet"]["delta_vs_recency"] == pytest.approx(-1.0)
+    assert t["lensnet"]["nll_budget_bound"] == pytest.approx(4.0)  # only cursor >= w_max
+    assert t["lensnet"]["nll_where_full_fits"] == pytest.approx(1.0)  # only where `full` was measured
+    assert t["full"] == pytest.approx(
+        {"nll": 1.5, "nll_where_full_fits": 1.5, "blocks": 1, "delta_vs_recency": 1.5 - 3.0}
+    )
+    assert t["window"]["nll"] == pytest.approx((2.5 * 32 + 6.0 * 16) / 48)
+
+
+def test_eval_config_and_bad_inputs_fail_with_one_line(tmp_path, capsys):
+    with pytest.raises(ValueError, match="policies"):
+        EvalConfig(policies=("nope",))
+    assert cli.main(["eval", "--input", str(tmp_path / "missing.txt"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: input file not found")
+    assert cli.main(["eval", "--input", str(SAMPLE), *SMALL, "--policies", "recency,bogus"]) == 2
+    assert capsys.readouterr().err.startswith("error: eval policies must be among")
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A tiny Hugging Face folder (Llama + a 300-token BPE) to put beside GistNet/LensNet files."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.train.tokenizer import TokenizerConfig, save_tokenizer, train_tokenizer
+
+    root = tmp_path_factory.mktemp("model")
+    save_tokenizer(train_tokenizer([TEXT], TokenizerConfig(vocab_size=300)), root)
+    cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=64, vocab_size=300, max_position_embeddings=4096)  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(root, safe_serialization=True)
+    return root
+
+
+def test_corrupt_shipped_weights_give_one_error_line(model_folder, capsys):
+    args = ["eval", "--input", str(SAMPLE), *SMALL[2:], "--model", str(model_folder)]
+    for name, what in (("gistnet.safetensors", "GistNet"), ("lensnet.safetensors", "LensNet")):
+        bad = model_folder / name
+        bad.write_bytes(b"not a safetensors file")
+        try:
+            assert cli.main(args) == 2
+            # (transformers may draw its weight-loading bar first; the error itself is one line)
+            err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error")]
+            assert len(err) == 1 and err[0].startswith(f"error: {what} weights file") and "corrupt" in err[0]
+        finally:
+            bad.unlink()
