@@ -97,6 +97,23 @@ def record(name: str, src: Path, out: Path, model: str, scorer: str, *extra: str
             "--scorer", scorer, "--device", "cpu", *COMMON, *extra)  # fmt: skip
 
 
+def relative_paths(run: Path) -> None:
+    """Manifests name their input file and parent run by absolute path; shipped runs name them
+    relative to the repository root, so that a clone anywhere finds them (exact replay, parent)."""
+    m_path = run / "manifest.json"
+    m = json.loads(m_path.read_text())
+    changed = False
+    for key in ("input", "parent"):
+        v = m.get(key)
+        if isinstance(v, str) and Path(v).is_absolute() and Path(v).resolve().is_relative_to(REPO):
+            m[key] = str(Path(v).resolve().relative_to(REPO))
+            changed = True
+    if changed:
+        tmp = m_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(m, indent=2) + "\n")
+        tmp.replace(m_path)
+
+
 def mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
@@ -136,6 +153,7 @@ def main() -> None:
                 *[a for k in REPLAY_KNOBS for a in ("--set", k)])  # fmt: skip
     too_big = []
     for run in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        relative_paths(run)
         size = mb(run)
         print(f"{run.name}: {size:.2f} MB", file=sys.stderr)
         if size > MAX_MB:
