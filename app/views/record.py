@@ -75,6 +75,11 @@ def _inputs() -> dict:
             sets.append(f"{knob}={int(v)}")
     extra = st.text_area("more knobs, one `section.field=value` a line", key="rec:sets", height=80)
     got["sets"] = sets + [ln.strip() for ln in extra.splitlines() if ln.strip()]
+    if model == "default" and not any(s.startswith("wc.position_mode=") for s in got["sets"]):
+        # Its trained context is 1,024 tokens (models/README.md): positions count within the WC.
+        got["sets"].append("wc.position_mode=compact")
+        st.caption("The default model reads with `wc.position_mode=compact` (trained on 1,024-token windows); "
+                   "set it above to override.")  # fmt: skip
     return got
 
 
