@@ -231,8 +231,9 @@ def _section_type(name: str) -> type:
     return hints[name]
 
 
-def _coerce(text: str, typ: object, key: str) -> object:
-    """Parse a `--set` value string into the field's declared type."""
+def parse_value(text: str, typ: object, key: str) -> object:
+    """Parse a `--set` value string into a field's declared type (bool, int, float, str, or a tuple
+    of one of those: comma-separated, parentheses optional). ValueError names `key` and the text."""
     try:
         if typ is bool:
             low = text.strip().lower()
@@ -248,8 +249,8 @@ def _coerce(text: str, typ: object, key: str) -> object:
         if typ is str:
             return text
         if typing.get_origin(typ) is tuple:
-            parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
-            return tuple(float(p) for p in parts)
+            parts = [p.strip() for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+            return tuple(parse_value(p, typing.get_args(typ)[0], key) for p in parts)
     except ValueError:
         pass
     name = getattr(typ, "__name__", str(typ))
@@ -278,7 +279,7 @@ def apply_overrides(cfg: RunConfig, sets: list[str] | tuple[str, ...]) -> RunCon
         hints = typing.get_type_hints(_section_type(section))
         if name not in hints:
             raise ValueError(f"unknown knob {key!r}; known in {section}: {', '.join(sorted(hints))}")
-        changes.setdefault(section, {})[name] = _coerce(text, hints[name], key)
+        changes.setdefault(section, {})[name] = parse_value(text, hints[name], key)
     kwargs = {sec: dataclasses.replace(getattr(cfg, sec), **vals) for sec, vals in changes.items()}
     return dataclasses.replace(cfg, **kwargs)
 

@@ -104,24 +104,9 @@ def _coherence(cand, nc, d_node, d_action, width, last):
 
 
 @numba.njit(cache=True, nogil=True)
-def _bin_step_min(yb, lod, start, end, t0, t1, w, span, best, weights):
-    """As `_bin_step`, keeping the finest LOD present per cell (the reader's `agg="min"`)."""
-    for i in range(lod.shape[0]):
-        s, e = max(start[i], t0), min(end[i], t1)
-        if e <= s:
-            continue
-        x0, x1 = (s - t0) * w // span, (e - 1 - t0) * w // span
-        for xb in range(x0, x1 + 1):
-            if lod[i] < best[yb, xb]:
-                best[yb, xb] = lod[i]
-            lo = t0 + (xb * span + w - 1) // w
-            hi = t0 + ((xb + 1) * span + w - 1) // w
-            weights[yb, xb] += min(e, hi) - max(s, lo)
-
-
-@numba.njit(cache=True, nogil=True)
-def _bin_step(yb, lod, start, end, t0, t1, w, span, sums, weights):
-    """Spread one step's entries over the token bins of row `yb`, token-weighted (as the reader's SQL)."""
+def _bin_step(yb, lod, start, end, t0, t1, w, span, sums, weights, finest):
+    """Spread one step's entries over the token bins of row `yb`, token-weighted (as the reader's SQL):
+    `sums` gets LOD x tokens covered, or with `finest` the smallest LOD present (the reader's "min")."""
     for i in range(lod.shape[0]):
         s, e = max(start[i], t0), min(end[i], t1)
         if e <= s:
@@ -131,7 +116,10 @@ def _bin_step(yb, lod, start, end, t0, t1, w, span, sums, weights):
             lo = t0 + (xb * span + w - 1) // w
             hi = t0 + ((xb + 1) * span + w - 1) // w
             ov = min(e, hi) - max(s, lo)
-            sums[yb, xb] += lod[i] * ov
+            if not finest:
+                sums[yb, xb] += lod[i] * ov
+            elif lod[i] < sums[yb, xb]:
+                sums[yb, xb] = lod[i]
             weights[yb, xb] += ov
 
 
@@ -247,8 +235,8 @@ class MeasureSink:
         self.n_prev, self.prev_t, self._n = n, ev.step, n
         if self.tl is not None:
             t0, t1, w, span, h, nsteps = self.tl_geom
-            binner = _bin_step if self.tl.agg == "mean" else _bin_step_min
-            binner(ev.step * h // nsteps, ev.lod, ev.start, ev.end, t0, t1, w, span, self.tl.sums, self.tl.weights)
+            _bin_step(ev.step * h // nsteps, ev.lod, ev.start, ev.end, t0, t1, w, span, self.tl.sums, self.tl.weights,
+                      self.tl.agg == "min")  # fmt: skip
         if ev.step in self.keep:
             self.entries[ev.step] = ev
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -53,26 +52,6 @@ PRESETS = {
         max_steps=20,
     ),
 }
-
-
-def _parse_sets(cls, base: dict, sets: list[str]) -> dict:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = dict(base)
-    for item in sets:
-        name, sep, raw = item.partition("=")
-        if not sep or name not in fields:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
-        kind = type(getattr(cls(**{**base, "max_steps": 1}), name))
-        if kind is bool:
-            if raw.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"--set {name}: expected true or false, got {raw!r}")
-            out[name] = raw.lower() in ("true", "1")
-        else:
-            try:
-                out[name] = kind(raw)
-            except ValueError as e:
-                raise ValueError(f"--set {name}: expected {kind.__name__}, got {raw!r}") from e
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +105,9 @@ def _run(args) -> int:
             print(json.dumps({"out": args.out, "vocab_size": tok.get_vocab_size()}))
         elif args.cmd == "base":
             from engine.train.base_lm import BaseLMConfig, train_base_lm
+            from engine.train.knob_sets import apply_sets
 
-            cfg = BaseLMConfig(**_parse_sets(BaseLMConfig, PRESETS[args.preset], args.set))
+            cfg = apply_sets(BaseLMConfig(**PRESETS[args.preset]), args.set)
             log = train_base_lm(cfg, Path(args.corpus), Path(args.tokenizer), Path(args.run_dir), Path(args.out))
             print(json.dumps({"out": args.out, "final_eval": log.get("final_eval"), "training": log.get("training")}))
         elif args.cmd == "eval-base":

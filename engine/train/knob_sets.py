@@ -2,7 +2,7 @@
 
 A trainer's config is a flat frozen dataclass; `apply_sets(cfg, ["steps=400", "lr=3e-4"])` returns a
 new config (its `__post_init__` validates). Unknown fields and unparsable values raise one-line
-ValueErrors. Nothing else lives here.
+ValueErrors; values parse as the engine's own `--set` does (`engine.config.parse_value`).
 """
 
 from __future__ import annotations
@@ -10,28 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-
-def _parse(text: str, typ: object, key: str) -> object:
-    try:
-        if typ is bool:
-            low = text.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            return int(text)
-        if typ is float:
-            return float(text)
-        if typ is str:
-            return text
-        if typing.get_origin(typ) is tuple:
-            inner = typing.get_args(typ)[0]
-            return tuple(_parse(p.strip(), inner, key) for p in text.split(",") if p.strip())
-    except ValueError:
-        pass
-    raise ValueError(f"{key}: cannot parse {text!r} as {getattr(typ, '__name__', typ)}")
+from engine.config import parse_value
 
 
 def apply_sets(cfg, sets: list[str] | tuple[str, ...]):
@@ -44,5 +23,5 @@ def apply_sets(cfg, sets: list[str] | tuple[str, ...]):
         if not eq or key not in hints:
             known = ", ".join(f.name for f in dataclasses.fields(cfg))
             raise ValueError(f"--set expects field=value with a field of {type(cfg).__name__} ({known}); got {item!r}")
-        changes[key] = _parse(text, hints[key], key)
+        changes[key] = parse_value(text, hints[key], key)
     return dataclasses.replace(cfg, **changes)
