@@ -112,9 +112,10 @@ class GistNet(nn.Module):
         return out.to(children.dtype)
 
     # -- persistence --
-    def save(self, path: str | Path) -> None:
-        """Write the weights to a safetensors file (with the shape-defining settings as metadata)."""
-        meta = {
+    def save(self, path: str | Path, extra: dict[str, str] | None = None) -> None:
+        """Write the weights to a safetensors file, with the shape-defining settings and `extra`
+        (e.g. `base_model`, the identity of the base model it was trained against) as metadata."""
+        meta = (extra or {}) | {
             "kind": "gistnet",
             "d_embed": str(self.d_embed),
             "hidden": str(self.cfg.hidden),
@@ -142,6 +143,20 @@ def save_state(net: nn.Module, path: str | Path, meta: dict[str, str]) -> None:
     """Write `net`'s weights to a safetensors file, with `meta` (string settings) in its header."""
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     save_file(state, str(path), metadata=meta)
+
+
+def read_meta(path: str | Path, what: str) -> dict[str, str]:
+    """The string metadata of a safetensors weights file; one-line ValueError if unreadable."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise ValueError(f"{what} weights file {path} does not exist")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error type for bad headers/truncation
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{what} weights file {path} is corrupt or not safetensors: {first}") from e
 
 
 def load_state(net: nn.Module, path: str | Path, what: str) -> None:

@@ -13,6 +13,7 @@ does) or train; it is features + network + safetensors save/load. No batch-depen
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -86,6 +87,13 @@ class DualCrossLayer(nn.Module):
         return q, e, a_q2e, a_e2q
 
 
+class LensOutput(NamedTuple):
+    scores: torch.Tensor  # [n] in [-1, 1]: the utility the allocator reads
+    aux: torch.Tensor  # [n] in [-1, 1]: predicted base-model attention utility (an auxiliary training target)
+    attn_q2e: torch.Tensor  # [m, n] last layer, head-averaged: where each query looked
+    attn_e2q: torch.Tensor  # [n, m]
+
+
 class LensNet(nn.Module):
     """Scores WC entries from their vectors, their features and the tail's query vectors.
 
@@ -107,14 +115,14 @@ class LensNet(nn.Module):
             self.layers = nn.ModuleList([DualCrossLayer(h, cfg.heads) for _ in range(cfg.layers)])
             self.ln_f = nn.LayerNorm(h)
             self.head = nn.Linear(h, 1)
+            # Predicts how much attention the base model gives the entry (training signal only: it
+            # shapes the entry tokens; the allocator reads `head`).
+            self.aux_head = nn.Linear(h, 1)
 
-    def forward(
-        self, entry_vecs: torch.Tensor, feats: torch.Tensor, queries: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """entry_vecs [n, d], feats [n, F], queries [m, d] (m >= 1) ->
-        (scores [n] in [-1, 1], attn_q2e [m, n], attn_e2q [n, m]) from the last layer, head-averaged.
-
-        Inputs are cast to the module's device and dtype. Each attention row sums to 1.
+    def forward(self, entry_vecs: torch.Tensor, feats: torch.Tensor, queries: torch.Tensor) -> LensOutput:
+        """entry_vecs [n, d], feats [n, F], queries [m, d] (m >= 1) -> `LensOutput` (attention from the
+        last layer, head-averaged; each attention row sums to 1). Inputs are cast to the module's
+        device and dtype.
         """
         w = self.proj.weight
         ev = entry_vecs.to(w.device, w.dtype)  # [n, d]
@@ -125,8 +133,10 @@ class LensNet(nn.Module):
         a_q2e = a_e2q = None
         for layer in self.layers:
             q, e, a_q2e, a_e2q = layer(q, e)
-        scores = torch.tanh(self.head(self.ln_f(e))[0, :, 0])  # [n]
-        return scores, a_q2e[0], a_e2q[0]  # [n], [m, n], [n, m]
+        e = self.ln_f(e)  # [1, n, h]
+        scores = torch.tanh(self.head(e)[0, :, 0])  # [n]
+        aux = torch.tanh(self.aux_head(e)[0, :, 0])  # [n]
+        return LensOutput(scores, aux, a_q2e[0], a_e2q[0])
 
     @torch.no_grad()
     def score_view(self, view: ScoreView) -> ScoreResult:
@@ -148,17 +158,18 @@ class LensNet(nn.Module):
         queries = torch.cat(parts, dim=0)  # [m, d]
         if queries.shape[0] == 0:
             raise ValueError("LensNet needs at least one query vector (recent gists or tail/newest-block tokens)")
-        scores, a_q2e, _ = self.forward(view.entry_vecs, entry_features(view), queries)
-        attention = a_q2e.sum(dim=0)  # [n]: how much the queries looked at each entry
+        out = self.forward(view.entry_vecs, entry_features(view), queries)
+        scores, attention = out.scores, out.attn_q2e.sum(dim=0)  # [n], [n]: how much the queries looked at each entry
         return ScoreResult(
             scores=scores.float().cpu().numpy().astype(np.float32),
             attention=attention.float().cpu().numpy().astype(np.float32),
         )
 
     # -- persistence --
-    def save(self, path: str | Path) -> None:
-        """Write the weights to a safetensors file (with the shape-defining settings as metadata)."""
-        meta = {
+    def save(self, path: str | Path, extra: dict[str, str] | None = None) -> None:
+        """Write the weights to a safetensors file, with the shape-defining settings and `extra`
+        (e.g. `base_model`) as metadata."""
+        meta = (extra or {}) | {
             "kind": "lensnet",
             "d_embed": str(self.d_embed),
             "hidden": str(self.cfg.hidden),

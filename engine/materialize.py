@@ -27,6 +27,7 @@ class Materialized:
     position_ids: torch.Tensor  # [1, T] long
     entry_of_pos: np.ndarray  # int64[T]: entry index of each position; n (= wc.n) marks the tail
     next_position: int  # position id of the first token after the WC
+    n_entries: int  # wc.n: entry_of_pos takes values in [0, n_entries], n_entries being the raw tail
 
 
 def _token_rows(wc: WorkingContext) -> tuple[np.ndarray, np.ndarray]:
@@ -66,9 +67,11 @@ def materialize(wc: WorkingContext, tree: GistTree, model, position_mode: str = 
     if position_mode == "compact":
         pos = np.arange(total, dtype=np.int64)
         next_position = total
-    else:
+    elif position_mode == "global":
         next_position = wc.tokens_seen
-    return Materialized(out[None], torch.from_numpy(pos)[None].to(model.device), entry_of_pos, next_position)
+    else:  # "auto" must be resolved against the model first (engine.runtime.resolve_positions)
+        raise ValueError(f"materialize needs position_mode 'global' or 'compact', got {position_mode!r}")
+    return Materialized(out[None], torch.from_numpy(pos)[None].to(model.device), entry_of_pos, next_position, n)
 
 
 def entry_vectors(wc: WorkingContext, tree: GistTree, model) -> torch.Tensor:

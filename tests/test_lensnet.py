@@ -66,11 +66,11 @@ def test_forward_shapes_range_and_attention():
     n, m = 9, 6
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        s, q2e, e2q = net(
+        s, aux, q2e, e2q = net(
             torch.randn(n, D, generator=g), torch.randn(n, N_FEATURES, generator=g), torch.randn(m, D, generator=g)
         )
-    assert s.shape == (n,) and q2e.shape == (m, n) and e2q.shape == (n, m)
-    assert torch.all(s.abs() <= 1)
+    assert s.shape == (n,) and aux.shape == (n,) and q2e.shape == (m, n) and e2q.shape == (n, m)
+    assert torch.all(s.abs() <= 1) and torch.all(aux.abs() <= 1)
     assert torch.allclose(q2e.sum(-1), torch.ones(m), atol=1e-5)
     assert torch.allclose(e2q.sum(-1), torch.ones(n), atol=1e-5)
 

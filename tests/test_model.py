@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from engine import model as model_mod
 from engine.model import BaseModel, ByteTokenizer, ModelLoadError, build_tiny, load_model
 
 TEXTS = ["the cat sat on the mat", "hello world, hello gists", "a long context needs a small working set"]
@@ -18,16 +17,9 @@ TEXTS = ["the cat sat on the mat", "hello world, hello gists", "a long context n
 
 def _hf_tokenizer():
     """A byte-level BPE tokenizer trained in memory (no hub) that prepends <s> by default; vocab <= 256."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tests.hf_fixtures import bpe_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXTS * 4, trainers.BpeTrainer(vocab_size=200, special_tokens=["<s>"], show_progress=False))
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>")
+    return bpe_tokenizer(TEXTS * 4, vocab_size=200)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +138,7 @@ def test_nll_edge_cases(tiny):
 
 
 def test_load_local_folder(hf_dir):
-    m = load_model(str(hf_dir), device="cpu")
+    m = load_model(str(hf_dir), device="cpu", dtype="float32")
     assert m.hidden_size == 32 and m.vocab_size == 256 and m.model_id == str(hf_dir.resolve())
     ids = m.tokenize("the cat sat")
     assert m.decode(ids) == "the cat sat"
@@ -161,14 +153,42 @@ def test_load_local_folder(hf_dir):
     assert att[0].shape[-1] == x.shape[1]
 
 
+def test_auto_dtype_is_bf16_on_a_bf16_cpu_except_for_tiny(hf_dir):
+    from engine.model import cpu_has_bf16, resolve_device
+
+    want = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    assert load_model(str(hf_dir), device="cpu").dtype == want
+    assert resolve_device("cpu", "auto", "default") == (torch.device("cpu"), want)
+    assert resolve_device("cpu", "auto", "tiny")[1] == torch.float32
+    assert resolve_device("cpu", "float32", "default")[1] == torch.float32
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        resolve_device("cpu", "fp8", "default")
+
+
+def test_tail_attention_equals_the_eager_maps(tiny):
+    _, x, pos = _inputs(tiny, "the cat sat on the mat and looked")
+    logits, mass = tiny.forward_tail(x, pos, tail=3)
+    ref_logits, att = tiny.forward(x, pos, output_attentions=True)
+    ref = torch.stack([a[:, :, -3:, :].mean(dim=(1, 2)) for a in att])  # [L, 1, T]
+    assert mass.shape == ref.shape and torch.allclose(mass, ref, atol=1e-6)
+    assert torch.allclose(logits, tiny.forward(x, pos)[0]) and torch.allclose(mass.sum(-1), torch.ones(2, 1))
+    ids = torch.tensor(tiny.tokenize("ok then"))
+    tpos = torch.arange(x.shape[1], x.shape[1] + ids.shape[0])
+    nll, per_pos = tiny.continuation(x, pos, ids, tpos, attention=True)
+    assert per_pos.shape == (2, x.shape[1]) and (per_pos.sum(-1) < 1).all()  # the block's own keys are left out
+    assert torch.allclose(torch.from_numpy(nll), torch.from_numpy(tiny.continuation_nlls(x, pos, ids, tpos)))
+
+
 def test_error_folder_missing(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(str(tmp_path / "nope"), device="cpu")
 
 
 def test_error_default_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(model_mod, "DEFAULT_MODEL_DIR", tmp_path / "models" / "default")
-    with pytest.raises(ModelLoadError, match="--model tiny"):
+    import engine.default_model as dm
+
+    monkeypatch.setattr(dm, "CACHE_DIR", tmp_path / "cache" / "smollm2")
+    with pytest.raises(ModelLoadError, match="not converted yet.*scripts/setup.sh"):
         load_model("default", device="cpu")
 
 
@@ -250,3 +270,14 @@ def test_cuda_auto_is_bf16_and_attention_switch_works():
         torch.equal(v.float().cpu(), cpu.model.state_dict()[k].to(torch.bfloat16).float())
         for k, v in m.model.state_dict().items()
     )
+
+
+def test_tokens_attend_across_position_jumps(tiny):
+    """Gists sit at their span's centre, so WC positions jump; transformers must not read the jumps as
+    separate packed sequences (which would stop attention at every jump)."""
+    _, x, pos = _inputs(tiny)  # positions 1000, 1007, 1014, ...: a jump before every token
+    other = x.clone()
+    other[0, 0] += 1.0
+    assert not torch.allclose(tiny.forward(x, pos)[0][0, -1], tiny.forward(other, pos)[0][0, -1])
+    _, att = tiny.forward(x, pos, output_attentions=True)
+    assert float(att[0][0, :, -1, 0].min()) > 0  # the last query sees the first key in every head
