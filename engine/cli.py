@@ -178,6 +178,7 @@ def cmd_eval(args) -> int:
     from engine.runtime import build_engine
 
     engine = build_engine(apply_overrides(cfg, ["scorer.name=lensnet"]), args.model, args.device)
+    cfg = engine.cfg  # the position mode resolved against the model
     say = (lambda msg: None) if args.quiet else progress
     if args.scenario:
         from engine.eval_scenario import format_passkey, passkey_eval
@@ -220,8 +221,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nll-every", type=int, default=1, help="measure the next block's NLL every N refocus steps")
     p.add_argument("--gist-samples", type=int, default=64, help="blocks for the gist-quality numbers (0 = skip)")
     p.add_argument("--gist-horizon", type=int, default=64, help="H of the gist's ΔNLL@H")
-    p.add_argument("--lengths", default="16384", help="scenario: comma-separated case lengths in tokens")
-    p.add_argument("--depths", default="0.1,0.5,0.9", help="scenario: comma-separated fact depths in [0, 1]")
+    p.add_argument("--lengths", default="8192,16384", help="scenario: comma-separated case lengths in tokens")
+    p.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="scenario: comma-separated fact depths in [0, 1]")
     p.add_argument("--seed", type=int, default=0, help="gist windows and passkeys are drawn from this seed")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (the table still prints)")
     _add_common(p)

@@ -31,19 +31,24 @@ class TreeConfig:
         _check(1 <= self.max_lod <= 4, "tree.max_lod", "in [1, 4]", self.max_lod)
 
 
+POSITION_MODES = ("auto", "global", "compact")
+
+
 @dataclass(frozen=True)
 class WorkingContextConfig:
     w_max: int = 2048  # budget: maximum total cost of the working context, in token positions
     protect_recent: int = 128  # newest tokens kept at LOD0 (rounded up to whole blocks)
-    position_mode: str = "global"  # "global": true positions; "compact": renumber 0..cost-1
+    # "auto" resolves to "compact" for a model with a finite trained context (the default model),
+    # else to "global"; the manifest records the result
+    position_mode: str = "auto"  # "global": true positions; "compact": renumber 0..cost-1; or "auto"
 
     def __post_init__(self) -> None:
         _check(self.w_max >= 1, "wc.w_max", ">= 1", self.w_max)
         _check(self.protect_recent >= 0, "wc.protect_recent", ">= 0", self.protect_recent)
         _check(
-            self.position_mode in ("global", "compact"),
+            self.position_mode in POSITION_MODES,
             "wc.position_mode",
-            "one of 'global', 'compact'",
+            "one of 'auto', 'global', 'compact'",
             self.position_mode,
         )
 
@@ -81,7 +86,7 @@ class AllocatorConfig:
         _check(1 <= self.iterations <= 16, "allocator.iterations", "in [1, 16]", self.iterations)
 
 
-SCORER_NAMES = ("lensnet", "recency", "compressive", "retrieval", "hopfield", "random")
+SCORER_NAMES = ("lensnet", "recency", "compressive", "retrieval", "hopfield", "attention", "sink", "random")
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class ScorerConfig:
     compressive_raw_share: float = 0.5  # compressive: share of w_max kept as raw recent tokens
     compressive_lod1_share: float = 0.25  # compressive: share of w_max spent on LOD1 gists
     query_blocks: int = 1  # newest blocks (plus tail) that form the query of similarity scorers
+    sink_blocks: int = 1  # sink: oldest blocks kept raw beside the recent window (StreamingLLM's sink)
 
     def __post_init__(self) -> None:
         _check(self.name in SCORER_NAMES, "scorer.name", f"one of {', '.join(SCORER_NAMES)}", self.name)
@@ -112,11 +118,12 @@ class ScorerConfig:
             self.compressive_lod1_share,
         )
         _check(1 <= self.query_blocks <= 64, "scorer.query_blocks", "in [1, 64]", self.query_blocks)
+        _check(1 <= self.sink_blocks <= 64, "scorer.sink_blocks", "in [1, 64]", self.sink_blocks)
 
 
 @dataclass(frozen=True)
 class GistNetConfig:
-    hidden: int = 64  # width of GistNet's transformer
+    hidden: int = 256  # width of GistNet's transformer
     layers: int = 2  # bidirectional transformer layers
     heads: int = 4  # attention heads
     pooling: str = "query"  # "mean" or "query" (a learned query attends over the children)
@@ -130,7 +137,7 @@ class GistNetConfig:
 
 @dataclass(frozen=True)
 class LensNetConfig:
-    hidden: int = 64  # width of LensNet
+    hidden: int = 128  # width of LensNet
     layers: int = 2  # dual cross-attention layers
     heads: int = 4  # attention heads
     query_gists: int = 4  # newest gists that join the tail block as query vectors
@@ -146,6 +153,7 @@ class LensNetConfig:
 class SessionConfig:
     refocus_every: int = 32  # tokens read between refocus steps
     compute_nll: bool = True  # run the base model on the WC to get the next block's NLL
+    nll_every: int = 1  # measure that NLL (and the baselines) at every Nth refocus step only
     attention_every: int = 0  # record base-model attention every N steps; 0 = never
     entries_every: int = 1  # record the per-entry table every N steps (dense tables' cadence)
     record_gists: bool = True  # record LOD>=1 gist vectors (the `gists` table, for the app's gist map)
@@ -155,6 +163,7 @@ class SessionConfig:
 
     def __post_init__(self) -> None:
         _check(1 <= self.refocus_every <= 65_536, "session.refocus_every", "in [1, 65536]", self.refocus_every)
+        _check(1 <= self.nll_every <= 65_536, "session.nll_every", "in [1, 65536]", self.nll_every)
         _check(self.attention_every >= 0, "session.attention_every", ">= 0", self.attention_every)
         _check(self.entries_every >= 1, "session.entries_every", ">= 1", self.entries_every)
         _check(self.max_tokens >= 0, "session.max_tokens", ">= 0", self.max_tokens)

@@ -2,16 +2,23 @@
 
 For each input text and each policy (scorer) a real session streams the text at the budget
 `wc.w_max` (default 1,024 here) and measures the base model's NLL of each next block under the WC
-that policy produced (every `nll_every`-th block, the same blocks for every policy). One extra pass
-measures two references on the same blocks: `full` (the whole history, only for blocks whose
-history fits the model's trained context) and `window` (a raw window of the newest `w_max` tokens,
-the plain truncated-context transformer). Gist quality: on `gist_samples` windows cut from the
-same texts, the base model's NLL of the H tokens after a block when the block is shown as raw
-tokens, as its GistNet gist, dropped, or as the mean of its token embeddings (ΔNLL@H = variant
-minus raw tokens; lower is better).
+that policy produced (every `nll_every`-th refocus step, `session.nll_every`: the same blocks for
+every policy). The recency pass also measures two references on the same blocks: `full` (the whole
+history, only for blocks whose history fits the model's trained context) and `window` (a raw window
+of the newest `w_max` tokens, the plain truncated-context transformer). Gist quality: on
+`gist_samples` windows cut from the same texts, the base model's NLL of the H tokens after a block
+when the block is shown as raw tokens, as its GistNet gist, dropped, or as the mean of its token
+embeddings (ΔNLL@H = variant minus raw tokens; lower is better).
+
+Results come per document and across documents: each policy's mean and standard deviation over
+the documents, and, against the `lensnet` policy, the per-document differences (mean, standard
+deviation, on how many documents lensnet is lower), which is what "beats recency" has to mean.
 
 Output (a contract; NLL in nats per token, token-weighted means):
     {"w_max": int, "tokens": int, "policies": {NAME: {"nll": float, ...}},
+     "documents": {TEXT: {NAME: {"nll": float, ...}}},
+     "across_documents": {NAME: {"mean": float, "std": float, "documents": int}},
+     "lensnet_vs": {NAME: {"mean_diff": float, "std_diff": float, "lower_on": int, "documents": int}},
      "gist": {"gist": float, "drop": float, "mean_pool": float, ...}, ...}
 The recall scenario (`--scenario passkey`) lives in `engine/eval_scenario.py`. This module does not
 train anything and writes no files.
@@ -29,8 +36,6 @@ import torch
 
 from engine.config import SCORER_NAMES, RunConfig, apply_overrides
 from engine.events import RunFinished, StepRecorded
-from engine.scorers import build_scorer
-from engine.session import Session
 
 REFERENCES = ("full", "window")  # rows of the policy table that are not scorers
 
@@ -59,23 +64,6 @@ def eval_run_config(sets: list[str]) -> RunConfig:
     return apply_overrides(RunConfig(), ["wc.w_max=1024", *sets])
 
 
-class _SampledSession(Session):
-    """A session that measures NLL (and the baselines) only at every `nll_every`-th refocus step."""
-
-    def __init__(self, *args, nll_every: int = 1, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.nll_every = nll_every
-
-    def _keep(self, cursor: int) -> bool:
-        return (cursor // self.cfg.session.refocus_every) % self.nll_every == 0
-
-    def _nll_under(self, wc, target):
-        return super()._nll_under(wc, target) if self._keep(wc.tokens_seen) else None
-
-    def _nll_raw(self, lo, hi, target):
-        return super()._nll_raw(lo, hi, target) if self._keep(hi) else None
-
-
 class _StepNLL:
     """Sink keeping cursor -> (nll, nll_full, nll_recency) of every measured step, and the token count."""
 
@@ -97,14 +85,17 @@ def _weighted(values: list[tuple[float, int]]) -> float | None:
 
 def run_policy(engine, cfg: RunConfig, policy: str, texts: list[tuple[str, str]], nll_every: int,
                baselines: bool = False) -> list[tuple[str, int, int, float, float | None, float | None]]:  # fmt: skip
-    """Stream every text under one policy; rows (text name, cursor, block tokens, nll, nll_full, nll_window)."""
-    pcfg = apply_overrides(cfg, [f"scorer.name={policy}", f"session.baselines={str(baselines).lower()}"])
-    scorer = engine.scorer if policy == "lensnet" else build_scorer(pcfg, d_embed=engine.model.hidden_size)
+    """Stream every text under one policy; rows (text name, cursor, block tokens, nll, nll_full, nll_window).
+
+    `cfg` must have its position mode resolved (`engine.cfg` is)."""
+    pcfg = apply_overrides(cfg, [f"scorer.name={policy}", f"session.baselines={str(baselines).lower()}",
+                                 f"session.nll_every={nll_every}"])  # fmt: skip
+    scorer = engine.scorer_for(pcfg)
     every = pcfg.session.refocus_every
     out = []
     for name, text in texts:
         sink = _StepNLL()
-        _SampledSession(pcfg, engine.model, engine.gistnet, scorer, sink, name, nll_every=nll_every).run([text])
+        engine.session(sink, name, cfg=pcfg, scorer=scorer).run([text])
         for cursor, (nll, full, window) in sorted(sink.rows.items()):
             out.append((name, cursor, min(every, sink.tokens - cursor), nll, full, window))
     return out
@@ -202,10 +193,14 @@ def evaluate(engine, cfg: RunConfig, ecfg: EvalConfig, texts: list[tuple[str, st
     if ecfg.gist_samples:
         gist = gist_quality(engine.model, engine.gistnet, toks, cfg, ecfg)
         say("eval: gist quality done")
+    per_doc = {name: policy_table({p: [r for r in rs if r[0] == name] for p, rs in rows.items()},
+                                  [r for r in base if r[0] == name], cfg.wc.w_max) for name, _ in texts}  # fmt: skip
     return {
         "w_max": cfg.wc.w_max,
         "tokens": int(sum(len(t) for t in toks)),
         "policies": policy_table(rows, base, cfg.wc.w_max),
+        "documents": per_doc,
+        **across_documents(per_doc),
         "gist": gist,
         "model": engine.model.model_id,
         "weights": engine.weights,
@@ -214,6 +209,29 @@ def evaluate(engine, cfg: RunConfig, ecfg: EvalConfig, texts: list[tuple[str, st
         "eval": dataclasses.asdict(ecfg),
         "seconds": timings,
     }
+
+
+def across_documents(per_doc: dict[str, dict[str, dict]], key: str = "nll", ref: str = "lensnet") -> dict:
+    """Spread over documents: per policy the mean and standard deviation of its per-document `key`;
+    against `ref`, the per-document differences ref - other (mean, std, documents where ref is lower).
+    Standard deviations are the sample ones (ddof=1; 0 for a single document)."""
+    names = sorted({p for rows in per_doc.values() for p in rows})
+
+    def values(p):
+        return [rows[p][key] for rows in per_doc.values() if p in rows and rows[p].get(key) is not None]
+
+    def spread(v):
+        return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+    across = {p: {"mean": float(np.mean(v)), "std": spread(v), "documents": len(v)} for p in names if (v := values(p))}
+    versus = {}
+    for p in names:
+        d = [rows[ref][key] - rows[p][key] for rows in per_doc.values()
+             if rows.get(ref, {}).get(key) is not None and rows.get(p, {}).get(key) is not None]  # fmt: skip
+        if p != ref and d:
+            versus[p] = {"mean_diff": float(np.mean(d)), "std_diff": spread(d), "lower_on": int(sum(x < 0 for x in d)),
+                         "documents": len(d)}  # fmt: skip
+    return {"across_documents": across, "lensnet_vs": versus}
 
 
 def format_table(res: dict) -> str:
@@ -232,6 +250,13 @@ def format_table(res: dict) -> str:
             f"{name:<12} {f(row.get('nll')):>8} {f(row.get('nll_budget_bound')):>10} "
             f"{f(row.get('delta_vs_recency'), True):>10} {f(row.get('nll_where_full_fits')):>9} {row['blocks']:>7}"
         )
+    docs = res.get("documents") or {}
+    if len(docs) > 1:
+        lines.append(f"per document ({len(docs)}): mean ± std of nll; lensnet - policy: mean ± std, lower on")
+        for name, a in res["across_documents"].items():
+            v = res["lensnet_vs"].get(name)
+            vs = f"   {v['mean_diff']:+.4f} ± {v['std_diff']:.4f}, {v['lower_on']}/{v['documents']}" if v else ""
+            lines.append(f"  {name:<12} {a['mean']:.4f} ± {a['std']:.4f}{vs}")
     g = res.get("gist") or {}
     if g:
         lines.append(

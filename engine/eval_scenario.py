@@ -21,8 +21,6 @@ import torch
 
 from engine.config import RunConfig, apply_overrides
 from engine.scenarios import PasskeyCase, PasskeyConfig, passkey_cases
-from engine.scorers import build_scorer
-from engine.session import Session
 from engine.train.wc_nll import continuation_scores, wc_scores
 
 
@@ -39,6 +37,14 @@ def fact_lod(wc, case: PasskeyCase) -> int:
     return int(wc.lod[over].max()) if over.any() else 0  # not covered by entries: it is in the raw tail
 
 
+def ask(model, sess, case: PasskeyCase) -> dict:
+    """After a session has read `case.text`: the answer's NLL under its final WC, whether greedy
+    decoding would give the whole answer, and the coarsest LOD of the needle (fact) at that moment."""
+    answer = np.asarray(model.tokenize(case.answer), np.int64)
+    res = wc_scores(model, sess.tree, [sess.wc], answer, sess.cfg.wc.position_mode)
+    return {"answer_nll": float(res.nll.mean()), "recovered": bool(res.hit.all()), "needle_lod": fact_lod(sess.wc, case)}
+
+
 @torch.no_grad()
 def _raw_score(model, ids: np.ndarray, answer: np.ndarray) -> tuple[float, bool]:
     """Answer NLL and greedy hit after raw tokens `ids` numbered 0.. (a reference, not a policy)."""
@@ -46,7 +52,7 @@ def _raw_score(model, ids: np.ndarray, answer: np.ndarray) -> tuple[float, bool]
 
     x = model.embed(torch.from_numpy(ids.astype(np.int64)))[None]  # [1, n, d]
     pos = torch.arange(ids.shape[0])[None]
-    m = Materialized(x, pos, np.zeros(ids.shape[0], np.int64), int(ids.shape[0]))
+    m = Materialized(x, pos, np.zeros(ids.shape[0], np.int64), int(ids.shape[0]), 0)  # all of it "tail"
     res = continuation_scores(model, [m], answer)
     return float(res.nll.mean()), bool(res.hit.all())
 
@@ -65,15 +71,13 @@ def passkey_eval(engine, cfg: RunConfig, policies: tuple[str, ...], pcfg: Passke
     for policy in policies:
         t0 = time.perf_counter()
         pc = apply_overrides(base, [f"scorer.name={policy}"])
-        scorer = engine.scorer if policy == "lensnet" else build_scorer(pc, d_embed=model.hidden_size)
+        scorer = engine.scorer_for(pc)
         for case, row in zip(cases, rows, strict=True):
-            sess = Session(pc, model, engine.gistnet, scorer, _NullSink(), f"passkey-{case.depth}")
+            sess = engine.session(_NullSink(), f"passkey-{case.depth}", cfg=pc, scorer=scorer)
             sess.run([case.text])
-            answer = np.asarray(model.tokenize(case.answer), np.int64)
-            res = wc_scores(model, sess.tree, [sess.wc], answer, pc.wc.position_mode)
-            lod = fact_lod(sess.wc, case)
-            row["results"][policy] = {"nll": float(res.nll.mean()), "recovered": bool(res.hit.all()),
-                                      "at_lod0": lod == 0, "fact_lod": lod}  # fmt: skip
+            got = ask(model, sess, case)
+            row["results"][policy] = {"nll": got["answer_nll"], "recovered": got["recovered"],
+                                      "at_lod0": got["needle_lod"] == 0, "fact_lod": got["needle_lod"]}  # fmt: skip
         say(f"passkey: {policy} done ({time.perf_counter() - t0:.1f} s)")
     limit = model.max_positions or 1 << 30
     for case, row in zip(cases, rows, strict=True):

@@ -37,8 +37,8 @@ SCENARIOS = ("passkey",)
 
 @dataclass(frozen=True)
 class PasskeyConfig:
-    lengths: tuple[int, ...] = (16384,)  # total tokens of each case (filler + fact + question), approximately
-    depths: tuple[float, ...] = (0.1, 0.5, 0.9)  # where the fact sits in the filler, 0 = start, 1 = end
+    lengths: tuple[int, ...] = (8192, 16384)  # total tokens of each case (filler + fact + question), approximately
+    depths: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)  # where the fact sits in the filler, 0 = start, 1 = end
     digits: int = 5  # passkey length in decimal digits
     seed: int = 0  # passkeys are drawn from this seed
 
@@ -118,3 +118,53 @@ def passkey_cases(filler_text: str, tokenize, decode, cfg: PasskeyConfig) -> lis
             key = first + "".join(str(d) for d in rng.integers(0, 10, cfg.digits - 1))
             out.append(make_passkey_case(ids, tokenize, decode, length, depth, key))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Recall episodes for training LensNet: other phrasings than the evaluation's FACT/QUESTION, so the
+# passkey scenario stays a held-out test of recall rather than of one memorised template.
+
+RECALL_TEMPLATES = (  # (fact, question); the answer is " {key}" right after the question
+    ("\n# Note: the secret code is {key}. Keep it in mind.\n", "\n# What was the secret code noted earlier? It was"),
+    ("\nMAGIC_NUMBER = {key}  # remember this value\n", "\n# The magic number defined far above: MAGIC_NUMBER ="),
+    ("\n# The access token for later is {key}.\n", "\n# Earlier an access token was given. The access token is"),
+    ('\n"""Remember: the reference number is {key}."""\n', '\n"""What was the reference number? It was'),
+    ("\n# config: retry_limit = {key}\n", "\n# Which retry_limit did the config set? retry_limit ="),
+)
+
+
+@dataclass(frozen=True)
+class RecallText:
+    text: str  # filler with one fact and several questions, each followed by its answer
+    fact_start: int  # token span of the fact, in the session's tokenisation of `text`
+    fact_end: int
+    answer_starts: tuple[int, ...]  # token index where each answer begins
+
+
+def recall_text(filler_ids: np.ndarray, tokenize, decode, rng: np.random.Generator, asks: int = 3) -> RecallText:
+    """A training text: the filler with a fact planted in its first half and `asks` questions about it
+    (each answered) spread over the second half. Template, key and positions come from `rng`."""
+    fact_t, question_t = RECALL_TEMPLATES[int(rng.integers(len(RECALL_TEMPLATES)))]
+    key = str(rng.integers(1, 10)) + "".join(str(d) for d in rng.integers(0, 10, int(rng.integers(3, 7))))
+    n = len(filler_ids)
+    cuts = [int(rng.uniform(0.05, 0.45) * n)] + sorted(int(x) for x in rng.uniform(0.55, 1.0, asks) * n)
+    pieces, marks = [], []
+    prev = 0
+    for j, cut in enumerate(cuts):
+        pieces.append(decode(filler_ids[prev:cut].tolist()))
+        insert = fact_t.format(key=key) if j == 0 else question_t + f" {key}\n"
+        marks.append((sum(len(p) for p in pieces), len(insert), j == 0, len(question_t)))
+        pieces.append(insert)
+        prev = cut
+    pieces.append(decode(filler_ids[prev:].tolist()))
+    text = "".join(pieces)
+    ids = _tokens(text, tokenize)
+    fact_start = fact_end = 0
+    answers = []
+    for at, length, is_fact, q_len in marks:
+        if is_fact:
+            fact_start = _char_to_token(ids, decode, at)
+            fact_end = _char_to_token(ids, decode, at + length)
+        else:
+            answers.append(_char_to_token(ids, decode, at + q_len))
+    return RecallText(text, fact_start, fact_end, tuple(answers))

@@ -9,11 +9,15 @@ recorded session can be re-scored exactly (engine/replay.py depends on this).
 - `compressive`: detail decays with age (Compressive Transformer): newest raw, then LOD1, then coarsest.
 - `retrieval`: cosine top-k against the tail query (kNN-LM, RETRO, Memorizing Transformers).
 - `hopfield`: one modern-Hopfield update over the entries (associative recall).
+- `attention`: heavy hitters (H2O, SnapKV): expand what the newest block attended to, collapse the rest.
+- `sink`: StreamingLLM: the oldest blocks (the attention sink) and a recent window raw, the rest coarse.
 - `random`: seeded control.
 - `lensnet`: the learned scorer (engine/lensnet.py), wrapped.
 
 This module does not decide edits (that is engine/allocator.py: thresholds, legality, budget) and
-does not build vectors (the session does). Structure-only scorers ignore the view's vectors.
+does not build vectors or run the base model (the session does, and fills the view). Vector-free
+scorers (`needs_vectors = False`) ignore the view's vectors; `attention` reads the view's
+`attention_mass` instead, which the session fills for a scorer with `needs_attention = True`.
 """
 
 from __future__ import annotations
@@ -108,20 +112,28 @@ def _signed_gap(wc: WorkingContext, desired: np.ndarray) -> np.ndarray:
     return scores
 
 
-def window_blocks(wc: WorkingContext, w_max: int, protect_blocks: int = 0) -> int:
+def layout_cost(wc: WorkingContext, sink_blocks: int, window: int) -> int:
+    """WC cost of: the oldest `sink_blocks` covered blocks raw, the newest `window` blocks raw, the tail,
+    and the coarsest legal tiling of the blocks in between (`sink_blocks + window` <= blocks covered)."""
+    bs, n_blocks = wc.block_size, wc.complete_blocks()
+    lo = wc.evicted_upto // bs + sink_blocks  # first block of the gisted middle
+    return (sink_blocks + window) * bs + wc.tail_len + prefix_cost(lo, n_blocks - window, bs, wc.max_lod)
+
+
+def window_blocks(wc: WorkingContext, w_max: int, protect_blocks: int = 0, sink_blocks: int = 0) -> int:
     """Number W of newest complete blocks a recency window keeps at LOD0 under budget `w_max`.
 
-    W is the largest W in [0, blocks still covered] with
-    `W*block_size + tail_len + prefix_cost(evicted block, first window block) <= w_max`, raised to at
-    least `protect_blocks` (capped at the blocks still covered). It depends only on the WC's geometry
-    (tokens seen, eviction point), never on its current LODs, so it does not chase its own edits.
+    W is the largest W in [0, blocks still covered - sink_blocks] with
+    `layout_cost(wc, sink_blocks, W) <= w_max`, i.e. `W*block_size + tail_len + prefix_cost(evicted
+    block, first window block)` when `sink_blocks` is 0 (plain recency; the sink scorer holds that
+    many oldest blocks raw too), raised to at least `protect_blocks` (capped at the blocks left). It
+    depends only on the WC's geometry (tokens seen, eviction point), never on its current LODs, so
+    it does not chase its own edits.
     """
-    bs = wc.block_size
-    n_blocks, first = wc.complete_blocks(), wc.evicted_upto // bs
-    avail = n_blocks - first
+    avail = wc.complete_blocks() - wc.evicted_upto // wc.block_size - sink_blocks
 
     def fits(w: int) -> bool:
-        return w * bs + wc.tail_len + prefix_cost(first, n_blocks - w, bs, wc.max_lod) <= w_max
+        return layout_cost(wc, sink_blocks, w) <= w_max
 
     # Cost is strictly increasing in W: one more raw block adds block_size positions and takes at
     # most one gist (cost 1) out of the prefix, so `fits` is monotone and we can bisect.
@@ -201,6 +213,92 @@ class CompressiveScorer:
         return ScoreResult(scores=_signed_gap(wc, desired_lod(wc, raw_from, lod1_from)))
 
 
+class SinkScorer:
+    """StreamingLLM: the attention sink (the oldest blocks) and a recent window at LOD0, the rest coarse.
+
+    With e = `evicted_upto // block_size` (the oldest block still covered) and S = `sink_blocks`:
+    - sink: blocks `[e, e+S)` want LOD0;
+    - window: the newest `W = window_blocks(wc, w_max, protected blocks, S)` complete blocks want LOD0,
+      W the largest with `W*block_size + tail + S*block_size + prefix_cost(e+S, n-W) <= w_max`;
+    - middle: blocks `[e+S, n-W)` want the coarsest legal tiling of that range. A LOD2 group holding
+      a sink block is not inside it, so its other blocks want LOD1, never their (illegal) LOD2 gist.
+    If the sink and the protected blocks do not fit `w_max` together, S shrinks to the largest that
+    does (at 0 this is `recency`): the sink never pushes the desired layout over the budget.
+    An entry wants the finest level among its blocks, which is that of its first or its last block
+    (the middle's levels only fall towards its ends), so a gist holding a sink or window block asks to
+    expand. Scores are +1 / 0 / -1 as `_signed_gap` gives them (0 while a collapse is still illegal).
+    """
+
+    name = "sink"
+    needs_vectors = False
+
+    def __init__(self, cfg: RunConfig):
+        self.protect = protected_blocks(cfg.tree, cfg.wc)
+        self.sink_blocks = cfg.scorer.sink_blocks
+
+    def layout(self, wc: WorkingContext, w_max: int) -> tuple[int, int]:
+        """(sink_end, window_start): the first block after the sink, the first block of the window."""
+        first, n_blocks = wc.evicted_upto // wc.block_size, wc.complete_blocks()
+        sink = min(self.sink_blocks, n_blocks - first)
+        while sink > 0 and layout_cost(wc, sink, min(self.protect, n_blocks - first - sink)) > w_max:
+            sink -= 1  # degrade towards recency rather than plan a layout over the budget
+        return first + sink, n_blocks - window_blocks(wc, w_max, self.protect, sink)
+
+    def score(self, view: ScoreView) -> ScoreResult:
+        wc = view.wc
+        if wc.n == 0:
+            return _empty()
+        sink_end, window_start = self.layout(wc, view.w_max)
+        bs = wc.block_size
+
+        def wish(block: np.ndarray) -> np.ndarray:  # int8[n]: the level each block wants
+            middle = coarsest_level(block, sink_end, window_start, bs, wc.max_lod)
+            return np.where((block < sink_end) | (block >= window_start), np.int8(0), middle)
+
+        desired = np.minimum(wish(wc.start // bs), wish((wc.end - 1) // bs)).astype(np.int8)  # [n]
+        return ScoreResult(scores=_signed_gap(wc, desired))
+
+
+class AttentionScorer:
+    """Heavy hitters (H2O, SnapKV): expand the entries the newest block attended to most, collapse the least.
+
+    `view.attention_mass[i]` is the share of the newest block's attention that entry i drew in the
+    latest base-model forward (layers and heads averaged; NaN if the entry was not in that forward).
+    Attention is compared per position, so a raw block (32 positions) must draw 32 times a gist's
+    mass to look as attended:
+        density_i = mass_i / cost_i
+        r_i = density_i / (sum of finite mass / sum of the cost of those entries)   (r = 1: average)
+        score_i = tanh(log(max(r_i, 1e-6)))   in [-1, 1]; r = 3 scores 0.8, r = 1/3 scores -0.8.
+    Entries with NaN mass (new since that forward) score 0, as does every entry when the view has no
+    mass at all (the first step) or the finite mass sums to 0. LOD0 entries can only lose detail, so
+    they score `min(score, 0)`; entries at `max_lod` can only gain, so `max(score, 0)`.
+    Deterministic given the view; no knobs. The session runs the base model every step for it.
+    The unclamped score is `attention_utility` (also LensNet's auxiliary training target).
+    """
+
+    name = "attention"
+    needs_vectors = False
+    needs_attention = True
+    R_FLOOR = 1e-6  # r below this (no attention at all) scores as this: tanh(log(1e-6)) ~ -1
+
+    def __init__(self, cfg: RunConfig):
+        del cfg  # no knobs: the allocator's thresholds decide how much attention is "heavy"
+
+    def score(self, view: ScoreView) -> ScoreResult:
+        wc = view.wc
+        if wc.n == 0:
+            return _empty()
+        if view.attention_mass is None:  # no forward yet: no opinion
+            return ScoreResult(scores=np.zeros(wc.n, np.float32))
+        mass = np.asarray(view.attention_mass, dtype=np.float64)  # [n]
+        if mass.shape != (wc.n,):
+            raise ValueError(f"scorer 'attention': attention_mass must be [n={wc.n}], got {mass.shape}")
+        s = attention_utility(mass, wc.cost, self.R_FLOOR)  # [n]: 0 for NaN mass, all 0 if no mass at all
+        s = np.where(wc.lod == 0, np.minimum(s, 0.0), s)  # raw blocks cannot expand
+        s = np.where(wc.lod == wc.max_lod, np.maximum(s, 0.0), s)  # the top level cannot collapse
+        return ScoreResult(scores=s.astype(np.float32))
+
+
 class RandomScorer:
     """Seeded control: uniform in [-1, 1), a function of (seed, step, n) only, hence replay-safe."""
 
@@ -224,7 +322,7 @@ def _vectors(view: ScoreView, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if view.entry_vecs is None or view.query_vecs is None:
         raise ValueError(
             f"scorer {name!r} needs view.entry_vecs and view.query_vecs, got None; "
-            "build vectors in the session or use a structure-only scorer (recency, compressive, random)"
+            "build vectors in the session or use a vector-free scorer (recency, compressive, sink, attention, random)"
         )
     x = view.entry_vecs.detach().float()  # [n, d]
     q = view.query_vecs.detach().float()  # [m, d]
@@ -314,7 +412,14 @@ class LensNetScorer:
         return ScoreResult(scores=np.asarray(res.scores, dtype=np.float32), attention=attn)
 
 
-_STRUCTURE = {"recency": RecencyScorer, "compressive": CompressiveScorer, "random": RandomScorer}
+# Vector-free scorers (`attention` reads the view's attention mass, the others only its structure).
+_STRUCTURE = {
+    "recency": RecencyScorer,
+    "compressive": CompressiveScorer,
+    "sink": SinkScorer,
+    "attention": AttentionScorer,
+    "random": RandomScorer,
+}
 _VECTOR = {"retrieval": RetrievalScorer, "hopfield": HopfieldScorer}
 
 
@@ -343,3 +448,22 @@ def build_scorer(cfg: RunConfig, d_embed: int | None = None, lensnet=None):
             lensnet.eval()
         return LensNetScorer(cfg, lensnet)
     raise ValueError(f"unknown scorer {name!r}")  # unreachable: ScorerConfig validates the name
+
+
+def attention_utility(mass: np.ndarray, cost: np.ndarray, floor: float = 1e-6) -> np.ndarray:
+    """float32[n] in [-1, 1]: how much attention each entry drew per position, against the average.
+
+    r = (mass / cost) / (sum of mass / sum of cost) over the entries whose mass is known (r = 1:
+    average attention per position); utility = tanh(log r), 0 for entries with unknown (NaN) mass.
+    The heavy-hitter policy's score and LensNet's auxiliary target.
+    """
+    mass = np.asarray(mass, np.float64)
+    cost = np.asarray(cost, np.float64)
+    out = np.zeros(mass.shape, np.float32)
+    known = np.isfinite(mass)
+    total, spent = mass[known].sum(), cost[known].sum()
+    if total <= 0 or spent <= 0:
+        return out
+    r = (mass[known] / cost[known]) / (total / spent)
+    out[known] = np.tanh(np.log(np.maximum(r, floor)))
+    return out

@@ -7,7 +7,8 @@ step produced (plus, optionally, under the full history and under a raw recency 
 baselines), so a step's `StepRecorded` is emitted once the next block has been read.
 
 Per-step time is split into tree (tokenising, gisting), scorer, allocator and model. The session
-owns no files: sinks decide what is kept.
+owns no files: sinks decide what is kept. It owns no thread policy either: a `ThreadGovernor`
+(engine/threads.py; off with MCS_THREADS=fixed) is ticked once per step.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from engine.events import (
 from engine.materialize import entry_vectors, materialize, query_vectors, recent_gists
 from engine.planner import plan
 from engine.textio import token_chunks
+from engine.threads import ThreadGovernor
 from engine.tree import GistTree
 from engine.view import ScoreView
 from engine.working_context import WorkingContext, check_invariants
@@ -68,14 +70,25 @@ def _ms(t0: float) -> float:
 class Session:
     """One pass over one input. `model` is a `BaseModel`, `gistnet` a `GistNet`, `scorer` a Scorer."""
 
-    def __init__(self, cfg: RunConfig, model, gistnet, scorer, sink: Sink, input_name: str = "-"):
+    def __init__(self, cfg: RunConfig, model, gistnet, scorer, sink: Sink, input_name: str = "-",
+                 governor: ThreadGovernor | None = None):  # fmt: skip
         self.cfg, self.model, self.gistnet, self.scorer, self.sink = cfg, model, gistnet, scorer, sink
         self.input_name = input_name
+        self.governor = governor or ThreadGovernor.from_env()  # torch threads under CPU contention
+        self._tokens_read = 0
         self.knobs = PlanKnobs.from_config(cfg)
         self.tree = GistTree(cfg.tree, model.hidden_size, self._gist, self._embed)
         self.wc = WorkingContext.empty(cfg.tree.block_size, cfg.tree.max_lod)
         self.state = AllocatorState.initial(cfg.tree.max_lod)
         self.step = 0
+        self.needs_attention = bool(getattr(scorer, "needs_attention", False))
+        # Attention the newest block gave each entry in the latest forward: (node ids sorted, mass).
+        self._attention: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def tokens_read(self) -> int:
+        """Tokens the tokenizer has produced so far (ahead of `tree.tokens_seen`; for progress estimates)."""
+        return self._tokens_read
 
     # -- the tree's view of the model --
     @torch.no_grad()
@@ -108,6 +121,7 @@ class Session:
         try:
             pending = None
             for block in self._blocks(token_chunks(iter(texts), self.model.tokenize)):
+                self.governor.tick()  # microseconds, unless a measurement is due (every ~1.5 s)
                 t0 = time.perf_counter()
                 new_nodes = self.tree.append(block)
                 self.wc = self.wc.advance(self.tree.tokens_seen)
@@ -125,6 +139,8 @@ class Session:
             done = RunFinished("failed", self.tree.tokens_seen, self.step, f"{type(e).__name__}: {e}")
             self.sink.emit(done)
             raise
+        finally:
+            self.governor.restore()
         done = RunFinished("complete", self.tree.tokens_seen, self.step)
         self.sink.emit(done)
         return done
@@ -134,6 +150,7 @@ class Session:
         per, limit = self.cfg.session.refocus_every, self.cfg.session.max_tokens
         buf, have, total = [], 0, 0
         for ids in chunks:
+            self._tokens_read += ids.shape[0]
             if limit:
                 ids = ids[: max(0, limit - total)]
             total += ids.shape[0]
@@ -176,7 +193,19 @@ class Session:
                 "query_vecs": query_vectors(wc, self.tree, self.model, self.cfg.scorer.query_blocks),
                 "recent_gists": recent_gists(self.tree, wc, self.cfg.lensnet.query_gists),
             }
+        if self.needs_attention:
+            vecs["attention_mass"] = self._attention_of(wc)
         return ScoreView(wc, self.step, self.knobs.w_max, state.prev_score(wc), state.age_steps(wc, self.step), **vecs)
+
+    def _attention_of(self, wc: WorkingContext) -> np.ndarray:
+        """float32[n]: each entry's mass in the latest forward, NaN if it was not an entry then."""
+        out = np.full(wc.n, np.nan, np.float32)
+        if self._attention is not None and wc.n:
+            ids, mass = self._attention
+            at = np.minimum(np.searchsorted(ids, wc.node_id), ids.shape[0] - 1)
+            hit = ids[at] == wc.node_id
+            out[hit] = mass[at[hit]]
+        return out
 
     def _refocus(self, t_tree: float) -> _Pending:
         step, record_entries = self.step, self.step % self.cfg.session.entries_every == 0
@@ -216,29 +245,28 @@ class Session:
     def _record_attention(self, step: int) -> None:
         """Attention mass from the WC's newest block of queries onto each entry, per layer."""
         m = materialize(self.wc, self.tree, self.model, self.cfg.wc.position_mode)
-        _, attns = self.model.forward(m.inputs_embeds, m.position_ids, output_attentions=True)
         T = m.inputs_embeds.shape[1]
         q = min(self.cfg.tree.block_size, T)
-        seg = torch.from_numpy(m.entry_of_pos)  # [T]
+        _, mass = self.model.forward_tail(m.inputs_embeds, m.position_ids, tail=q)  # [L, 1, T]
+        per_entry = _per_entry(mass[:, 0].float().cpu().numpy(), m.entry_of_pos, self.wc.n + 1)  # [L, n+1]
+        L = per_entry.shape[0]
         ids = np.append(self.wc.node_id, -1)  # the tail is node -1
-        layers, node_ids, mass = [], [], []
-        for layer, a in enumerate(attns):
-            per_key = a[0].mean(dim=0)[T - q :].mean(dim=0).float().cpu()  # [T] heads and queries averaged
-            per_entry = torch.zeros(self.wc.n + 1).index_add_(0, seg, per_key)  # [n+1]
-            layers.append(np.full(ids.shape[0], layer, np.int16))
-            node_ids.append(ids)
-            mass.append(per_entry.numpy().astype(np.float32))
-        self.sink.emit(AttentionRecorded(step, np.concatenate(layers), np.concatenate(node_ids), np.concatenate(mass)))
+        self.sink.emit(AttentionRecorded(step, np.repeat(np.arange(L, dtype=np.int16), ids.shape[0]),
+                                         np.tile(ids, L), per_entry.reshape(-1)))  # fmt: skip
 
     def _finish(self, p: _Pending, upto: int | None) -> None:
         """Measure the NLL of tokens [p.wc.tokens_seen, upto) under p.wc and emit its StepRecorded."""
         nll = nll_full = nll_rec = None
         t0 = time.perf_counter()
         cursor = p.wc.tokens_seen
-        if upto is not None and upto > cursor and self.cfg.session.compute_nll:
+        sc = self.cfg.session
+        due = sc.compute_nll and p.step % sc.nll_every == 0
+        if upto is not None and upto > cursor and (due or self.needs_attention):
             target = self.tree.tokens(cursor, upto).astype(np.int64)
-            nll = self._nll_under(p.wc, target)
-            if self.cfg.session.baselines:
+            nll = self._nll_under(p.wc, target)  # the attention scorer needs this forward every step
+            if not due:  # measured only on the cadence, so that every policy reports the same blocks
+                nll = None
+            if due and sc.baselines:
                 nll_rec = self._nll_raw(max(0, cursor - self.knobs.w_max), cursor, target)
                 # The full history only "where it fits": the model's trained context, and a cap on the
                 # quadratic cost.
@@ -256,11 +284,19 @@ class Session:
 
     @torch.no_grad()
     def _nll_under(self, wc: WorkingContext, target: np.ndarray) -> float | None:
+        """NLL of `target` after `wc`; also keeps the attention the target block gave each entry when
+        the scorer needs it."""
         if wc.total_cost == 0:
             return None
         m = materialize(wc, self.tree, self.model, self.cfg.wc.position_mode)
         tpos = torch.arange(m.next_position, m.next_position + target.shape[0])
-        return self.model.nll_of_continuation(m.inputs_embeds, m.position_ids, torch.from_numpy(target), tpos)
+        nlls, mass = self.model.continuation(m.inputs_embeds, m.position_ids, torch.from_numpy(target), tpos,
+                                             attention=self.needs_attention)  # fmt: skip
+        if mass is not None:
+            per_entry = _per_entry(mass.mean(axis=0, keepdims=True), m.entry_of_pos, wc.n + 1)[0, : wc.n]  # [n]
+            order = np.argsort(wc.node_id, kind="stable")
+            self._attention = (wc.node_id[order], per_entry[order])
+        return float(nlls.mean(dtype=np.float64)) if nlls.size else None
 
     @torch.no_grad()
     def _nll_raw(self, lo: int, hi: int, target: np.ndarray) -> float | None:
@@ -273,3 +309,11 @@ class Session:
         pos = torch.arange(base, base + hi - lo)[None]
         tpos = torch.arange(base + hi - lo, base + hi - lo + target.shape[0])
         return self.model.nll_of_continuation(emb, pos, torch.from_numpy(target), tpos)
+
+
+def _per_entry(mass: np.ndarray, entry_of_pos: np.ndarray, n: int) -> np.ndarray:
+    """float32 [L, n]: attention mass per position [L, T] summed over each entry's positions."""
+    out = np.zeros((mass.shape[0], n), np.float64)
+    for layer in range(mass.shape[0]):
+        out[layer] = np.bincount(entry_of_pos, weights=mass[layer], minlength=n)[:n]
+    return out.astype(np.float32)

@@ -30,6 +30,9 @@ class ScoreView:
     entry_vecs: torch.Tensor | None = None  # [n, d] gist, or mean token embedding of a LOD0 block
     query_vecs: torch.Tensor | None = None  # [m, d] token embeddings of the newest blocks + tail
     recent_gists: torch.Tensor | None = None  # [g, d] newest LOD1 gists (LensNet's extra queries)
+    # float32[n]: share of the newest block's attention each entry drew in the latest base-model
+    # forward (layers and heads averaged); NaN for an entry that was not in that forward
+    attention_mass: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -45,5 +48,7 @@ class ScoreResult:
 class Scorer(Protocol):
     name: str  # the scorer.name knob value
     needs_vectors: bool  # False: the session skips building entry/query vectors for it
+    # (optional) needs_attention: bool, True: the session runs the base model every step and fills
+    # `ScoreView.attention_mass`
 
     def score(self, view: ScoreView) -> ScoreResult: ...

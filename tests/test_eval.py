@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from engine import cli
 from engine.config import SCORER_NAMES, apply_overrides
-from engine.eval import EvalConfig, _SampledSession, _StepNLL, eval_run_config, policy_table
+from engine.eval import EvalConfig, _StepNLL, across_documents, eval_run_config, policy_table
 from engine.runtime import build_engine
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "sample.txt"
@@ -38,7 +39,8 @@ def test_eval_json_has_every_policy_and_the_gist_numbers(capsys):
     for name, row in res["policies"].items():
         assert isinstance(row["nll"], float) and 0 < row["nll"] < 20, name
     blocks = {res["policies"][p]["blocks"] for p in SCORER_NAMES}
-    assert blocks == {len(range(128, 1280, 128))}  # every 4th block (none after the last), the same for all
+    assert blocks == {len(range(0, 1280 // 32 - 1, 4))}  # every 4th step (none after the last), the same for all
+    assert list(res["documents"]) == [str(SAMPLE)] and set(res["across_documents"]) >= set(SCORER_NAMES)
     assert set(res["gist"]) >= {"gist", "drop", "mean_pool"}
     assert all(isinstance(res["gist"][k], float) for k in ("gist", "drop", "mean_pool"))
     # An untrained GistNet is a mean-pool: the two must agree exactly.
@@ -47,14 +49,31 @@ def test_eval_json_has_every_policy_and_the_gist_numbers(capsys):
     assert "policy" in cap.err and "lensnet" in cap.err and "gist quality" in cap.err
 
 
-def test_sampled_session_measures_only_every_nth_block():
-    cfg = apply_overrides(eval_run_config(["wc.w_max=320"]), ["scorer.name=recency", "session.baselines=true"])
+@pytest.mark.parametrize("scorer", ["recency", "attention"])
+def test_nll_every_measures_only_every_nth_step(scorer):
+    """`session.nll_every` measures the same steps whatever the policy (the attention scorer runs the
+    model every step, but reports NLL only on the cadence)."""
+    cfg = apply_overrides(eval_run_config(["wc.w_max=320"]), [f"scorer.name={scorer}", "session.baselines=true",
+                                                              "session.nll_every=3"])  # fmt: skip
     eng = build_engine(cfg, "tiny", "cpu")
     sink = _StepNLL()
-    _SampledSession(cfg, eng.model, eng.gistnet, eng.scorer, sink, "t", nll_every=3).run([TEXT[:1600]])
+    eng.session(sink, "t").run([TEXT[:1600]])
     assert sink.tokens == 1600
-    assert sorted(sink.rows) == [c for c in range(32, 1600, 32) if (c // 32) % 3 == 0]
+    assert sorted(sink.rows) == [32 * (s + 1) for s in range(0, 1600 // 32 - 1, 3)]
     assert all(full is not None and win is not None for _, full, win in sink.rows.values())
+
+
+def test_across_documents_spread_and_lensnet_differences():
+    per_doc = {"a": {"lensnet": {"nll": 2.0}, "recency": {"nll": 2.5}},
+               "b": {"lensnet": {"nll": 3.0}, "recency": {"nll": 3.1}},
+               "c": {"lensnet": {"nll": 1.0}, "recency": {"nll": 0.9}}}  # fmt: skip
+    out = across_documents(per_doc)
+    assert out["across_documents"]["recency"]["mean"] == pytest.approx(6.5 / 3)
+    assert out["across_documents"]["lensnet"]["std"] == pytest.approx(1.0)
+    v = out["lensnet_vs"]["recency"]
+    assert v["mean_diff"] == pytest.approx((-0.5 - 0.1 + 0.1) / 3) and v["lower_on"] == 2 and v["documents"] == 3
+    assert v["std_diff"] == pytest.approx(float(np.std([-0.5, -0.1, 0.1], ddof=1)))
+    assert "lensnet" not in out["lensnet_vs"]
 
 
 def test_policy_table_weights_by_tokens_and_keeps_references_apart():
@@ -88,17 +107,9 @@ def test_eval_config_and_bad_inputs_fail_with_one_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     """A tiny Hugging Face folder (Llama + a 300-token BPE) to put beside GistNet/LensNet files."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.hf_fixtures import llama_folder
 
-    from engine.train.tokenizer import TokenizerConfig, save_tokenizer, train_tokenizer
-
-    root = tmp_path_factory.mktemp("model")
-    save_tokenizer(train_tokenizer([TEXT], TokenizerConfig(vocab_size=300)), root)
-    cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      intermediate_size=64, vocab_size=300, max_position_embeddings=4096)  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(root, safe_serialization=True)
-    return root
+    return llama_folder(tmp_path_factory.mktemp("model"), [TEXT], vocab_size=300)
 
 
 def test_corrupt_shipped_weights_give_one_error_line(model_folder, capsys):
