@@ -15,7 +15,7 @@ from engine.config import RunConfig, apply_overrides, protected_blocks
 from engine.gistnet import GistNet
 from engine.lensnet import FEATURE_NAMES, LensNet
 from engine.model import load_model
-from engine.scorers import build_scorer
+from engine.scorers import attention_utility, build_scorer
 from engine.session import Session
 from engine.train import gistnet_train, lensnet_train
 from engine.train.gist_task import horizon_logits, sample_windows
@@ -134,8 +134,13 @@ def test_label_is_the_counterfactual_nll_change_per_cost(tiny, lens_docs):
     targets = doc.tokens[c : c + 8]
     lcfg = LabelConfig(candidates=8, horizon=8, position_mode="global")
     protect = protected_blocks(cfg.tree, cfg.wc)
-    u = label_view(tiny, sess.tree, view, targets, protect, lcfg, torch.Generator().manual_seed(1))
+    u, aux = label_view(tiny, sess.tree, view, targets, protect, lcfg, torch.Generator().manual_seed(1))
     wc = view.wc
+    # The auxiliary target: where the 8 predicting queries looked, per entry, as attention_utility.
+    res = wc_scores(tiny, sess.tree, [wc], targets, "global", attention=True)
+    assert res.entry_mass[0].shape == (wc.n + 1,) and 0 < res.entry_mass[0].sum() <= 1
+    assert np.allclose(aux, attention_utility(res.entry_mass[0][: wc.n], wc.cost), atol=1e-6)
+    assert np.isfinite(aux).all() and (np.abs(aux) <= 1).all() and aux.std() > 0
     measured = np.flatnonzero(np.isfinite(u))
     assert measured.size == 8 and (wc.end[measured] <= protected_from(wc, protect)).all()
     assert {0, 1} <= set(wc.lod[measured].tolist())  # both raw blocks and gists are compared
@@ -158,6 +163,7 @@ def test_labels_resume_per_episode_and_skip_protected(tiny, lens_docs, label_sta
         assert int(torch.isfinite(lab).sum()) == LABELS.candidates
         assert torch.isnan(lab[-protect:]).all()  # the newest blocks are protected: never measured
         assert s["feats"].shape == (lab.shape[0], len(FEATURE_NAMES)) and s["entry_vecs"].shape[0] == lab.shape[0]
+        assert s["aux"].shape == lab.shape and torch.isfinite(s["aux"]).all()
     g = GistNet(tiny.hidden_size, LENS_ENGINE.gistnet, 2, 32)
     part = tmp_path / "part.safetensors"
     generate_labels(tiny, g, lens_docs, LabelConfig(**{**LABELS.__dict__, "episodes": 2}), LENS_ENGINE, part)
@@ -244,3 +250,23 @@ def test_training_code_never_unpickles():
     for name in ("gistnet_train", "lensnet_train", "lens_labels", "gist_task", "wc_nll", "token_docs", "knob_sets"):
         src = (root / f"{name}.py").read_text()
         assert "torch.load" not in src and "pickle" not in src, name
+
+
+def test_recall_episodes_label_the_step_before_each_answer_and_the_fact(tiny, lens_docs):
+    from engine.scenarios import recall_text
+
+    rt = recall_text(lens_docs[0].tokens[:3000], tiny.tokenize, tiny.decode, np.random.default_rng(3), asks=3)
+    ids = tokenize_text(rt.text, tiny.tokenize)
+    key = tiny.decode(ids[rt.fact_start : rt.fact_end].tolist())
+    digits = "".join(ch for ch in key if ch.isdigit())
+    assert len(rt.answer_starts) == 3 and rt.fact_end <= rt.answer_starts[0]
+    for a in rt.answer_starts:  # each answer is the key, right where the question ends
+        assert tiny.decode(ids[a : a + len(digits) + 1].tolist()).strip() == digits
+    cfg = LabelConfig(**{**LABELS.__dict__, "recall_share": 1.0, "max_tokens": 6000, "states_per_episode": 3})
+    g = GistNet(tiny.hidden_size, LENS_ENGINE.gistnet, 2, 32)
+    states = run_episode(tiny, g, lens_docs[0], cfg, LENS_ENGINE, 0)
+    assert states and all(s["meta"]["recall"] for s in states)
+    again = recall_text(lens_docs[0].tokens[: 6000 - 384], tiny.tokenize, tiny.decode, np.random.default_rng([0, 0]))
+    seen = {s["meta"]["tokens_seen"] for s in states}
+    asked = {(a // 32) * 32 for a in again.answer_starts if a // 32 * 32 >= 32 * -(-(384 + 64) // 32)}
+    assert asked and asked <= seen  # every answer step inside the episode's window was snapshotted

@@ -20,11 +20,14 @@ by `engine eval` (gist quality, ΔNLL@H). This module does not own an optimizer 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from engine.model import lm_forward
 
 VARIANTS = ("full", "lod1", "gist", "mean_pool", "drop")
 
@@ -42,6 +45,10 @@ class Window:
     @property
     def targets(self) -> torch.Tensor:
         return self.tokens[:, -self.horizon :]  # [B, H]
+
+    def to(self, device: torch.device | str) -> Window:
+        """The same window with its tensors on `device` (windows are drawn on the CPU)."""
+        return dataclasses.replace(self, tokens=self.tokens.to(device), start=self.start.to(device))
 
 
 def node_span(level: int, block_size: int) -> int:
@@ -113,13 +120,14 @@ def _span_vectors(base, gistnet, win: Window, variant: str) -> tuple[torch.Tenso
     bs = gistnet.block_size if gistnet is not None else None
     B, n = win.tokens.shape[0], win.n_gisted
     centre = (win.span - 1) // 2  # materialize puts a gist at (start + end - 1) // 2
-    node_off = torch.arange(n) * win.span + centre  # [n]
+    dev = win.tokens.device
+    node_off = torch.arange(n, device=dev) * win.span + centre  # [n]
     if variant == "full":
         region = win.tokens[:, win.prefix : win.prefix + n * win.span]  # [B, R]
-        return base.get_input_embeddings()(region), torch.arange(n * win.span)
+        return base.get_input_embeddings()(region), torch.arange(n * win.span, device=dev)
     if variant == "drop":
         d = base.get_input_embeddings().weight.shape[1]
-        return torch.zeros(B, 0, d), torch.zeros(0, dtype=torch.long)
+        return torch.zeros(B, 0, d, device=dev), torch.zeros(0, dtype=torch.long, device=dev)
     kids = _children(base, gistnet, win)  # [B, n, bs, d]
     if variant == "gist":
         d = kids.shape[-1]
@@ -131,7 +139,8 @@ def _span_vectors(base, gistnet, win: Window, variant: str) -> tuple[torch.Tenso
         if win.level != 2:
             raise ValueError("variant 'lod1' is the teacher of level-2 windows only")
         sub = bs  # LOD1 gists under one LOD2 node, each at the centre of its block
-        offs = (torch.arange(n)[:, None] * win.span + torch.arange(sub)[None] * bs + (bs - 1) // 2).reshape(-1)
+        offs = torch.arange(n, device=dev)[:, None] * win.span + torch.arange(sub, device=dev)[None] * bs
+        offs = (offs + (bs - 1) // 2).reshape(-1)
         return kids.reshape(B, n * sub, -1), offs
     raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
@@ -150,10 +159,11 @@ def build_inputs(base, gistnet, win: Window, variant: str, position_mode: str) -
     x = torch.cat([pre, mid.to(dt), nxt], dim=1)  # [B, T, d]
     B, T = x.shape[0], x.shape[1]
     if position_mode == "compact":
-        pos = torch.arange(T).expand(B, T)
+        pos = torch.arange(T, device=x.device).expand(B, T)
     elif position_mode == "global":
         p, R = win.prefix, win.n_gisted * win.span
-        rel = torch.cat([torch.arange(p), p + mid_off, p + R + torch.arange(win.horizon - 1)])  # [T]
+        ar = lambda k: torch.arange(k, device=x.device)  # noqa: E731
+        rel = torch.cat([ar(p), p + mid_off.to(x.device), p + R + ar(win.horizon - 1)])  # [T]
         pos = win.start[:, None] + rel[None]  # [B, T]
     else:
         raise ValueError(f"position_mode must be 'global' or 'compact', got {position_mode!r}")
@@ -162,9 +172,9 @@ def build_inputs(base, gistnet, win: Window, variant: str, position_mode: str) -
 
 def horizon_logits(base, gistnet, win: Window, variant: str, position_mode: str) -> torch.Tensor:
     """[B, H, V] float32 logits predicting the window's H targets under one variant."""
-    x, pos = build_inputs(base, gistnet, win, variant, position_mode)
     dev = base.get_input_embeddings().weight.device
-    out = base(inputs_embeds=x.to(dev), position_ids=pos.to(dev), use_cache=False, logits_to_keep=win.horizon)
+    x, pos = build_inputs(base, gistnet, win.to(dev), variant, position_mode)
+    out = lm_forward(base, x, pos.to(dev), logits_to_keep=win.horizon)
     return out.logits.float()
 
 

@@ -133,6 +133,7 @@ def train_gistnet(
     engine_cfg: RunConfig | None = None,
     stream=None,
     max_new_steps: int = 0,
+    base_model: str = "",
 ) -> dict:
     """Train (or resume) GistNet for `model` (a `BaseModel`) and return a summary dict.
 
@@ -194,7 +195,7 @@ def train_gistnet(
     final = {lvl: gist_metrics(base, net, w, cfg.position_mode) for lvl, w in val.items()}
     if out_path is not None:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        net.save(out_path)
+        net.save(out_path, {"base_model": base_model} if base_model else None)
     return {"steps": budget.step, "elapsed_s": round(budget.elapsed_s, 1), "curve": log.curve,
             "val_initial": {f"lod{k}": v for k, v in initial.items()},
             "val": {f"lod{k}": v for k, v in final.items()}, "out": str(out_path) if out_path else None}  # fmt: skip
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", required=True, help="run folder: checkpoint + state (resumed if present)")
     ap.add_argument("--out", required=True, help="where to write the finished gistnet.safetensors")
     ap.add_argument("--max-chars", type=int, default=4_000_000, help="training text to tokenise (0 = all)")
-    ap.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="GistTrainConfig knob")
     ap.add_argument("--set-engine", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="engine knob (tree.*, gistnet.*) the weights are built for")  # fmt: skip
@@ -226,8 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         train = load_token_docs(args.corpus, "train", tok, max_chars=args.max_chars, min_chars=2_000, gen=gen)
         val = load_token_docs(args.corpus, "validation", tok, max_chars=args.max_chars // 8, min_chars=2_000, gen=gen)
         print(f"gistnet: {len(train)} train / {len(val)} validation documents", file=sys.stderr)
+        from engine.default_model import model_identity
+        from engine.runtime import nets_dir
+
+        identity = model_identity(args.model, nets_dir(args.model) if args.model != "default" else None)
         out = train_gistnet(cfg, model, [d.tokens for d in train], [d.tokens for d in val], args.run_dir, args.out,
-                            ecfg)  # fmt: skip
+                            ecfg, base_model=identity)  # fmt: skip
     except (ValueError, OSError, ModelLoadError, CheckpointError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2

@@ -16,6 +16,9 @@ so positive u = detail helps; LOD0 entries and gists share one scale and can be 
 other (collapse the least useful detail, expand the most useful gist). Non-candidates and protected
 entries are NaN. Edited WCs of equal cost share batched forwards (`engine/train/wc_nll.py`).
 
+A cheap auxiliary target comes from the same forwards: the attention the H target tokens give each
+entry of the unedited WC (`aux`, every entry, see `engine.scorers.attention_utility`).
+
 A label set is one safetensors file of concatenated per-state tensors with offsets; generation is
 resumable per episode (episode e draws from its own generator, seeded by (seed, e)). This module
 does not train LensNet.
@@ -32,7 +35,7 @@ import torch
 
 from engine.config import RunConfig, apply_overrides, protected_blocks
 from engine.lensnet import entry_features
-from engine.scorers import build_scorer
+from engine.scorers import attention_utility, build_scorer
 from engine.session import Session
 from engine.train.common import load_tensors, save_tensors, seeded_generator
 from engine.train.token_docs import TokenDoc
@@ -40,21 +43,24 @@ from engine.train.wc_nll import wc_scores
 from engine.view import ScoreView
 from engine.working_context import WorkingContext, protected_from
 
-LABEL_KEYS = ("entry_vecs", "feats", "queries", "label", "lod", "entry_off", "query_off")
+LABEL_KEYS = ("entry_vecs", "feats", "queries", "label", "aux", "lod", "entry_off", "query_off")
 
 
 @dataclass(frozen=True)
 class LabelConfig:
     episodes: int = 40  # sessions run; each is one document, one budget, one policy
-    states_per_episode: int = 4  # WC snapshots labelled per episode
+    states_per_episode: int = 8  # WC snapshots labelled per episode
     candidates: int = 16  # entries per snapshot whose one-level edit is measured
     horizon: int = 32  # H: next tokens whose NLL the edit changes
-    w_max_min: int = 384  # budgets are drawn uniformly (in blocks) from [w_max_min, w_max_max]
-    w_max_max: int = 928  # keep w_max + block_size + horizon within the base model's trained context
+    w_max_min: int = 512  # budgets are drawn uniformly (in blocks) from [w_max_min, w_max_max]
+    w_max_max: int = 1536  # keep w_max + block_size + horizon within the base model's trained context
     max_tokens: int = 6144  # a document is read at most this far
-    policies: tuple[str, ...] = ("recency", "compressive", "random", "retrieval", "hopfield")  # state makers
+    policies: tuple[str, ...] = ("recency", "compressive", "random", "retrieval", "hopfield", "sink")  # state makers
+    recall_share: float = 0.25  # episodes that plant a fact and ask for it later (engine/scenarios.recall_text)
     position_mode: str = "compact"  # positions as the engine will use them
     batch: int = 8  # edited WCs per base-model forward
+    max_seconds: float = 0.0  # wall-clock cap across resumes: no new episode starts after it (0 = none)
+    save_every_s: float = 60.0  # seconds between saves of the label file (and one at the end)
     seed: int = 0  # episode e draws from a generator seeded by (seed, e)
 
     def __post_init__(self) -> None:
@@ -68,6 +74,9 @@ class LabelConfig:
             (len(self.policies) >= 1 and all(p != "lensnet" for p in self.policies), "baseline policies only"),
             (self.position_mode in ("global", "compact"), "position_mode one of 'global', 'compact'"),
             (self.batch >= 1, "batch >= 1"),
+            (0.0 <= self.recall_share <= 1.0, "recall_share in [0, 1]"),
+            (self.max_seconds >= 0, "max_seconds >= 0"),
+            (self.save_every_s > 0, "save_every_s > 0"),
             (self.seed >= 0, "seed >= 0"),
         ]
         for ok, rule in checks:
@@ -121,40 +130,60 @@ def one_level_edit(wc: WorkingContext, i: int) -> tuple[WorkingContext, bool]:
 
 
 def label_view(model, tree, view: ScoreView, targets: np.ndarray, protect: int, cfg: LabelConfig,
-               gen: torch.Generator) -> np.ndarray:  # fmt: skip
-    """float32[n] labels u for one snapshot (NaN where not measured). See the module docstring."""
+               gen: torch.Generator, must: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(u, aux), float32[n] each, for one snapshot: u NaN where not measured. See the module docstring.
+
+    `must`: entry indices measured whatever the draw (a recall episode's fact), when unprotected.
+    """
     wc = view.wc
     p0 = protected_from(wc, protect)
     pool = np.flatnonzero(wc.end <= p0)  # unprotected entries: the ones the allocator may edit
     u = np.full(wc.n, np.nan, np.float32)
     if pool.size == 0:
-        return u
+        res = wc_scores(model, tree, [wc], targets, cfg.position_mode, cfg.batch, attention=True)
+        return u, attention_utility(res.entry_mass[0][: wc.n], wc.cost)
     # Half the candidates from raw blocks, half from gists where both exist: the ranking must
     # compare collapsing detail with expanding gists, not only one kind.
+    forced = np.intersect1d(pool, must) if must is not None else np.zeros(0, np.int64)
+    pool = np.setdiff1d(pool, forced)
     raw, gist = pool[wc.lod[pool] == 0], pool[wc.lod[pool] > 0]
-    half = cfg.candidates // 2
-    pick = []
-    for group, want in ((raw, half), (gist, cfg.candidates - half)):
+    half = (cfg.candidates - forced.size) // 2
+    pick = [forced]
+    for group, want in ((raw, half), (gist, cfg.candidates - forced.size - half)):
         order = torch.randperm(group.size, generator=gen).numpy()
         pick.append(group[order[:want]])
-    chosen = np.concatenate(pick)
-    if chosen.size < min(cfg.candidates, pool.size):  # one kind ran short: top up from the rest
+    chosen = np.concatenate(pick).astype(np.int64)
+    want = min(cfg.candidates, pool.size + forced.size)
+    if chosen.size < want:  # one kind ran short: top up from the rest
         rest = np.setdiff1d(pool, chosen)
         order = torch.randperm(rest.size, generator=gen).numpy()
-        chosen = np.concatenate([chosen, rest[order[: min(cfg.candidates, pool.size) - chosen.size]]])
+        chosen = np.concatenate([chosen, rest[order[: want - chosen.size]]])
     edits = [one_level_edit(wc, int(i)) for i in chosen]
-    res = wc_scores(model, tree, [wc] + [e for e, _ in edits], targets, cfg.position_mode, cfg.batch)
+    res = wc_scores(model, tree, [wc] + [e for e, _ in edits], targets, cfg.position_mode, cfg.batch, attention=True)
     nll = res.nll.mean(axis=1)  # [1 + k]
     per_cost = float(wc.block_size - 1)
     for j, (i, (_, finer)) in enumerate(zip(chosen, edits, strict=True)):
         coarse, fine = (nll[0], nll[1 + j]) if finer else (nll[1 + j], nll[0])
         u[i] = (coarse - fine) / per_cost
-    return u
+    return u, attention_utility(res.entry_mass[0][: wc.n], wc.cost)
 
 
 def run_episode(model, gistnet, doc: TokenDoc, cfg: LabelConfig, engine_cfg: RunConfig, episode: int) -> list[dict]:
-    """Label `states_per_episode` snapshots of one session over `doc`; [] if the document is too short."""
+    """Label `states_per_episode` snapshots of one session over `doc`; [] if the document is too short.
+
+    A share `recall_share` of episodes are recall episodes: the document (cut to `max_tokens`) gets a
+    fact planted and asked for later (`engine.scenarios.recall_text`); their snapshots include the
+    step right before each answer, and the entries covering the fact are always among the candidates.
+    """
     gen = seeded_generator(cfg.seed * 1_000_003 + episode)
+    recall = None
+    if float(torch.rand((), generator=gen)) < cfg.recall_share:
+        from engine.scenarios import recall_text
+        from engine.train.token_docs import tokenize_text
+
+        rng = np.random.default_rng([cfg.seed, episode])
+        recall = recall_text(doc.tokens[: max(0, cfg.max_tokens - 384)], model.tokenize, model.decode, rng)
+        doc = TokenDoc(f"{doc.name} (recall)", recall.text, tokenize_text(recall.text, model.tokenize))
     bs = engine_cfg.tree.block_size
     lo_b, hi_b = -(-cfg.w_max_min // bs), cfg.w_max_max // bs
     w_max = bs * int(torch.randint(lo_b, hi_b + 1, (), generator=gen))
@@ -170,6 +199,9 @@ def run_episode(model, gistnet, doc: TokenDoc, cfg: LabelConfig, engine_cfg: Run
         return []
     k = min(cfg.states_per_episode, last - first + 1)
     steps = set((first + torch.randperm(last - first + 1, generator=gen)[:k]).tolist())
+    if recall is not None:  # the step whose next tokens hold each answer, in place of random ones
+        asked = {a // every - 1 for a in recall.answer_starts if first <= a // every - 1 <= last}
+        steps = asked | set(sorted(steps - asked)[: max(0, k - len(asked))])
     scorer = _Snapshotting(build_scorer(ecfg, d_embed=model.hidden_size), steps)
     stop = (max(steps) + 1) * every
     ecfg = apply_overrides(ecfg, [f"session.max_tokens={stop}"])
@@ -181,14 +213,19 @@ def run_episode(model, gistnet, doc: TokenDoc, cfg: LabelConfig, engine_cfg: Run
     out = []
     for view in scorer.views:
         c = view.wc.tokens_seen
-        u = label_view(model, sess.tree, view, doc.tokens[c : c + cfg.horizon], protect, cfg, gen)
+        must = None
+        if recall is not None:
+            wc = view.wc
+            must = np.flatnonzero((wc.end > recall.fact_start) & (wc.start < recall.fact_end))
+        u, aux = label_view(model, sess.tree, view, doc.tokens[c : c + cfg.horizon], protect, cfg, gen, must)
         out.append({
             "entry_vecs": view.entry_vecs.float(),
             "feats": entry_features(view),
             "queries": lens_queries(view, ecfg.lensnet.query_gists),
             "label": torch.from_numpy(u),
+            "aux": torch.from_numpy(aux),
             "lod": torch.from_numpy(view.wc.lod.astype(np.int64)),
-            "meta": {"doc": doc.name, "policy": policy, "w_max": w_max, "tokens_seen": c},
+            "meta": {"doc": doc.name, "policy": policy, "w_max": w_max, "tokens_seen": c, "recall": recall is not None},
         })  # fmt: skip
     return out
 
@@ -204,6 +241,7 @@ def pack(states: list[dict]) -> dict[str, torch.Tensor]:
         "feats": torch.cat([s["feats"] for s in states]),
         "queries": torch.cat([s["queries"] for s in states]),
         "label": torch.cat([s["label"] for s in states]),
+        "aux": torch.cat([s["aux"] for s in states]),
         "lod": torch.cat([s["lod"] for s in states]),
         "entry_off": torch.from_numpy(e_off.astype(np.int64)),
         "query_off": torch.from_numpy(q_off.astype(np.int64)),
@@ -214,7 +252,7 @@ def unpack(t: dict[str, torch.Tensor]) -> list[dict]:
     """Inverse of `pack` (without metadata)."""
     missing = [k for k in LABEL_KEYS if k not in t]
     if missing:
-        raise ValueError(f"label file lacks tensors {missing}")
+        raise ValueError(f"label file lacks tensors {missing} (made by an older version: delete it to relabel)")
     e, q = t["entry_off"].tolist(), t["query_off"].tolist()
     return [
         {
@@ -222,6 +260,7 @@ def unpack(t: dict[str, torch.Tensor]) -> list[dict]:
             "feats": t["feats"][e[i] : e[i + 1]],
             "queries": t["queries"][q[i] : q[i + 1]],
             "label": t["label"][e[i] : e[i + 1]],
+            "aux": t["aux"][e[i] : e[i + 1]],
             "lod": t["lod"][e[i] : e[i + 1]],
         }
         for i in range(len(e) - 1)
@@ -230,26 +269,43 @@ def unpack(t: dict[str, torch.Tensor]) -> list[dict]:
 
 def generate_labels(model, gistnet, docs: list[TokenDoc], cfg: LabelConfig, engine_cfg: RunConfig,
                     path: str | Path, log=None) -> list[dict]:  # fmt: skip
-    """Label `cfg.episodes` episodes (document e mod len(docs)), saving after each; resumes from `path`.
+    """Label `cfg.episodes` episodes (document e mod len(docs)), or fewer when `cfg.max_seconds` runs
+    out; resumes from `path`. Returns every labelled state.
 
-    Returns every labelled state. The file's metadata records how many episodes are done, so a killed
-    run continues where it stopped and produces the same labels.
+    The file is rewritten every `save_every_s` and at the end; its metadata records how many episodes
+    it holds and the seconds spent, so a killed run continues from the last save and produces the
+    same labels an uninterrupted one would.
     """
+    import time
+
     path = Path(path)
     states: list[dict] = []
-    done = 0
+    done, prior = 0, 0.0
     if path.is_file():
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            done = int((f.metadata() or {}).get("episodes_done", 0))
+            meta = f.metadata() or {}
+        done, prior = int(meta.get("episodes_done", 0)), float(meta.get("elapsed_s", 0.0))
         states = unpack(load_tensors(path))
     gistnet.eval()
-    for e in range(done, cfg.episodes):
+    t0 = last_save = time.monotonic()
+    saved = done
+
+    def save(upto: int) -> None:
+        meta = {"episodes_done": str(upto), "elapsed_s": f"{prior + time.monotonic() - t0:.1f}",
+                "config": repr(dataclasses.asdict(cfg))}  # fmt: skip
+        save_tensors(path, pack(states), metadata=meta)
+
+    e = done
+    while e < cfg.episodes and not (cfg.max_seconds and prior + time.monotonic() - t0 >= cfg.max_seconds):
         states += run_episode(model, gistnet, docs[e % len(docs)], cfg, engine_cfg, e)
-        if states:
-            meta = {"episodes_done": str(e + 1), "config": repr(dataclasses.asdict(cfg))}
-            save_tensors(path, pack(states), metadata=meta)
+        e += 1
+        if states and time.monotonic() - last_save >= cfg.save_every_s:
+            save(e)
+            saved, last_save = e, time.monotonic()
         if log is not None:
-            log(f"labels: episode {e + 1}/{cfg.episodes}, {len(states)} states")
+            log(f"labels: episode {e}/{cfg.episodes}, {len(states)} states, {prior + time.monotonic() - t0:.0f} s")
+    if states and e > saved:
+        save(e)
     return states

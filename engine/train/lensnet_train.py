@@ -59,6 +59,7 @@ class LensTrainConfig:
     grad_clip: float = 1.0  # max global gradient norm
     rank_weight: float = 1.0  # weight of the pairwise ranking term
     rank_sharpness: float = 5.0  # RankNet slope on score differences (scores live in [-1, 1])
+    aux_weight: float = 0.3  # weight of the auxiliary target: the base model's attention utility of every entry
     scale_quantile: float = 0.8  # label scale = this quantile of |u - state median| over the training set
     val_share: float = 0.15  # share of states (the last ones) held out for validation
     log_every: int = 20  # steps between progress lines (validation every 5th line)
@@ -75,6 +76,7 @@ class LensTrainConfig:
             (self.grad_clip > 0, "grad_clip > 0"),
             (self.rank_weight >= 0, "rank_weight >= 0"),
             (self.rank_sharpness > 0, "rank_sharpness > 0"),
+            (self.aux_weight >= 0, "aux_weight >= 0"),
             (0.0 < self.scale_quantile < 1.0, "scale_quantile in (0, 1)"),
             (0.0 <= self.val_share < 1.0, "val_share in [0, 1)"),
             (self.log_every >= 1, "log_every >= 1"),
@@ -102,12 +104,17 @@ def label_scale(states: list[dict], quantile: float) -> float:
 
 
 def state_loss(net: LensNet, s: dict, scale: float, cfg: LensTrainConfig) -> tuple[torch.Tensor, dict]:
-    """(loss, numbers) of one state: regression onto tanh((u - median)/scale) plus RankNet pairs."""
+    """(loss, numbers) of one state: regression onto tanh((u - median)/scale), RankNet pairs, and the
+    auxiliary attention target on every entry that has one."""
     feats = s["feats"].clone()
     feats[:, PREV] = 0.0  # see the module docstring
-    scores, _, _ = net(s["entry_vecs"], feats, s["queries"])  # [n]
-    m = torch.isfinite(s["label"])
-    u = s["label"][m]  # [k]
+    out = net(s["entry_vecs"], feats, s["queries"])
+    scores = out.scores  # [n]
+    aux_y = s["aux"].to(scores.device)  # [n]
+    has = torch.isfinite(aux_y)
+    aux = F.mse_loss(out.aux[has], aux_y[has]) if has.any() else scores.sum() * 0.0
+    m = torch.isfinite(s["label"]).to(scores.device)
+    u = s["label"].to(scores.device)[m]  # [k]
     y = torch.tanh((u - u.median()) / scale)  # [k]
     sc = scores[m]  # [k]
     reg = F.mse_loss(sc, y)
@@ -116,7 +123,8 @@ def state_loss(net: LensNet, s: dict, scale: float, cfg: LensTrainConfig) -> tup
     rank = F.softplus(-cfg.rank_sharpness * diff[better]).mean() if better.any() else sc.sum() * 0.0
     with torch.no_grad():
         acc = float((diff[better] > 0).float().mean()) if better.any() else float("nan")
-    return reg + cfg.rank_weight * rank, {"reg": float(reg.detach()), "rank": float(rank.detach()), "pair_acc": acc}
+    loss = reg + cfg.rank_weight * rank + cfg.aux_weight * aux
+    return loss, {"reg": float(reg.detach()), "rank": float(rank.detach()), "aux": float(aux.detach()), "pair_acc": acc}
 
 
 @torch.no_grad()
@@ -137,14 +145,17 @@ def train_lensnet(
     engine_cfg: RunConfig | None = None,
     stream=None,
     max_new_steps: int = 0,
+    device: str = "cpu",
+    base_model: str = "",
 ) -> dict:
     """Train (or resume) LensNet on labelled states; return a summary (curve, validation numbers).
 
     The last `val_share` of the states are held out. `max_new_steps > 0` stops this call after that
-    many steps (checkpoint saved); a later call resumes exactly.
+    many steps (checkpoint saved); a later call resumes exactly. `base_model` (the identity of the base
+    model the labels came from) is written into the weights file.
     """
     ecfg = engine_cfg or RunConfig()
-    states = usable(states)
+    states = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in s.items()} for s in usable(states)]
     n_val = int(round(cfg.val_share * len(states)))
     train, val = states[: len(states) - n_val], states[len(states) - n_val :]
     if not train:
@@ -152,6 +163,7 @@ def train_lensnet(
     net = LensNet(d_embed, ecfg.lensnet, seed=cfg.seed)
     with torch.no_grad():
         net.feat_proj.weight[:, PREV] = 0.0
+    net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = seeded_generator(cfg.seed)
     ckpt = Checkpointer(Path(run_dir), every_s=cfg.save_every_s)
@@ -190,7 +202,7 @@ def train_lensnet(
     net.eval()
     if out_path is not None:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        net.save(out_path)
+        net.save(out_path, {"base_model": base_model} if base_model else None)
     return {"steps": budget.step, "elapsed_s": round(budget.elapsed_s, 1), "states": len(states),
             "train_states": len(train), "val_states": len(val), "label_scale": scale, "curve": log.curve,
             "val_initial": initial, "val": evaluate(net, val or train, scale, cfg),
@@ -212,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", required=True, help="run folder: labels, checkpoint, state (resumed if present)")
     ap.add_argument("--out", required=True, help="where to write the finished lensnet.safetensors")
     ap.add_argument("--gistnet", default="", help="GistNet weights for the trees (default: beside the model)")
-    ap.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="LensTrainConfig knob")
     ap.add_argument("--set-labels", action="append", default=[], metavar="FIELD=VALUE", help="LabelConfig knob")
     ap.add_argument("--set-engine", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -224,15 +236,17 @@ def main(argv: list[str] | None = None) -> int:
         # Label sessions run at budgets below the default; relax the config check to the smallest budget.
         ecfg = apply_overrides(RunConfig(), [f"wc.w_max={lcfg.w_max_max}", *args.set_engine])
         model = load_model(args.model, device=args.device)
-        gpath = Path(args.gistnet) if args.gistnet else None
-        if gpath is None and args.model not in ("tiny",):
-            folder = Path(args.model) if args.model != "default" else None
-            from engine.model import DEFAULT_MODEL_DIR
+        from engine.default_model import model_identity
+        from engine.runtime import check_base, nets_dir
 
-            gpath = (folder or DEFAULT_MODEL_DIR) / GISTNET_FILE
+        gpath = Path(args.gistnet) if args.gistnet else None
+        if gpath is None and args.model != "tiny":
+            gpath = nets_dir(args.model) / GISTNET_FILE
+        identity = model_identity(args.model, nets_dir(args.model) if args.model != "default" else None)
         d, bs, lod = model.hidden_size, ecfg.tree.block_size, ecfg.tree.max_lod
         if gpath is not None:
-            gistnet = GistNet.load(gpath, d, ecfg.gistnet, lod, bs)
+            check_base(gpath, "GistNet", identity)
+            gistnet = GistNet.load(gpath, d, ecfg.gistnet, lod, bs).to(model.device)
         else:
             gistnet = GistNet(d, ecfg.gistnet, lod, bs)
         gen = seeded_generator(lcfg.seed + 11)
@@ -245,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
         states = generate_labels(model, gistnet, docs, lcfg, ecfg, run_dir / "labels.safetensors", log=say)
-        out = train_lensnet(cfg, states, d, run_dir, args.out, ecfg)
+        out = train_lensnet(cfg, states, d, run_dir, args.out, ecfg, device=str(model.device), base_model=identity)
     except (ValueError, OSError, ModelLoadError, CheckpointError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
