@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 LOD_COLOURS = ("#f4a259", "#5b8e7d", "#2b3a67", "#141b2d", "#0b0e17")
 SCORE_SCALE = "RdBu"  # diverging: red = wants less detail (collapse), blue = wants more (expand)
 MARKER_COLOUR = "#e4572e"
+MARK_COLOUR = "#ff3fa4"  # a scenario's needle: magenta, apart from the step marker and the LOD colours
 
 
 def grid(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,11 +51,13 @@ def lod_heatmap(
     overlay_name: str = "score",
     title: str | None = None,
     height: int = 520,
+    marks: list[tuple[int, int, str]] | None = None,
 ) -> go.Figure:
     """The LOD timeline: one heatmap cell per (token bin, step bin), colour = LOD (mean in the cell).
 
     `step` draws a line at that step; `overlay` (score cells on the same axes) is drawn on top, half
-    transparent, with its own diverging colour bar.
+    transparent, with its own diverging colour bar; `marks` are token spans (start, end, label), e.g.
+    a scenario's needle, outlined across all steps.
     """
     z, x, y = grid(cells)
     fig = go.Figure()
@@ -94,6 +97,9 @@ def lod_heatmap(
         )
     if step is not None:
         fig.add_hline(y=step, line={"color": MARKER_COLOUR, "width": 2}, annotation_text=f"step {step}")
+    for start, end, label in marks or []:
+        fig.add_vrect(x0=start, x1=max(end, start + 1), line={"color": MARK_COLOUR, "width": 2}, fillcolor=MARK_COLOUR,
+                      opacity=0.25, annotation_text=label, annotation_position="top left")  # fmt: skip
     fig.update_layout(
         title=title,
         height=height,

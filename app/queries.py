@@ -346,6 +346,30 @@ def compare_table(a: dict, b: dict, names: tuple[str, str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def scenario_marks(manifest: dict) -> list[tuple[int, int, str]]:
+    """Token spans a scenario run asks the Timeline to mark (a passkey run's needle), from its manifest;
+    [] for an ordinary run or a malformed entry."""
+    sc = manifest.get("scenario") if isinstance(manifest.get("scenario"), dict) else {}
+    span = sc.get("needle_span")
+    if isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) for v in span) and span[0] < span[1]:
+        return [(span[0], span[1], "needle")]
+    return []
+
+
+def scenario_caption(manifest: dict) -> str:
+    """One line about a scenario run: where the needle is and what happened when it was asked for."""
+    sc = manifest.get("scenario") or {}
+    start, end = sc.get("needle_span", [0, 0])
+    line = f"Needle (passkey {sc.get('passkey', '?')}) at tokens {start:,}-{end:,}, marked in magenta."
+    res = sc.get("result") or {}
+    if res:
+        lod = res.get("needle_lod")
+        where = "at LOD0" if lod == 0 else ("evicted" if lod == -1 else f"at LOD{lod}")
+        got = "recovered" if res.get("recovered") else "not recovered"
+        line += f" When asked, the needle was {where}; answer NLL {res.get('answer_nll', float('nan')):.2f}, {got}."
+    return line
+
+
 def link(page: str, **params: object) -> str:
     """A relative URL that opens `page` (its url_path, e.g. `timeline`) on the view named by `params`."""
     query = urlencode({k: v for k, v in params.items() if v is not None})

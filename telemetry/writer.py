@@ -93,6 +93,27 @@ class RunExistsError(FileExistsError):
     """The run folder already holds a recording (or an unreadable manifest) and overwrite was not asked."""
 
 
+RESERVED_KEYS = frozenset(
+    {
+        "schema_version",
+        "status",
+        "config",
+        "config_flat",
+        "model",
+        "scorer",
+        "input",
+        "created_at",
+        "updated_at",
+        "heartbeat_at",
+        "tokens",
+        "steps",
+        "error",
+        "tables",
+        "timings",
+    }
+)
+
+
 class ParquetSink:
     """Engine `Sink` that writes a run folder. Use `close()` in a finally block (or `with`)."""
 
@@ -271,6 +292,19 @@ class ParquetSink:
         self._finished = True
         self._write_manifest()
         shutil.rmtree(self.run_dir / STAGING, ignore_errors=True)
+
+    def annotate(self, key: str, value: object) -> None:
+        """Add a top-level manifest field (e.g. a scenario's needle span and, later, its result).
+
+        Before RunStarted the field goes into the first manifest; afterwards (also after the run
+        ended) the manifest is rewritten with it. Reserved keys (status, config, tables, ...) are refused.
+        """
+        if key in RESERVED_KEYS:
+            raise ValueError(f"manifest key {key!r} is reserved")
+        self._extra[key] = value
+        if self.manifest is not None:
+            self.manifest[key] = value
+            write_manifest(self.run_dir, self.manifest)
 
     def close(self, status: str = "failed", error: str | None = "recorder closed before RunFinished") -> None:
         """End the run if RunFinished never came (call it in a finally block); a no-op after RunFinished."""

@@ -70,6 +70,16 @@ def run_roots(tmp: Path) -> dict:
     evs = distinct_attention(events(N_STEPS))
     record(samples / "small", evs, flush_rows=25)
     record(samples / "replay", _halved(evs))
+    record(samples / "scenario", evs)
+    _manifest(
+        samples / "scenario",
+        scenario={
+            "name": "passkey",
+            "needle_span": [64, 80],
+            "passkey": "48213",
+            "result": {"needle_lod": 0, "recovered": True, "answer_nll": 0.25},
+        },
+    )
     _manifest(samples / "replay", parent=str(samples / "small"), changed_knobs={"allocator.cooldown_steps": 4})
     for name, age in (("live", 0.0), ("stale", 3600.0)):
         record(samples / name, events(3, finish=False))

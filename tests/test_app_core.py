@@ -136,7 +136,7 @@ def test_labels_links_nearest_and_compare_table():
 
 def test_runs_table_lists_roots_in_order(roots):
     t = q.runs_table()
-    assert t["ref"].tolist() == [f"samples/{n}" for n in ("broken", "live", "replay", "small", "stale")]
+    assert t["ref"].tolist() == [f"samples/{n}" for n in ("broken", "live", "replay", "scenario", "small", "stale")]
     assert t.set_index("ref").loc["samples/broken", "status"] == "invalid"
 
 

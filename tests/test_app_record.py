@@ -34,8 +34,10 @@ def page() -> AppTest:
     return AppTest.from_file(PAGE, default_timeout=60).run()
 
 
-def start(at: AppTest, name: str, *, path: str | None = None, text: str | None = None, sets: str = FAST) -> AppTest:
+def start(at: AppTest, name: str, *, path: str | None = None, text: str | None = None, sets: str = FAST,
+          model: str = "tiny") -> AppTest:  # fmt: skip
     at.text_input(key="rec:name").set_value(name)
+    at.selectbox(key="rec:model").set_value(model)
     if text is not None:
         at.radio(key="rec:source").set_value("paste text")
         at.run()
@@ -62,7 +64,7 @@ def test_recording_from_a_file_runs_in_the_background_and_completes(runs):
     assert info["state"] == "complete" and info["tokens"] == 2000 and info["returncode"] == 0, info
     run = Run(runs / "t1")
     assert run.status == "complete" and run.n_steps() == run.manifest["steps"] >= 2000 // 32
-    assert run.manifest["scorer"] == "recency" and run.manifest["input"] == str(SAMPLE)
+    assert run.manifest["scorer"] == "lensnet" and run.manifest["input"] == str(SAMPLE)  # the page's default scorer
     at = page()
     assert any("t1: complete" in s.value and link("runs", run="runs/t1") in s.value for s in at.success)
     # Once it exists, the name stays taken.

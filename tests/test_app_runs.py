@@ -25,12 +25,13 @@ def test_lists_every_run_with_status_problem_lineage_and_metrics(roots):
     at = open_page("runs")
     clean(at)
     t = frame_with(at, "ref", "state").set_index("ref")
-    assert sorted(t.index) == [f"samples/{n}" for n in ("broken", "live", "replay", "small", "stale")]
+    assert sorted(t.index) == [f"samples/{n}" for n in ("broken", "live", "replay", "scenario", "small", "stale")]
     state = {r: s.split()[-1] for r, s in t["state"].items()}
     assert state == {
         "samples/broken": "invalid",
         "samples/live": "recording",
         "samples/replay": "complete",
+        "samples/scenario": "complete",
         "samples/small": "complete",
         "samples/stale": "interrupted",
     }

@@ -167,3 +167,13 @@ def test_a_bad_part_is_named_and_the_rest_still_shows(roots):
     assert z.shape[0] < 8  # the last steps were in the bad part
     w0 = want[0, : z.shape[1]]
     np.testing.assert_array_equal(z[0], np.where(w0 < 0, np.nan, w0))  # early steps are in the good parts
+
+
+def test_a_scenario_runs_needle_is_marked_across_all_steps():
+    at = open_page("timeline", run="samples/scenario", step=2)
+    clean(at)
+    rects = [s for s in charts(at)[0]["layout"]["shapes"] if s.get("type") == "rect"]
+    assert len(rects) == 1 and (rects[0]["x0"], rects[0]["x1"]) == (64, 80)
+    assert "passkey 48213" in texts(at.caption) and "at LOD0" in texts(at.caption) and "recovered" in texts(at.caption)
+    plain = open_page("timeline", run="samples/small", step=2)
+    assert not [s for s in charts(plain)[0]["layout"]["shapes"] if s.get("type") == "rect"]

@@ -217,3 +217,18 @@ def test_decisions_from_both_buffer_paths_flush_together(tmp_path):
     rows = run.table("decisions", columns=["step", "action", "outcome"]).to_pylist()
     assert rows == [{"step": 0, "action": "expand", "outcome": "applied"},
                     {"step": 1, "action": "collapse", "outcome": "illegal"}]  # fmt: skip
+
+
+def test_annotate_adds_manifest_fields_before_and_after_the_run(tmp_path):
+    evs = events(3)
+    sink = ParquetSink(tmp_path / "run")
+    sink.annotate("scenario", {"name": "passkey", "needle_span": [40, 60]})
+    sink.emit(evs[0])
+    assert manifest(tmp_path / "run")["scenario"]["needle_span"] == [40, 60]
+    for e in evs[1:]:
+        sink.emit(e)
+    sink.annotate("scenario", {"name": "passkey", "needle_span": [40, 60], "result": {"recovered": True}})
+    m = manifest(tmp_path / "run")
+    assert m["status"] == "complete" and m["scenario"]["result"] == {"recovered": True}
+    with pytest.raises(ValueError, match="reserved"):
+        sink.annotate("status", "complete")

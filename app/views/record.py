@@ -13,11 +13,13 @@ import streamlit as st
 
 from app import paths, recorder
 from app.queries import link
-from engine.config import SCORER_NAMES
+from engine.config import SCORER_NAMES, RunConfig
 
 SOURCES = ("file path", "paste text", "upload a file")
 # Knobs offered as inputs (one name each); any other goes in the free-form box.
-QUICK_KNOBS = (("wc.w_max", 2048), ("session.refocus_every", 32), ("session.max_tokens", 0))
+# (knob, value the page starts with): a budget the default model was trained and measured at, and the
+# base model's NLL every 8th step (scoring and focus never need it), so that a CPU records quickly.
+QUICK_KNOBS = (("wc.w_max", 1024), ("session.nll_every", 8), ("session.refocus_every", 32), ("session.max_tokens", 0))
 
 
 def _status_line(info: dict) -> None:
@@ -61,25 +63,23 @@ def _inputs() -> dict:
     else:
         got["upload"] = st.file_uploader("text file", key="rec:upload")
     c1, c2, c3 = st.columns(3)
-    model = c1.selectbox("model", ("tiny", "default", "local folder"), key="rec:model")
+    model = c1.selectbox("model", ("default", "tiny", "local folder"), key="rec:model",
+                         help="default: SmolLM2-135M with its trained GistNet and LensNet; tiny: a random "
+                              "2-layer test model whose focus decisions are noise")  # fmt: skip
     if model == "local folder":
         model = c1.text_input("model folder", key="rec:model_path")
     got["model"] = model
-    got["scorer"] = c2.selectbox("scorer.name", SCORER_NAMES, index=SCORER_NAMES.index("recency"), key="rec:scorer")
+    got["scorer"] = c2.selectbox("scorer.name", SCORER_NAMES, index=SCORER_NAMES.index("lensnet"), key="rec:scorer")
     got["device"] = c3.selectbox("device", ("auto", "cpu", "cuda"), key="rec:device")
     sets = []
     cols = st.columns(len(QUICK_KNOBS))
-    for col, (knob, default) in zip(cols, QUICK_KNOBS, strict=True):
-        v = col.number_input(knob, value=default, step=1, key=f"rec:{knob}")
-        if v != default:
+    defaults = RunConfig().flat()
+    for col, (knob, start) in zip(cols, QUICK_KNOBS, strict=True):
+        v = col.number_input(knob, value=start, step=1, key=f"rec:{knob}")
+        if v != defaults[knob]:
             sets.append(f"{knob}={int(v)}")
     extra = st.text_area("more knobs, one `section.field=value` a line", key="rec:sets", height=80)
     got["sets"] = sets + [ln.strip() for ln in extra.splitlines() if ln.strip()]
-    if model == "default" and not any(s.startswith("wc.position_mode=") for s in got["sets"]):
-        # Its trained context is 1,024 tokens (models/README.md): positions count within the WC.
-        got["sets"].append("wc.position_mode=compact")
-        st.caption("The default model reads with `wc.position_mode=compact` (trained on 1,024-token windows); "
-                   "set it above to override.")  # fmt: skip
     return got
 
 

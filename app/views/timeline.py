@@ -68,7 +68,9 @@ budget = q.MAX_CELLS // (2 if overlay_col else 1)  # the overlay shares the page
 w, h = q.grid_size(width, height, s_rng[1] - s_rng[0] + 1, t_rng[1] - t_rng[0], budget)
 cells = q.heatmap(path, ver, "lod", w, h, tuple(s_rng), tuple(t_rng), AGGS[agg])
 over = q.heatmap(path, ver, overlay_col, w, h, tuple(s_rng), tuple(t_rng), "mean") if overlay_col else None
-fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], step=step, overlay=over, overlay_name=overlay_name)
+marks = q.scenario_marks(run.manifest)
+fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], step=step, overlay=over, overlay_name=overlay_name,
+                         marks=marks)  # fmt: skip
 st.plotly_chart(fig, key="tl_heatmap", config={"displaylogo": False})
 ext = cells.attrs["extent"]
 st.caption(
@@ -76,6 +78,8 @@ st.caption(
     f"{(ext['s1'] - ext['s0'] + 1) / max(ext['h'], 1):.1f} steps per cell."
 )
 export.download_buttons(cells, f"{run.name}-lod-timeline", key="tl_cells")
+if marks:
+    st.caption(q.scenario_caption(run.manifest))
 
 
 @st.fragment(run_every=PLAY_EVERY_S if playing else None)
