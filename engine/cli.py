@@ -7,6 +7,8 @@
 
 Every knob is reachable with `--set section.field=value` (repeatable), the same names as the
 manifest and the app. Errors a user can cause print one line, `error: ...`, and exit with 2.
+Threads: OpenMP workers sleep rather than spin while waiting, and torch's thread count follows
+the cores other processes leave free (engine/threads.py); MCS_THREADS=fixed turns both off.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from collections import Counter
 
@@ -23,6 +26,7 @@ from engine.config import SCORER_NAMES, RunConfig, apply_overrides
 from engine.decisions import OUTCOMES
 from engine.events import DecisionsRecorded, RunFinished, StepRecorded
 from engine.textio import InputError
+from engine.threads import configure_process
 
 
 class SummarySink:
@@ -87,12 +91,13 @@ def _open_input(path: str):
 
 def cmd_run(args) -> int:
     cfg = _config(args)
-    texts = _open_input(args.input)
+    texts = CountingText(_open_input(args.input))
     from engine.runtime import build_engine  # torch and transformers load only once the input is known good
 
     engine = build_engine(cfg, args.model, args.device)
-    sink = SummarySink(progress=not args.quiet)
-    engine.session(sink, args.input).run(texts)
+    sink = SummarySink(progress=False)
+    bar = ProgressBar(not args.quiet, _input_bytes(args.input), texts, cfg.session.max_tokens)
+    bar.watch(engine.session(Tee(sink, bar), args.input)).run(texts)
     out = sink.summary() | {"model": engine.model.model_id, "scorer": cfg.scorer.name, "weights": engine.weights}
     print(json.dumps(out, indent=2))
     return 0
@@ -109,29 +114,82 @@ class Tee:
             s.emit(e)
 
 
-class ProgressBar:
-    """A tqdm bar on stderr counting tokens and steps."""
+class CountingText:
+    """A text iterator that counts the UTF-8 bytes it has handed on (for the progress estimate)."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, texts):
+        self.texts, self.bytes = texts, 0
+
+    def __iter__(self):
+        for text in self.texts:
+            self.bytes += len(text.encode("utf-8"))
+            yield text
+
+
+def _input_bytes(path: str) -> int | None:
+    """Size of a file input in bytes; None for stdin or anything whose size is not known."""
+    if path == "-":
+        return None
+    try:
+        return os.path.getsize(path) or None
+    except OSError:
+        return None
+
+
+def estimate_total_tokens(tokens_read: int, bytes_read: int, total_bytes: int | None, max_tokens: int = 0,
+                          done: int = 0) -> int | None:  # fmt: skip
+    """Tokens the whole input will give: the tokens per byte so far times the file's size, capped by
+    `session.max_tokens` (0 = none), never below `done`. None while unknown (stdin, nothing read)."""
+    if total_bytes is None or bytes_read <= 0 or tokens_read <= 0:
+        return None
+    est = round(tokens_read * max(total_bytes, bytes_read) / bytes_read)
+    if max_tokens:
+        est = min(est, max_tokens)
+    return max(est, done)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr counting tokens, with tokens/s and, for a file, the time left.
+
+    The total in tokens is estimated as the run goes (`estimate_total_tokens`): tokens the session
+    has tokenised per byte of text read so far, times the file's size. Without a size (stdin)
+    the bar shows the count and the rate only. `watch(session)` connects it to the session's
+    tokeniser count; until then (or without `counter`) there is no total either.
+    """
+
+    def __init__(self, enabled: bool, total_bytes: int | None = None, counter: CountingText | None = None,
+                 max_tokens: int = 0):  # fmt: skip
         from tqdm import tqdm
 
         self.bar = tqdm(unit="tok", unit_scale=True, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
         self.tokens = 0
+        self.total_bytes, self.counter, self.max_tokens = total_bytes, counter, max_tokens
+        self.session = None
+
+    def watch(self, session):
+        """Read the session's `tokens_read` for the estimate; returns the session."""
+        self.session = session
+        return session
 
     def emit(self, e) -> None:
         if isinstance(e, StepRecorded):
             self.bar.update(e.tokens_seen - self.tokens)
             self.tokens = e.tokens_seen
+            if self.session is not None and self.counter is not None:
+                total = estimate_total_tokens(self.session.tokens_read, self.counter.bytes, self.total_bytes,
+                                              self.max_tokens, self.tokens)  # fmt: skip
+                if total is not None:
+                    self.bar.total = total
             self.bar.set_postfix(step=e.step, wc=f"{e.wc_cost}/{e.w_max}", refresh=False)
         elif isinstance(e, RunFinished):
+            if self.bar.total is not None:
+                self.bar.total = self.bar.n  # the estimate is done with: the bar ends full
             self.bar.close()
 
 
 def cmd_record(args) -> int:
-    import os
-
     cfg = _config(args)
-    texts = _open_input(args.input)
+    texts = CountingText(_open_input(args.input))
     from telemetry.writer import ParquetSink, RunExistsError
 
     try:
@@ -145,7 +203,8 @@ def cmd_record(args) -> int:
         engine = build_engine(cfg, args.model, args.device)
         summary = SummarySink(progress=False)
         name = args.input if args.input == "-" else os.path.abspath(args.input)
-        engine.session(Tee(sink, summary, ProgressBar(not args.quiet)), name).run(texts)
+        bar = ProgressBar(not args.quiet, _input_bytes(args.input), texts, cfg.session.max_tokens)
+        bar.watch(engine.session(Tee(sink, summary, bar), name)).run(texts)
     finally:
         sink.close("failed", "recorder stopped before the end of the input")  # no-op once RunFinished came
     out = summary.summary() | {"run": args.out, "model": engine.model.model_id, "scorer": cfg.scorer.name}
@@ -242,6 +301,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        configure_process()  # before torch loads (nothing above imports it); a no-op once it has
         return args.func(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

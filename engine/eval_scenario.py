@@ -42,7 +42,8 @@ def ask(model, sess, case: PasskeyCase) -> dict:
     decoding would give the whole answer, and the coarsest LOD of the needle (fact) at that moment."""
     answer = np.asarray(model.tokenize(case.answer), np.int64)
     res = wc_scores(model, sess.tree, [sess.wc], answer, sess.cfg.wc.position_mode)
-    return {"answer_nll": float(res.nll.mean()), "recovered": bool(res.hit.all()), "needle_lod": fact_lod(sess.wc, case)}
+    lod = fact_lod(sess.wc, case)
+    return {"answer_nll": float(res.nll.mean()), "recovered": bool(res.hit.all()), "needle_lod": lod}
 
 
 @torch.no_grad()
