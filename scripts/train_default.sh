@@ -34,8 +34,8 @@ case "$PROFILE" in
   gpu)
     DEV=cuda
     NICE=""
-    GIST=(--set max_seconds=120 --set steps=100000 --set batch_size=32 --set val_windows=64 --max-chars 12000000)
-    LABELS=(--set-labels max_seconds=130 --set-labels episodes=100000 --set-labels candidates=24 --set-labels batch=25)
+    GIST=(--set max_seconds=110 --set steps=100000 --set batch_size=32 --set val_windows=64 --max-chars 12000000)
+    LABELS=(--set-labels max_seconds=120 --set-labels episodes=100000 --set-labels candidates=24 --set-labels batch=25)
     LENS=(--set max_seconds=30 --set steps=100000 --set states_per_step=16)
     ;;
   smoke)
