@@ -13,10 +13,10 @@
 #   eval    engine eval on three long test-split documents at w_max 1,024 (the compared policies, mean and spread)
 #   needle  the passkey scenario at 8k and 16k tokens, five depths each
 #
-# Each stage writes <stage>.json (its result) and <stage>.log under $RESULTS (default runs/gpu) as
-# soon as it ends, and has its own time cap, so a slow or failing stage costs only itself: the next
-# one still runs. PY names the python (default .venv/bin/python). Figures go to docs/BENCHMARKS.md
-# and models/README.md.
+# Each stage writes <stage>.json (its result) under $RESULTS (default runs/gpu) as soon as it ends
+# and appends its log to $RESULTS/stages.log; it has its own time cap, so a slow or failing stage
+# costs only itself: the next one still runs. PY names the python (default .venv/bin/python).
+# Figures go to docs/BENCHMARKS.md and models/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -38,16 +38,19 @@ NEEDLE=(--lengths 8192,16384 --depths 0.1,0.3,0.5,0.7,0.9 --policies lensnet,ret
 BENCH=(--tokens 1048576)
 CAPS=(360 60 150 90)  # seconds: train, bench, eval, needle
 
-stage() {  # stage NAME CAP_SECONDS COMMAND...: run with a time cap, stdout to NAME.json, stderr to NAME.log
-  local name=$1 cap=$2 t0=$SECONDS
+LOGS=$(mktemp -d)
+stage() {  # stage NAME CAP_SECONDS COMMAND...: run with a time cap, stdout to NAME.json, stderr to stages.log
+  local name=$1 cap=$2 t0=$SECONDS status
   shift 2
   echo "== $name (cap ${cap} s)" >&2
-  if timeout "$cap" "$@" > "$R/$name.json" 2> "$R/$name.log"; then
-    echo "== $name ok, $((SECONDS - t0)) s" >&2
+  if timeout "$cap" "$@" > "$R/$name.json" 2> "$LOGS/$name.log"; then
+    status="ok, $((SECONDS - t0)) s"
   else
-    echo "== $name FAILED or timed out after $((SECONDS - t0)) s; last lines:" >&2
-    tail -n 8 "$R/$name.log" >&2
+    status="FAILED or timed out after $((SECONDS - t0)) s"
+    tail -n 8 "$LOGS/$name.log" >&2
   fi
+  echo "== $name $status" >&2
+  { echo "===== $name: $status"; cat "$LOGS/$name.log"; } >> "$R/stages.log"
 }
 
 for s in "${STAGES[@]}"; do

@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             gistnet = GistNet(d, ecfg.gistnet, lod, bs)
         gen = seeded_generator(lcfg.seed + 11)
         # Long documents only (an episode reads up to max_tokens), and only about as many as the episodes use.
-        cap = 8 * lcfg.max_tokens * lcfg.episodes
+        cap = 8 * lcfg.max_tokens * min(lcfg.episodes, 150)  # documents are reused round-robin beyond that
         docs = load_token_docs(args.corpus, "train", model.tokenize, max_chars=cap, min_chars=4 * lcfg.max_tokens,
                                gen=gen)  # fmt: skip
         print(f"lensnet: {len(docs)} long training documents", file=sys.stderr)
