@@ -52,7 +52,7 @@ def _raw_score(model, ids: np.ndarray, answer: np.ndarray) -> tuple[float, bool]
     from engine.materialize import Materialized
 
     x = model.embed(torch.from_numpy(ids.astype(np.int64)))[None]  # [1, n, d]
-    pos = torch.arange(ids.shape[0])[None]
+    pos = torch.arange(ids.shape[0], device=model.device)[None]
     m = Materialized(x, pos, np.zeros(ids.shape[0], np.int64), int(ids.shape[0]), 0)  # all of it "tail"
     res = continuation_scores(model, [m], answer)
     return float(res.nll.mean()), bool(res.hit.all())
