@@ -224,6 +224,21 @@ def cmd_replay(args) -> int:
 def cmd_eval(args) -> int:
     from engine.eval import EvalConfig, eval_run_config, format_table, progress, read_inputs
 
+    if args.combine:
+        from engine.eval import combine
+
+        parts = []
+        for path in args.combine:
+            try:
+                parts.append(json.loads(open(path).read()))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"cannot read evaluation {path}: {e}") from None
+        res = combine(parts)
+        print(format_table(res), file=sys.stderr)
+        print(json.dumps(res, indent=2))
+        return 0
+    if not args.input:
+        raise ValueError("eval needs --input FILE... (or --combine RESULT.json...)")
     cfg = eval_run_config(list(args.set or []))
     ecfg = EvalConfig(policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
                       nll_every=args.nll_every, gist_samples=args.gist_samples, gist_horizon=args.gist_horizon,
@@ -274,7 +289,13 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("eval", help="compare every policy at one budget, and the gists (JSON on stdout)")
-    p.add_argument("--input", required=True, nargs="+", help="text files (long ones: 16k+ tokens)")
+    p.add_argument("--input", nargs="+", help="text files (long ones: 16k+ tokens)")
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="RESULT.json",
+        help="unite earlier results over the same texts (e.g. one policy re-run) instead of evaluating",
+    )
     p.add_argument("--scenario", default=None, choices=("passkey",), help="a recall scenario on the inputs as filler")
     p.add_argument("--policies", default=",".join(SCORER_NAMES), help="comma-separated scorers to compare")
     p.add_argument("--nll-every", type=int, default=1, help="measure the next block's NLL every N refocus steps")

@@ -234,6 +234,39 @@ def across_documents(per_doc: dict[str, dict[str, dict]], key: str = "nll", ref:
     return {"across_documents": across, "lensnet_vs": versus}
 
 
+def combine(results: list[dict]) -> dict:
+    """One evaluation from several runs over the same texts, budget and NLL steps (e.g. one policy
+    re-evaluated after retraining): policies and per-document rows are united (a later run's row
+    replaces an earlier one's), the spread over documents is recomputed. ValueError if they differ."""
+    if not results:
+        raise ValueError("nothing to combine")
+    first = results[0]
+    for r in results[1:]:
+        for key in ("w_max", "tokens", "inputs", "position_mode"):
+            if r.get(key) != first.get(key):
+                raise ValueError(
+                    f"cannot combine evaluations with different {key}: {first.get(key)!r} vs {r.get(key)!r}"
+                )
+        if r.get("eval", {}).get("nll_every") != first.get("eval", {}).get("nll_every"):
+            raise ValueError("cannot combine evaluations measured on different steps (nll_every)")
+    out = {k: v for k, v in first.items() if k not in ("policies", "documents", "across_documents", "lensnet_vs")}
+    policies: dict = {}
+    docs: dict = {}
+    for r in results:
+        policies.update(r["policies"])
+        for name, rows in r.get("documents", {}).items():
+            docs.setdefault(name, {}).update(rows)
+        if r.get("gist"):
+            out["gist"] = r["gist"]
+        out["weights"] = {**out.get("weights", {}), **{k: v for k, v in r.get("weights", {}).items() if v}}
+        out["seconds"] = {**out.get("seconds", {}), **r.get("seconds", {})}
+    rec = policies.get("recency", {}).get("nll")
+    for row in policies.values():
+        if rec is not None and row.get("nll") is not None:
+            row["delta_vs_recency"] = row["nll"] - rec
+    return {**out, "policies": policies, "documents": docs, **across_documents(docs)}
+
+
 def format_table(res: dict) -> str:
     """The human-readable table of an evaluation result (what `engine eval` prints on stderr)."""
 

@@ -124,3 +124,23 @@ def test_corrupt_shipped_weights_give_one_error_line(model_folder, capsys):
             assert len(err) == 1 and err[0].startswith(f"error: {what} weights file") and "corrupt" in err[0]
         finally:
             bad.unlink()
+
+
+def test_combine_unites_runs_and_refuses_different_texts(tmp_path, capsys):
+    def run(policies, out):
+        assert cli.main(["eval", "--input", str(SAMPLE), *SMALL, "--policies", policies, "--gist-samples", "0"]) == 0
+        out.write_text(capsys.readouterr().out)
+        return json.loads(out.read_text())
+
+    a, b = run("recency,sink", tmp_path / "a.json"), run("lensnet", tmp_path / "b.json")
+    assert cli.main(["eval", "--combine", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert set(both["policies"]) >= {"recency", "sink", "lensnet", "full", "window"}
+    assert both["policies"]["lensnet"]["nll"] == b["policies"]["lensnet"]["nll"]
+    assert both["lensnet_vs"]["recency"]["mean_diff"] == pytest.approx(
+        b["policies"]["lensnet"]["nll"] - a["policies"]["recency"]["nll"], abs=1e-6
+    )  # one document: its mean
+    other = {**b, "tokens": b["tokens"] + 1}
+    (tmp_path / "c.json").write_text(json.dumps(other))
+    assert cli.main(["eval", "--combine", str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 2
+    assert "different tokens" in capsys.readouterr().err
