@@ -46,7 +46,8 @@ def ensure_recording(run_dir: pathlib.Path, tokens: int, scorer: str) -> None:
     text = run_dir.with_suffix(".txt")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     text.write_text("".join(stdlib_text(tokens + 4096)))
-    cmd = [sys.executable, "-m", "engine", "record", "--quiet", "--overwrite", "--input", str(text), "--out",
+    cmd = [sys.executable, "-m", "engine", "record", "--quiet", "--overwrite",
+           "--model", "tiny", "--input", str(text), "--out",
            str(run_dir), "--scorer", scorer, "--set", "wc.w_max=2048", "--set", f"session.max_tokens={tokens}",
            "--set", "session.compute_nll=false", "--set", "session.check_invariants=false"]  # fmt: skip
     t0 = time.perf_counter()

@@ -74,7 +74,9 @@ def _config(args) -> RunConfig:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="'tiny', 'default' or a local Hugging Face model folder")
+    p.add_argument("--model", default="default",
+                   help="'default' (SmolLM2-135M with its trained nets), 'tiny' (a random test model) or a local "
+                        "Hugging Face model folder")  # fmt: skip
     p.add_argument("--scorer", default=None, help="shorthand for --set scorer.name=NAME")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="set any knob (repeatable)")
@@ -203,13 +205,44 @@ def cmd_record(args) -> int:
         engine = build_engine(cfg, args.model, args.device)
         summary = SummarySink(progress=False)
         name = args.input if args.input == "-" else os.path.abspath(args.input)
-        bar = ProgressBar(not args.quiet, _input_bytes(args.input), texts, cfg.session.max_tokens)
-        bar.watch(engine.session(Tee(sink, summary, bar), name)).run(texts)
+        total = _input_bytes(args.input)
+        case = None
+        if args.scenario:
+            case, name = _passkey_case(args, engine, "".join(texts), sink)
+            texts, total = CountingText(iter([case.text])), len(case.text.encode())
+        bar = ProgressBar(not args.quiet, total, texts, cfg.session.max_tokens)
+        session = bar.watch(engine.session(Tee(sink, summary, bar), name))
+        session.run(texts)
+        if case is not None:
+            from engine.eval_scenario import ask
+
+            sink.annotate("scenario", {**sink.manifest["scenario"], "result": ask(engine.model, session, case)})
     finally:
         sink.close("failed", "recorder stopped before the end of the input")  # no-op once RunFinished came
     out = summary.summary() | {"run": args.out, "model": engine.model.model_id, "scorer": cfg.scorer.name}
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _passkey_case(args, engine, filler: str, sink):
+    """The passkey case a scenario recording reads (filler from the input, the fact, the question),
+    written into the run folder so that an exact replay can re-read it; the manifest names the needle."""
+    from pathlib import Path
+
+    from engine.scenarios import PasskeyConfig, passkey_cases
+
+    m = engine.model
+    case = passkey_cases(filler, m.tokenize, m.decode, PasskeyConfig((args.length,), (args.depth,), seed=args.seed))[0]
+    path = Path(args.out) / SCENARIO_INPUT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(case.text, encoding="utf-8")
+    sink.annotate("scenario", {"name": "passkey", "needle_span": [case.fact_start, case.fact_end],
+                               "passkey": case.passkey, "answer": case.answer, "length": case.length,
+                               "depth": case.depth, "n_tokens": case.n_tokens, "filler": args.input})  # fmt: skip
+    return case, str(path.resolve())
+
+
+SCENARIO_INPUT = "scenario-input.txt"  # a scenario run's text, kept in its run folder
 
 
 def cmd_replay(args) -> int:
@@ -285,6 +318,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.add_argument("--flush-rows", type=int, default=50_000, help="buffered rows that trigger a flush")
     p.add_argument("--flush-seconds", type=float, default=5.0, help="seconds between flushes")
+    p.add_argument("--scenario", default=None, choices=("passkey",),
+                   help="record a recall scenario: the input is filler, a passkey is planted at --depth and asked "
+                        "for at the end; the manifest names the needle's tokens and, at the end, whether it was "
+                        "recovered")  # fmt: skip
+    p.add_argument("--length", type=int, default=16384, help="scenario: tokens of the case")
+    p.add_argument("--depth", type=float, default=0.5, help="scenario: where the needle sits, 0 = start, 1 = end")
+    p.add_argument("--seed", type=int, default=0, help="scenario: the passkey is drawn from this seed")
     _add_common(p)
     p.set_defaults(func=cmd_record)
 

@@ -305,6 +305,8 @@ class ParquetSink:
         if self.manifest is not None:
             self.manifest[key] = value
             write_manifest(self.run_dir, self.manifest)
+            if self._finished:  # the run had tidied its staging folder away; the rewrite used it again
+                shutil.rmtree(self.run_dir / STAGING, ignore_errors=True)
 
     def close(self, status: str = "failed", error: str | None = "recorder closed before RunFinished") -> None:
         """End the run if RunFinished never came (call it in a finally block); a no-op after RunFinished."""

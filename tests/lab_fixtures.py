@@ -32,7 +32,8 @@ THRASH = ("wc.w_max=400", "allocator.cooldown_steps=0", "allocator.hysteresis_ma
 
 
 def record(out: Path, *sets: str, scorer: str = "random") -> Path:
-    cmd = [sys.executable, "-m", "engine", "record", "--quiet", "--input", str(SAMPLE), "--out", str(out),
+    cmd = [sys.executable, "-m", "engine", "record", "--quiet",
+           "--model", "tiny", "--input", str(SAMPLE), "--out", str(out),
            "--scorer", scorer]  # fmt: skip
     for s in sets:
         cmd += ["--set", s]

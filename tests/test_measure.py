@@ -32,7 +32,8 @@ KNOB_SETS = [
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "rec"
-    cmd = [sys.executable, "-m", "engine", "record", "--quiet", "--input", str(SAMPLE), "--out", str(out),
+    cmd = [sys.executable, "-m", "engine", "record", "--quiet",
+           "--model", "tiny", "--input", str(SAMPLE), "--out", str(out),
            "--scorer", "random", "--set", "wc.w_max=400", "--set", "allocator.cooldown_steps=0",
            "--set", "allocator.hysteresis_margin=0", "--set", "session.compute_nll=false"]  # fmt: skip
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -33,7 +33,7 @@ def engine(*args, timeout=600, **kw):
 def recorded(tmp_path_factory):
     """One real recording with the random scorer (it thrashes: good for hysteresis checks)."""
     out = tmp_path_factory.mktemp("runs") / "rec"
-    r = engine("record", "--quiet", "--input", str(SAMPLE), "--out", str(out), "--scorer", "random",
+    r = engine("record", "--quiet", "--model", "tiny", "--input", str(SAMPLE), "--out", str(out), "--scorer", "random",
                "--set", "wc.w_max=400", "--set", "allocator.cooldown_steps=0", "--set", "allocator.hysteresis_margin=0",
                "--set", "session.attention_every=10")  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -118,7 +118,7 @@ def test_replay_errors_are_one_line(recorded, tmp_path):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--exact" in r.stderr
     r = engine("replay", str(tmp_path / "missing"), "--out", str(tmp_path / "y"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0
-    r = engine("record", "--quiet", "--input", str(SAMPLE), "--out", str(recorded))
+    r = engine("record", "--quiet", "--model", "tiny", "--input", str(SAMPLE), "--out", str(recorded))
     assert r.returncode == 2 and "already holds" in r.stderr  # never overwrites a recording silently
 
 
@@ -142,7 +142,8 @@ def _long_input(tmp_path: Path) -> Path:
 def test_sigkill_mid_run_leaves_a_readable_interrupted_run(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "record", "--quiet", "--input", str(_long_input(tmp_path)), "--out",
+        [sys.executable, "-m", "engine", "record", "--quiet",
+         "--model", "tiny", "--input", str(_long_input(tmp_path)), "--out",
          str(out), "--scorer", "recency", "--set", "wc.w_max=400", "--set", "session.compute_nll=false",
          "--flush-rows", "2000", "--flush-seconds", "0.2"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -177,7 +178,8 @@ def test_sigkill_mid_run_leaves_a_readable_interrupted_run(tmp_path):
 def test_reader_polls_a_live_recording(tmp_path):
     out = tmp_path / "live"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "record", "--quiet", "--input", str(SAMPLE), "--out", str(out), "--scorer",
+        [sys.executable, "-m", "engine", "record", "--quiet",
+         "--model", "tiny", "--input", str(SAMPLE), "--out", str(out), "--scorer",
          "recency", "--set", "wc.w_max=400", "--set", "session.max_tokens=6000", "--set", "session.compute_nll=false",
          "--flush-rows", "500", "--flush-seconds", "0.1"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -194,3 +196,29 @@ def test_reader_polls_a_live_recording(tmp_path):
     assert proc.wait() == 0, proc.stderr.read()
     assert seen == sorted(seen) and len(set(seen)) > 2  # steps only grow, and we saw them grow
     assert "recording" in statuses and Run(out).status == "complete"
+
+
+def test_a_passkey_scenario_recording_names_its_needle_and_reports_the_answer(tmp_path):
+    out = tmp_path / "pk"
+    r = engine("record", "--quiet", "--model", "tiny", "--scenario", "passkey", "--length", "1500", "--depth", "0.3",
+               "--input", str(SAMPLE), "--out", str(out), "--set", "wc.w_max=400")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    sc = m["scenario"]
+    assert m["status"] == "complete" and sc["name"] == "passkey" and m["input"].endswith("scenario-input.txt")
+    text = (out / "scenario-input.txt").read_text()
+    start, end = sc["needle_span"]
+    assert (
+        sc["passkey"] in text[start : end + 200] and 0 < start < end < sc["n_tokens"] == m["tokens"]
+    )  # bytes = tokens
+    assert set(sc["result"]) == {"answer_nll", "recovered", "needle_lod"} and sc["result"]["needle_lod"] in (
+        -1,
+        0,
+        1,
+        2,
+    )
+    assert not (out / "_staging").exists()
+    # an exact replay re-reads the scenario's own text
+    r = engine("replay", str(out), "--out", str(tmp_path / "again"), "--exact", "--set", "scorer.name=recency")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "again" / "manifest.json").read_text())["tokens"] == m["tokens"]

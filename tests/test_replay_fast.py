@@ -309,7 +309,8 @@ class _RefArrowSink:
 def recorded(tmp_path_factory) -> Path:
     """A real recording with the random scorer (it thrashes), two scorer rounds per step."""
     out = tmp_path_factory.mktemp("runs") / "rec"
-    cmd = [sys.executable, "-m", "engine", "record", "--quiet", "--input", str(SAMPLE), "--out", str(out),
+    cmd = [sys.executable, "-m", "engine", "record", "--quiet",
+           "--model", "tiny", "--input", str(SAMPLE), "--out", str(out),
            "--scorer", "random", "--set", "wc.w_max=400", "--set", "allocator.iterations=2",
            "--set", "session.compute_nll=false"]  # fmt: skip
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -213,20 +213,32 @@ def cli(*args, stdin=None):
     ],
 )
 def test_cli_errors_are_one_line(args, needle):
-    r = cli("run", "--quiet", *args)
+    r = cli("run", "--quiet", "--model", "tiny", *args)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
 
 
 def test_cli_run_reads_stdin():
-    r = cli("run", "--quiet", "--input", "-", "--scorer", "recency", "--set", "wc.w_max=400", stdin=TEXT[:5000])
+    r = cli(
+        "run",
+        "--quiet",
+        "--model",
+        "tiny",
+        "--input",
+        "-",
+        "--scorer",
+        "recency",
+        "--set",
+        "wc.w_max=400",
+        stdin=TEXT[:5000],
+    )
     assert r.returncode == 0, r.stderr
     import json
 
     out = json.loads(r.stdout)
     assert out["status"] == "complete" and out["tokens"] == len(TEXT[:5000].encode()) and out["mean_nll"] > 0
-    r = cli("run", "--quiet", "--input", "-", stdin="")
+    r = cli("run", "--quiet", "--model", "tiny", "--input", "-", stdin="")
     assert r.returncode == 2 and "empty" in r.stderr
 
 
