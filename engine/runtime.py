@@ -103,6 +103,8 @@ def build_engine(cfg: RunConfig, model_spec: str = "tiny", device: str = "auto",
         check_base(lens_path, "LensNet", identity)
         lensnet = LensNet.load(lens_path, d, cfg.lensnet).eval()
     scorer = build_scorer(cfg, d_embed=d, lensnet=lensnet)
+    if cfg.scorer.name == "lensnet":  # beside the model, like GistNet (it reads vectors the model's device made)
+        scorer.lensnet.to(model.device)
     weights = {
         "gistnet": str(gist_path) if gist_path else "random-init",
         "lensnet": (str(lens_path) if lens_path else "random-init") if cfg.scorer.name == "lensnet" else None,

@@ -8,12 +8,14 @@ with `_` are not listed as runs) so that an exact replay can re-read them. Each 
 10 MB; the script says so and fails if one does not. Deterministic given the model: the texts come
 from the standard library of the running Python and the passkey from a fixed seed.
 
-The runs:
-- `code-<module>`: one long standard-library module read end to end (code navigation), lensnet;
-- `passkey-16k`: the passkey recall scenario (a fact planted early, asked for at the end), lensnet;
+The runs (the default model, SmolLM2-135M with its trained GistNet and LensNet; w_max 1,024; the
+next block's NLL every 4th step, with the full-context and recency baselines on those steps so that
+the Metrics page shows ΔNLL against both):
+- `code-<module>`: a long standard-library module (its first 16k tokens), lensnet;
+- `passkey-16k`: the passkey recall scenario (`engine record --scenario passkey`: a fact planted at
+  depth 0.3, asked for at the end; the manifest names the needle, which the Timeline marks), lensnet;
 - `topics`: several documents on different topics concatenated (topic switches), lensnet;
-- `compare-lensnet` and `compare-recency`: one text under both policies, with the recency and
-  full-context NLL baselines, for the Compare page;
+- `compare-lensnet` and `compare-recency`: one text under both policies, for the Compare page;
 - `compare-lensnet-cool6-gamma2`: a fast replay of `compare-lensnet` with other hysteresis and
   sharpening knobs.
 """
@@ -41,7 +43,9 @@ TOPIC_FILES = ("asyncio/base_events.py", "pydoc:specialnames", "email/feedparser
                "wsgiref/handlers.py")  # code, reference prose, code, prose, code  # fmt: skip
 COMPARE_MODULE = "nntplib.py"
 PASSKEY_FILLER = ("test/test_itertools.py", "idlelib/pyshell.py")
-COMMON = ["--set", "wc.w_max=1024", "--set", "wc.position_mode=compact", "--set", "session.attention_every=16"]
+COMMON = ["--set", "wc.w_max=1024", "--set", "session.nll_every=4", "--set", "session.attention_every=16",
+          "--set", "session.max_tokens=16384"]  # fmt: skip
+BASELINES = ["--set", "session.baselines=true"]
 REPLAY_KNOBS = ["allocator.cooldown_steps=6", "allocator.hysteresis_margin=0.2", "allocator.sharpen_gamma=2.0"]
 
 
@@ -59,23 +63,16 @@ def _read(rel: str, limit_chars: int) -> str:
     return path.read_text(encoding="utf-8")[:limit_chars]
 
 
-def inputs(model: str, out: Path) -> dict[str, Path]:
+def inputs(out: Path) -> dict[str, Path]:
     """Write every input text under out/_inputs and return them by run name."""
-    from engine.model import load_model
-    from engine.scenarios import PasskeyConfig, passkey_cases
-
     d = out / "_inputs"
     d.mkdir(parents=True, exist_ok=True)
     texts = {
         f"code-{CODE_MODULE.removesuffix('.py')}": _read(CODE_MODULE, 240_000),
-        "topics": "".join(f"\n\n# ===== {rel} =====\n\n" + _read(rel, 40_000) for rel in TOPIC_FILES),
-        "compare": _read(COMPARE_MODULE, 40_000),  # full-context baseline per step: keep it short
+        "topics": "".join(f"\n\n# ===== {rel} =====\n\n" + _read(rel, 16_000) for rel in TOPIC_FILES),
+        "compare": _read(COMPARE_MODULE, 40_000),
+        "passkey-filler": "".join(_read(rel, 100_000) for rel in PASSKEY_FILLER),
     }
-    m = load_model(model, device="cpu")
-    filler = "".join(_read(rel, 200_000) for rel in PASSKEY_FILLER)
-    case = passkey_cases(filler, m.tokenize, m.decode, PasskeyConfig(lengths=(16384,), depths=(0.1,)))[0]
-    texts["passkey-16k"] = case.text
-    (d / "passkey-16k.json").write_text(json.dumps({"passkey": case.passkey, "answer": case.answer}) + "\n")
     paths = {}
     for name, text in texts.items():
         paths[name] = d / f"{name}.txt"
@@ -95,6 +92,7 @@ def record(name: str, src: Path, out: Path, model: str, scorer: str, *extra: str
     print(f"recording {name} ({scorer})", file=sys.stderr)
     _engine("record", "--quiet", "--overwrite", "--input", str(src), "--out", str(out / name), "--model", model,
             "--scorer", scorer, "--device", "cpu", *COMMON, *extra)  # fmt: skip
+    relative_paths(out / name)
 
 
 def relative_paths(run: Path) -> None:
@@ -103,7 +101,7 @@ def relative_paths(run: Path) -> None:
     m_path = run / "manifest.json"
     m = json.loads(m_path.read_text())
     changed = False
-    for key in ("input", "parent"):
+    for key in ("input", "parent"):  # (a scenario run's input is its own scenario-input.txt)
         v = m.get(key)
         if isinstance(v, str) and Path(v).is_absolute() and Path(v).resolve().is_relative_to(REPO):
             m[key] = str(Path(v).resolve().relative_to(REPO))
@@ -129,18 +127,15 @@ def main() -> None:
         COMMON.extend(["--set", f"session.max_tokens={args.max_tokens}"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    src = inputs(args.model, out)
+    src = inputs(out)
     code = f"code-{CODE_MODULE.removesuffix('.py')}"
+    passkey = ["--scenario", "passkey", "--length", "16384", "--depth", "0.3"]
     plan = {
-        code: lambda: record(code, src[code], out, args.model, "lensnet"),
-        "passkey-16k": lambda: record("passkey-16k", src["passkey-16k"], out, args.model, "lensnet"),
-        "topics": lambda: record("topics", src["topics"], out, args.model, "lensnet"),
-        "compare-lensnet": lambda: record(
-            "compare-lensnet", src["compare"], out, args.model, "lensnet", "--set", "session.baselines=true"
-        ),  # fmt: skip
-        "compare-recency": lambda: record(
-            "compare-recency", src["compare"], out, args.model, "recency", "--set", "session.baselines=true"
-        ),  # fmt: skip
+        code: lambda: record(code, src[code], out, args.model, "lensnet", *BASELINES),
+        "passkey-16k": lambda: record("passkey-16k", src["passkey-filler"], out, args.model, "lensnet", *passkey),
+        "topics": lambda: record("topics", src["topics"], out, args.model, "lensnet", *BASELINES),
+        "compare-lensnet": lambda: record("compare-lensnet", src["compare"], out, args.model, "lensnet", *BASELINES),
+        "compare-recency": lambda: record("compare-recency", src["compare"], out, args.model, "recency", *BASELINES),
     }
     for name, make in plan.items():
         if args.only is None or name in args.only:
