@@ -7,8 +7,11 @@ and squashed, `y = tanh((u - median) / scale)`, with `scale` one constant for th
 (a high percentile of |u - median|, saved in the run state). The loss on each state is
 
     mean (score - y)^2  +  rank_weight * mean softplus(-rank_sharpness * (score_i - score_j))
+                       +  aux_weight * mean (aux - attention_utility)^2
 
-over measured entries, the second term over the pairs with u_i > u_j (RankNet).
+over measured entries, the second term over the decisive pairs, (u_i - u_j) / scale > rank_margin
+(RankNet; most one-level edits barely move the next tokens' NLL, and ranking those near-ties would
+only fit noise), the third over every entry (the base model's attention, a cheap dense target).
 
 `prev_score` is fed as 0 and its input weights are zeroed: the labelled states come from other
 policies, whose previous scores mean something else than LensNet's own would at run time.
@@ -59,6 +62,7 @@ class LensTrainConfig:
     grad_clip: float = 1.0  # max global gradient norm
     rank_weight: float = 1.0  # weight of the pairwise ranking term
     rank_sharpness: float = 5.0  # RankNet slope on score differences (scores live in [-1, 1])
+    rank_margin: float = 0.5  # rank only pairs whose labels differ by more than this many label scales
     aux_weight: float = 0.3  # weight of the auxiliary target: the base model's attention utility of every entry
     scale_quantile: float = 0.8  # label scale = this quantile of |u - state median| over the training set
     val_share: float = 0.15  # share of states (the last ones) held out for validation
@@ -76,6 +80,7 @@ class LensTrainConfig:
             (self.grad_clip > 0, "grad_clip > 0"),
             (self.rank_weight >= 0, "rank_weight >= 0"),
             (self.rank_sharpness > 0, "rank_sharpness > 0"),
+            (self.rank_margin >= 0, "rank_margin >= 0"),
             (self.aux_weight >= 0, "aux_weight >= 0"),
             (0.0 < self.scale_quantile < 1.0, "scale_quantile in (0, 1)"),
             (0.0 <= self.val_share < 1.0, "val_share in [0, 1)"),
@@ -104,7 +109,8 @@ def label_scale(states: list[dict], quantile: float) -> float:
 
 
 def state_loss(net: LensNet, s: dict, scale: float, cfg: LensTrainConfig) -> tuple[torch.Tensor, dict]:
-    """(loss, numbers) of one state: regression onto tanh((u - median)/scale), RankNet pairs, and the
+    """(loss, numbers) of one state: regression onto tanh((u - median)/scale), RankNet over the pairs
+    that differ by more than `rank_margin` scales (`pair_acc` is measured on those too), and the
     auxiliary attention target on every entry that has one."""
     feats = s["feats"].clone()
     feats[:, PREV] = 0.0  # see the module docstring
@@ -115,10 +121,13 @@ def state_loss(net: LensNet, s: dict, scale: float, cfg: LensTrainConfig) -> tup
     aux = F.mse_loss(out.aux[has], aux_y[has]) if has.any() else scores.sum() * 0.0
     m = torch.isfinite(s["label"]).to(scores.device)
     u = s["label"].to(scores.device)[m]  # [k]
-    y = torch.tanh((u - u.median()) / scale)  # [k]
+    z = (u - u.median()) / scale  # [k]
+    y = torch.tanh(z)  # [k]
     sc = scores[m]  # [k]
     reg = F.mse_loss(sc, y)
-    better = u[:, None] > u[None, :]  # [k, k]: pair (i, j) with u_i > u_j
+    # Most edits barely move the next tokens' NLL: ranking near-ties only fits noise, so the ranking
+    # term (and its accuracy) counts the decisive pairs, whose labels differ by more than the margin.
+    better = (z[:, None] - z[None, :]) > cfg.rank_margin  # [k, k]: pair (i, j) with u_i clearly > u_j
     diff = sc[:, None] - sc[None, :]  # [k, k]
     rank = F.softplus(-cfg.rank_sharpness * diff[better]).mean() if better.any() else sc.sum() * 0.0
     with torch.no_grad():
