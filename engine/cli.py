@@ -275,7 +275,7 @@ def cmd_eval(args) -> int:
     cfg = eval_run_config(list(args.set or []))
     ecfg = EvalConfig(policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
                       nll_every=args.nll_every, gist_samples=args.gist_samples, gist_horizon=args.gist_horizon,
-                      seed=args.seed)  # fmt: skip
+                      seed=args.seed, baselines=not args.no_baselines)  # fmt: skip
     if args.scenario:
         from engine.scenarios import PasskeyConfig
 
@@ -345,6 +345,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="scenario: comma-separated fact depths in [0, 1]")
     p.add_argument("--seed", type=int, default=0, help="gist windows and passkeys are drawn from this seed")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (the table still prints)")
+    p.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the full-context and window references (to --combine with a run that has them)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 

@@ -36,6 +36,7 @@ import torch
 
 from engine.config import SCORER_NAMES, RunConfig, apply_overrides
 from engine.events import RunFinished, StepRecorded
+from engine.session import FULL_CONTEXT_MAX
 
 REFERENCES = ("full", "window")  # rows of the policy table that are not scorers
 
@@ -48,6 +49,7 @@ class EvalConfig:
     gist_horizon: int = 64  # H of ΔNLL@H
     gist_prefix_blocks: int = 4  # raw blocks before the gisted block
     seed: int = 0  # draws of the gist windows
+    baselines: bool = True  # full-context and window references (skip when combining with a run that has them)
 
     def __post_init__(self) -> None:
         bad = [p for p in self.policies if p not in SCORER_NAMES]
@@ -101,11 +103,14 @@ def run_policy(engine, cfg: RunConfig, policy: str, texts: list[tuple[str, str]]
     return out
 
 
-def policy_table(rows: dict[str, list], base: list, w_max: int) -> dict[str, dict]:
+def policy_table(rows: dict[str, list], base: list, w_max: int, fits_upto: int = 0) -> dict[str, dict]:
     """Per policy: token-weighted NLL over all measured blocks, over blocks where the budget binds
     (cursor >= w_max), and over the blocks where the full history fits; then the `full` and `window`
-    references from `base` (rows of a pass with baselines on)."""
+    references from `base` (rows of a pass with baselines on). Without baselines (`base` empty) the
+    blocks where the full history fits are those ending by `fits_upto` (the session's own rule)."""
     full_keys = {(r[0], r[1]) for r in base if r[4] is not None}
+    if not base and fits_upto:
+        full_keys = {(r[0], r[1]) for rs in rows.values() for r in rs if r[1] + r[2] <= fits_upto}
 
     def mean(rs, col, keep=lambda r: True):
         return _weighted([(r[col], r[2]) for r in rs if r[col] is not None and keep(r)])
@@ -116,7 +121,7 @@ def policy_table(rows: dict[str, list], base: list, w_max: int) -> dict[str, dic
     for policy, rs in rows.items():
         out[policy] = {"nll": mean(rs, 3), "nll_budget_bound": mean(rs, 3, bound),
                        "nll_where_full_fits": mean(rs, 3, fits), "blocks": len(rs)}  # fmt: skip
-    if full_keys:
+    if base and full_keys:
         out["full"] = {"nll": mean(base, 4), "nll_where_full_fits": mean(base, 4), "blocks": len(full_keys)}
     if any(r[5] is not None for r in base):
         out["window"] = {"nll": mean(base, 5), "nll_budget_bound": mean(base, 5, bound),
@@ -185,7 +190,13 @@ def evaluate(engine, cfg: RunConfig, ecfg: EvalConfig, texts: list[tuple[str, st
         rows[policy] = run_policy(engine, cfg, policy, texts, ecfg.nll_every, baselines=policy == ref_policy)
         timings[policy] = round(time.perf_counter() - t0, 1)
         say(f"eval: {policy} done ({i + 1}/{len(ecfg.policies)}, {timings[policy]} s)")
-    base = rows[ref_policy] if ref_policy else run_policy(engine, cfg, "recency", texts, ecfg.nll_every, True)
+    if ref_policy:
+        base = rows[ref_policy]
+    elif ecfg.baselines:
+        base = run_policy(engine, cfg, "recency", texts, ecfg.nll_every, True)
+    else:  # no references: the full-history blocks by the session's rule
+        base = []
+    fits = min(FULL_CONTEXT_MAX, engine.model.max_positions or FULL_CONTEXT_MAX)
     limit = cfg.session.max_tokens
     toks = [tokenize_text(t, engine.model.tokenize) for _, t in texts]
     toks = [t[:limit] if limit else t for t in toks]
@@ -193,12 +204,19 @@ def evaluate(engine, cfg: RunConfig, ecfg: EvalConfig, texts: list[tuple[str, st
     if ecfg.gist_samples:
         gist = gist_quality(engine.model, engine.gistnet, toks, cfg, ecfg)
         say("eval: gist quality done")
-    per_doc = {name: policy_table({p: [r for r in rs if r[0] == name] for p, rs in rows.items()},
-                                  [r for r in base if r[0] == name], cfg.wc.w_max) for name, _ in texts}  # fmt: skip
+    per_doc = {
+        name: policy_table(
+            {p: [r for r in rs if r[0] == name] for p, rs in rows.items()},
+            [r for r in base if r[0] == name],
+            cfg.wc.w_max,
+            fits,
+        )  # fmt: skip
+        for name, _ in texts
+    }
     return {
         "w_max": cfg.wc.w_max,
         "tokens": int(sum(len(t) for t in toks)),
-        "policies": policy_table(rows, base, cfg.wc.w_max),
+        "policies": policy_table(rows, base, cfg.wc.w_max, fits),
         "documents": per_doc,
         **across_documents(per_doc),
         "gist": gist,

@@ -127,12 +127,17 @@ def test_corrupt_shipped_weights_give_one_error_line(model_folder, capsys):
 
 
 def test_combine_unites_runs_and_refuses_different_texts(tmp_path, capsys):
-    def run(policies, out):
-        assert cli.main(["eval", "--input", str(SAMPLE), *SMALL, "--policies", policies, "--gist-samples", "0"]) == 0
+    def run(policies, out, *extra):
+        args = ["eval", "--input", str(SAMPLE), *SMALL, "--policies", policies, "--gist-samples", "0", *extra]
+        assert cli.main(args) == 0
         out.write_text(capsys.readouterr().out)
         return json.loads(out.read_text())
 
-    a, b = run("recency,sink", tmp_path / "a.json"), run("lensnet", tmp_path / "b.json")
+    a = run("recency,sink,lensnet", tmp_path / "a.json")
+    b = run("lensnet", tmp_path / "b.json", "--no-baselines")  # no reference pass: nothing to recompute
+    assert "full" not in b["policies"] and "window" not in b["policies"] and "recency" not in b["policies"]
+    # The blocks where the full history fits follow the session's rule without a baseline pass.
+    assert b["policies"]["lensnet"] == {k: v for k, v in a["policies"]["lensnet"].items() if k != "delta_vs_recency"}
     assert cli.main(["eval", "--combine", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
     both = json.loads(capsys.readouterr().out)
     assert set(both["policies"]) >= {"recency", "sink", "lensnet", "full", "window"}
