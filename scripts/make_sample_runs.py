@@ -101,10 +101,11 @@ def relative_paths(run: Path) -> None:
     m_path = run / "manifest.json"
     m = json.loads(m_path.read_text())
     changed = False
-    for key in ("input", "parent"):  # (a scenario run's input is its own scenario-input.txt)
-        v = m.get(key)
+    # (a scenario run's input is its own scenario-input.txt; its filler is named in "scenario")
+    for d, key in ((m, "input"), (m, "parent"), (m.get("scenario") or {}, "filler")):
+        v = d.get(key)
         if isinstance(v, str) and Path(v).is_absolute() and Path(v).resolve().is_relative_to(REPO):
-            m[key] = str(Path(v).resolve().relative_to(REPO))
+            d[key] = str(Path(v).resolve().relative_to(REPO))
             changed = True
     if changed:
         tmp = m_path.with_suffix(".tmp")

@@ -3,8 +3,9 @@
     .venv/bin/python scripts/screenshots.py [--run sample_runs/compare-lensnet] [--out docs/img]
 
 Starts the app on a free local port (run roots: sample_runs only), opens the Timeline and the Knobs
-lab (with a cooldown and a sharpening change, so that recorded and re-planned differ) in Debian's
-chromium through Playwright, waits for each page to finish running, and saves one PNG per page.
+lab (with a cooldown and a sharpening change, so that recorded and re-planned differ), the Metrics
+page of `code-tarfile` and the Timeline of `passkey-16k` (the needle marked) in Debian's chromium
+through Playwright, waits for each page to finish running, and saves one PNG per page.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def main() -> None:
                 "timeline.png": f"{url}/timeline?run={args.run}",
                 "knobs_lab.png": f"{url}/knobs?run={args.run}&k.allocator.cooldown_steps=6"
                 "&k.allocator.sharpen_gamma=2.0",
+                # ΔNLL against full context and recency (a run recorded with baselines), and the needle mark.
+                "metrics.png": f"{url}/metrics?run=sample_runs/code-tarfile",
+                "needle.png": f"{url}/timeline?run=sample_runs/passkey-16k",
             }
             for name, target in shots.items():
                 # The lab's two timelines sit below its knobs and metric table: a taller window shows them.
