@@ -16,8 +16,10 @@ the Metrics page shows ΔNLL against both):
   depth 0.3, asked for at the end; the manifest names the needle, which the Timeline marks), lensnet;
 - `topics`: several documents on different topics concatenated (topic switches), lensnet;
 - `compare-lensnet` and `compare-recency`: one text under both policies, for the Compare page;
-- `compare-lensnet-cool6-gamma2`: a fast replay of `compare-lensnet` with other hysteresis and
-  sharpening knobs.
+- `compare-lensnet-w768`: a fast replay of `compare-lensnet` at a smaller budget with a longer
+  cooldown. (Hysteresis and sharpening alone change nothing on the default model's recordings: the
+  shipped LensNet's scores stay under the thresholds, so every applied edit is a forced collapse;
+  models/README.md.)
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ PASSKEY_FILLER = ("test/test_itertools.py", "idlelib/pyshell.py")
 COMMON = ["--set", "wc.w_max=1024", "--set", "session.nll_every=4", "--set", "session.attention_every=16",
           "--set", "session.max_tokens=16384"]  # fmt: skip
 BASELINES = ["--set", "session.baselines=true"]
-REPLAY_KNOBS = ["allocator.cooldown_steps=6", "allocator.hysteresis_margin=0.2", "allocator.sharpen_gamma=2.0"]
+REPLAY_KNOBS = ["wc.w_max=768", "allocator.cooldown_steps=6"]
 
 
 def _read(rel: str, limit_chars: int) -> str:
@@ -141,7 +143,7 @@ def main() -> None:
     for name, make in plan.items():
         if args.only is None or name in args.only:
             make()
-    replay = "compare-lensnet-cool6-gamma2"
+    replay = "compare-lensnet-w768"
     if args.only is None or replay in args.only:
         print(f"replaying {replay}", file=sys.stderr)
         shutil.rmtree(out / replay, ignore_errors=True)
