@@ -17,6 +17,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import sys
 from collections import Counter
 
@@ -217,6 +218,9 @@ def cmd_record(args) -> int:
             from engine.eval_scenario import ask
 
             sink.annotate("scenario", {**sink.manifest["scenario"], "result": ask(engine.model, session, case)})
+    except KeyboardInterrupt as e:  # SIGINT, SIGTERM, SIGHUP: flush what was recorded, say why
+        sink.close("failed", stop_reason(e))
+        raise
     finally:
         sink.close("failed", "recorder stopped before the end of the input")  # no-op once RunFinished came
     out = summary.summary() | {"run": args.out, "model": engine.model.model_id, "scorer": cfg.scorer.name}
@@ -364,14 +368,34 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the process is, so that recorders flush and say why (as SIGINT)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped(signum)
+
+
+def stop_reason(e: KeyboardInterrupt) -> str:
+    """The `error` a recorder writes when a signal ends it (the session writes the same)."""
+    return str(e) or "stopped by SIGINT"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if argv is None:  # the command line, not a test calling main(): own the process's signals
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _raise_stopped)
     try:
         configure_process()  # before torch loads (nothing above imports it); a no-op once it has
         return args.func(args)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"error: {stop_reason(e)}", file=sys.stderr)
+        return 128 + (e.signum if isinstance(e, Stopped) else signal.SIGINT)
     except Exception as e:  # user-caused errors have one-line messages by contract
         user_errors: tuple[type, ...] = (ValueError, InputError, OSError)
         if "telemetry.reader" in sys.modules:

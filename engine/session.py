@@ -136,7 +136,9 @@ class Session:
             if pending is not None:
                 self._finish(pending, None)
         except BaseException as e:
-            done = RunFinished("failed", self.tree.tokens_seen, self.step, f"{type(e).__name__}: {e}")
+            # A signal says which (engine.cli raises KeyboardInterrupt subclasses named after it).
+            why = (str(e) or "stopped by SIGINT") if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            done = RunFinished("failed", self.tree.tokens_seen, self.step, why)
             self.sink.emit(done)
             raise
         finally:

@@ -22,6 +22,8 @@ This module does not read runs back (see `telemetry/reader.py`) and never import
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -90,7 +92,44 @@ def write_manifest(run_dir: Path, manifest: dict) -> None:
 
 
 class RunExistsError(FileExistsError):
-    """The run folder already holds a recording (or an unreadable manifest) and overwrite was not asked."""
+    """The run folder already holds a recording (or an unreadable manifest) and overwrite was not asked,
+    or another recorder holds its lock."""
+
+
+LOCK = ".recorder.lock"  # in the run folder; its content is the holder's pid (for the error message)
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run folder for one recorder's lifetime (`flock` on
+    `<run>/.recorder.lock`; the kernel releases it if the process dies). The folder is created if
+    missing; `release()` removes it again if nothing but the lock file is in it."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self._created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LOCK
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            self._fd = -1
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunExistsError(f"{run_dir}: another recorder (pid {holder}) is writing this run") from None
+            raise
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        if self._created and {p.name for p in self.run_dir.iterdir()} == {LOCK}:
+            (self.run_dir / LOCK).unlink(missing_ok=True)  # nothing was recorded: leave no trace
+            self.run_dir.rmdir()
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 RESERVED_KEYS = frozenset(
@@ -133,7 +172,13 @@ class ParquetSink:
             raise ValueError("flush_rows must be >= 1, flush_seconds and heartbeat_seconds > 0")
         self.run_dir = Path(run_dir)
         self.flush_rows, self.flush_seconds, self.heartbeat_seconds = flush_rows, flush_seconds, heartbeat_seconds
-        self._check_free(overwrite)
+        # The lock comes first, so that two recorders started together cannot both pass the check below.
+        self._lock = RunLock(self.run_dir)
+        try:
+            self._check_free(overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
         self._extra = {"parent": parent, "changed_knobs": changed_knobs, **(extra or {})}  # e.g. replay mode
         # per table, per column: parts that are numpy arrays of the field's dtype or typed Arrow arrays
         self._buf: dict[str, dict[str, list]] = {t: {c: [] for c in SCHEMAS[t].names} for t in TABLES}
@@ -149,20 +194,23 @@ class ParquetSink:
 
     def _check_free(self, overwrite: bool) -> None:
         path = self.run_dir / MANIFEST
+        has_parts = any(any((self.run_dir / t).glob("*")) for t in TABLES if (self.run_dir / t).is_dir())
         if overwrite:
             pass
         elif path.exists():
             try:
                 status = json.loads(path.read_text()).get("status")
             except (OSError, ValueError, AttributeError):
-                raise RunExistsError(f"{path}: unreadable manifest; pass overwrite=True to replace the run") from None
-            if status in ("recording", "complete"):
-                raise RunExistsError(f"{self.run_dir}: already holds a {status} run; pass overwrite=True to replace it")
-        elif any(any((self.run_dir / t).glob("*")) for t in TABLES if (self.run_dir / t).is_dir()):
+                raise RunExistsError(f"{path}: unreadable manifest; pass --overwrite to replace the run") from None
+            # Nothing recorded is deleted without asking, whatever the status (a failed run keeps its
+            # steps); only a run that recorded nothing at all may be replaced silently.
+            if status != "failed" or has_parts:
+                raise RunExistsError(f"{self.run_dir}: already holds a {status} run; pass --overwrite to replace it")
+        elif has_parts:
             # Table folders with no manifest are not provably ours (a user folder may be called `nodes/`).
-            raise RunExistsError(f"{self.run_dir}: has table folders but no manifest; pass overwrite=True")
-        # A failed run (or an overwrite) is replaced: clear what an earlier recorder left behind, and
-        # only that, so a stray part of the old run cannot mix into the new one.
+            raise RunExistsError(f"{self.run_dir}: has table folders but no manifest; pass --overwrite")
+        # An empty failed run (or an overwrite) is replaced: clear what an earlier recorder left behind,
+        # and only that, so a stray part of the old run cannot mix into the new one.
         for name in (*TABLES, STAGING):
             shutil.rmtree(self.run_dir / name, ignore_errors=True)
         path.unlink(missing_ok=True)
@@ -292,6 +340,7 @@ class ParquetSink:
         self._finished = True
         self._write_manifest()
         shutil.rmtree(self.run_dir / STAGING, ignore_errors=True)
+        self._lock.release()
 
     def annotate(self, key: str, value: object) -> None:
         """Add a top-level manifest field (e.g. a scenario's needle span and, later, its result).
@@ -314,6 +363,7 @@ class ParquetSink:
             return
         if self.manifest is None:  # RunStarted never came: there is no run to mark
             self._finished = True
+            self._lock.release()
             return
         self._finish(status, error if status == "failed" else None)
 

@@ -222,3 +222,36 @@ def test_a_passkey_scenario_recording_names_its_needle_and_reports_the_answer(tm
     r = engine("replay", str(out), "--out", str(tmp_path / "again"), "--exact", "--set", "scorer.name=recency")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "again" / "manifest.json").read_text())["tokens"] == m["tokens"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_second_recorder_is_refused_and_a_terminated_one_flushes_and_says_why(tmp_path, sig):
+    out = tmp_path / "locked"
+    # Large flush thresholds: nothing reaches a part file before the signal, so the test sees the flush.
+    cmd = [sys.executable, "-m", "engine", "record", "--quiet", "--model", "tiny", "--input",
+           str(_long_input(tmp_path)), "--out", str(out), "--scorer", "recency", "--set", "wc.w_max=400",
+           "--set", "session.compute_nll=false", "--flush-rows", "100000", "--flush-seconds", "1000"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (out / "manifest.json").exists():
+            time.sleep(0.2)
+        assert (out / "manifest.json").exists(), "recorder never got going"
+        time.sleep(1.0)  # some steps into the buffer
+        second = engine(*cmd[3:])  # the same command: refused by the lock, before any model loads
+        assert second.returncode == 2
+        assert second.stderr.strip() == f"error: {out}: another recorder (pid {proc.pid}) is writing this run"
+        assert proc.poll() is None  # the first one is untouched
+    finally:
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=120)
+    assert rc == 128 + sig, proc.stderr.read()
+    run = Run(out)
+    assert run.manifest["status"] == "failed"
+    assert run.manifest["error"] == f"stopped by {signal.Signals(sig).name}"
+    # The buffer was flushed (nothing was before the signal). The step the signal cut may have no
+    # `steps` row yet while the manifest counts it: the tables' agreement at the cut is still open.
+    assert run.n_steps() > 0 and run.manifest["steps"] - run.n_steps() in (0, 1)
+    again = engine(*cmd[3:])
+    assert again.returncode == 2 and "already holds a failed run; pass --overwrite" in again.stderr
+    assert Run(out).n_steps() == run.n_steps()  # nothing recorded was deleted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -15,7 +16,7 @@ from engine.events import DecisionsRecorded, RunFinished, StepRecorded
 from telemetry import writer
 from telemetry.reader import Run
 from telemetry.schema import TABLES, SchemaError
-from telemetry.writer import ParquetSink, RunExistsError
+from telemetry.writer import LOCK, ParquetSink, RunExistsError
 from tests.telemetry_fixtures import entries_event, events, lods, record, started
 
 
@@ -27,7 +28,7 @@ def test_layout_and_manifest(tmp_path):
     run_dir = tmp_path / "run"
     cfg = RunConfig()
     record(run_dir, events(5), flush_rows=30, parent="../base", changed_knobs={"allocator.cooldown_steps": 3})
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted([*TABLES, "manifest.json"])  # _staging is gone
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([*TABLES, "manifest.json", LOCK])  # _staging is gone
     parts = sorted(p.name for p in (run_dir / "entries").iterdir())
     assert parts[0] == "part-000001.parquet" and len(parts) > 1
     assert pq.ParquetFile(run_dir / "entries" / parts[0]).metadata.row_group(0).column(0).compression == "ZSTD"
@@ -154,7 +155,10 @@ def test_refuses_to_overwrite(tmp_path):
         ParquetSink(run_dir)
     rec = ParquetSink(tmp_path / "live")
     rec.emit(started())
-    with pytest.raises(RunExistsError, match="recording"):
+    with pytest.raises(RunExistsError, match="another recorder"):
+        ParquetSink(tmp_path / "live")
+    rec._lock.release()  # as if the recorder were killed: the kernel drops its lock, the manifest stays
+    with pytest.raises(RunExistsError, match="already holds a recording run"):
         ParquetSink(tmp_path / "live")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "manifest.json").write_text("{not json")
@@ -164,8 +168,29 @@ def test_refuses_to_overwrite(tmp_path):
     record(run_dir, events(2), overwrite=True)  # overwrite clears the old parts
     assert Run(run_dir).n_steps() == 2
     record(tmp_path / "failed", events(4, finish=False))  # closed without RunFinished -> failed
-    record(tmp_path / "failed", events(1))  # a failed run may be replaced without asking
+    with pytest.raises(RunExistsError, match="already holds a failed run; pass --overwrite"):
+        ParquetSink(tmp_path / "failed")  # what it recorded is not deleted without asking
+    assert Run(tmp_path / "failed").n_steps() == 4
+    record(tmp_path / "failed", events(1), overwrite=True)
     assert Run(tmp_path / "failed").n_steps() == 1
+    empty = ParquetSink(tmp_path / "empty")
+    empty.emit(started())
+    empty.close()  # failed with nothing recorded: may be replaced silently
+    record(tmp_path / "empty", events(2))
+    assert Run(tmp_path / "empty").n_steps() == 2
+
+
+def test_a_second_recorder_is_refused_while_the_first_holds_the_lock(tmp_path):
+    first = ParquetSink(tmp_path / "run")
+    with pytest.raises(RunExistsError, match=rf"another recorder \(pid {os.getpid()}\) is writing this run"):
+        ParquetSink(tmp_path / "run")  # refused before anything was written or deleted
+    first.emit(started())
+    first.close("complete", None)
+    with pytest.raises(RunExistsError, match="already holds a complete run"):
+        ParquetSink(tmp_path / "run")  # the lock is free again; the manifest now speaks
+    # A recorder that never started (e.g. its model failed to load) leaves no folder behind.
+    ParquetSink(tmp_path / "never").close()
+    assert not (tmp_path / "never").exists()
 
 
 def test_bad_events(tmp_path):
