@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.config import SCORER_NAMES, RunConfig, apply_overrides
 from engine.decisions import OUTCOMES
-from engine.events import DecisionsRecorded, RunFinished, StepRecorded
+from engine.events import DecisionsRecorded, RunFinished, StepRecorded, interrupt_reason
 from engine.textio import InputError
 from engine.threads import configure_process
 
@@ -219,7 +219,7 @@ def cmd_record(args) -> int:
 
             sink.annotate("scenario", {**sink.manifest["scenario"], "result": ask(engine.model, session, case)})
     except KeyboardInterrupt as e:  # SIGINT, SIGTERM, SIGHUP: flush what was recorded, say why
-        sink.close("failed", stop_reason(e))
+        sink.close("failed", interrupt_reason(e))
         raise
     finally:
         sink.close("failed", "recorder stopped before the end of the input")  # no-op once RunFinished came
@@ -380,11 +380,6 @@ def _raise_stopped(signum, frame) -> None:
     raise Stopped(signum)
 
 
-def stop_reason(e: KeyboardInterrupt) -> str:
-    """The `error` a recorder writes when a signal ends it (the session writes the same)."""
-    return str(e) or "stopped by SIGINT"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if argv is None:  # the command line, not a test calling main(): own the process's signals
@@ -394,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_process()  # before torch loads (nothing above imports it); a no-op once it has
         return args.func(args)
     except KeyboardInterrupt as e:
-        print(f"error: {stop_reason(e)}", file=sys.stderr)
+        print(f"error: {interrupt_reason(e)}", file=sys.stderr)
         return 128 + (e.signum if isinstance(e, Stopped) else signal.SIGINT)
     except Exception as e:  # user-caused errors have one-line messages by contract
         user_errors: tuple[type, ...] = (ValueError, InputError, OSError)

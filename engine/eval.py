@@ -36,7 +36,7 @@ import torch
 
 from engine.config import SCORER_NAMES, RunConfig, apply_overrides
 from engine.events import RunFinished, StepRecorded
-from engine.session import FULL_CONTEXT_MAX
+from engine.session import full_context_fits
 
 REFERENCES = ("full", "window")  # rows of the policy table that are not scorers
 
@@ -196,7 +196,7 @@ def evaluate(engine, cfg: RunConfig, ecfg: EvalConfig, texts: list[tuple[str, st
         base = run_policy(engine, cfg, "recency", texts, ecfg.nll_every, True)
     else:  # no references: the full-history blocks by the session's rule
         base = []
-    fits = min(FULL_CONTEXT_MAX, engine.model.max_positions or FULL_CONTEXT_MAX)
+    fits = full_context_fits(engine.model)
     limit = cfg.session.max_tokens
     toks = [tokenize_text(t, engine.model.tokenize) for _, t in texts]
     toks = [t[:limit] if limit else t for t in toks]

@@ -117,6 +117,12 @@ class RunFinished:
     error: str | None = None
 
 
+def interrupt_reason(e: KeyboardInterrupt) -> str:
+    """`RunFinished.error` of a run a signal ended: engine.cli raises KeyboardInterrupt subclasses whose
+    message names the signal (`stopped by SIGTERM`); a bare KeyboardInterrupt is SIGINT."""
+    return str(e) or "stopped by SIGINT"
+
+
 Event = RunStarted | NodesAdded | EntriesRecorded | DecisionsRecorded | AttentionRecorded | LensAttention
 Event = Event | GistsRecorded | StepRecorded | RunFinished
 

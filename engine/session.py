@@ -35,6 +35,7 @@ from engine.events import (
     RunStarted,
     Sink,
     StepRecorded,
+    interrupt_reason,
 )
 from engine.materialize import entry_vectors, materialize, query_vectors, recent_gists
 from engine.planner import plan
@@ -46,6 +47,12 @@ from engine.working_context import WorkingContext, check_invariants
 
 PREVIEW_TOKENS = 24
 FULL_CONTEXT_MAX = 8192  # the full-history baseline is skipped beyond this many tokens (quadratic cost)
+
+
+def full_context_fits(model) -> int:
+    """Tokens up to which the full-history baseline is measured: "where it fits", the model's trained
+    context, and a cap on the quadratic cost. A block ending by this many tokens has `nll_full`."""
+    return min(FULL_CONTEXT_MAX, model.max_positions or FULL_CONTEXT_MAX)
 
 
 @dataclass
@@ -136,8 +143,7 @@ class Session:
             if pending is not None:
                 self._finish(pending, None)
         except BaseException as e:
-            # A signal says which (engine.cli raises KeyboardInterrupt subclasses named after it).
-            why = (str(e) or "stopped by SIGINT") if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            why = interrupt_reason(e) if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
             done = RunFinished("failed", self.tree.tokens_seen, self.step, why)
             self.sink.emit(done)
             raise
@@ -270,10 +276,7 @@ class Session:
                 nll = None
             if due and sc.baselines:
                 nll_rec = self._nll_raw(max(0, cursor - self.knobs.w_max), cursor, target)
-                # The full history only "where it fits": the model's trained context, and a cap on the
-                # quadratic cost.
-                fits = min(FULL_CONTEXT_MAX, self.model.max_positions or FULL_CONTEXT_MAX)
-                if cursor + target.shape[0] <= fits:
+                if cursor + target.shape[0] <= full_context_fits(self.model):
                     nll_full = self._nll_raw(0, cursor, target)
         t_model = p.t_model_ms + _ms(t0)
         wc = p.wc
