@@ -8,8 +8,9 @@ and uploads are written to `runs_dir()/_inputs/` first, so the engine reads ever
 
 Checks done here, each a one-line `RecordError`: a plain, unused run name (`app.paths.new_run_dir`);
 a file input inside the allowed folders (`app.paths.check_input_file`); non-empty pasted or uploaded
-text within `MAX_INPUT_BYTES`; knobs valid for `RunConfig`. Content errors (binary, unreadable,
-empty file) are the engine's own one-line `error: ...`, read back from the log by `job_status`.
+text within `MAX_INPUT_BYTES`; knobs valid for `RunConfig`, none of them a path (`PATH_KNOBS`).
+Content errors (binary, unreadable, empty file) are the engine's own one-line `error: ...`, read back
+from the log by `job_status`.
 
 This module imports no streamlit and never reads recordings beyond their manifest.
 """
@@ -31,6 +32,9 @@ from telemetry.reader import RunReadError, derive_status, load_manifest
 
 MAX_INPUT_BYTES = 20 * 1024 * 1024  # the same cap as the upload widget (.streamlit/config.toml maxUploadSize)
 MODELS = ("tiny", "default")  # or a local Hugging Face folder
+# Knobs whose value is a path on the server (engine/config.py): the engine would create folders and files
+# there, outside the run folder, so the app refuses them; the CLI (`python -m engine record --set`) takes them.
+PATH_KNOBS = ("tree.spill_dir",)
 _PROCS: dict[str, subprocess.Popen] = {}  # children of this server process (polled, so none is left a zombie)
 
 
@@ -75,6 +79,10 @@ def check_knobs(scorer: str, sets: list[str]) -> list[str]:
     if scorer not in SCORER_NAMES:
         raise RecordError(f"scorer must be one of {', '.join(SCORER_NAMES)}, got {scorer!r}")
     sets = [s.strip() for s in sets if s.strip()]
+    for item in sets:
+        knob = item.partition("=")[0].strip()  # as apply_overrides reads the name
+        if knob in PATH_KNOBS:
+            raise RecordError(f"{knob} names a path on the server; it cannot be set from the app (use the CLI)")
     try:
         apply_overrides(RunConfig(), [*sets, f"scorer.name={scorer}"])
     except ValueError as e:

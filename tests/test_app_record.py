@@ -104,6 +104,30 @@ def test_bad_name_and_bad_knob_are_refused(runs):
     assert not recorder._PROCS
 
 
+SPILL_REFUSED = "tree.spill_dir names a path on the server; it cannot be set from the app (use the CLI)"
+
+
+@pytest.mark.parametrize("item", ["tree.spill_dir={where}", "  tree.spill_dir = {where}", "tree.spill_dir="])
+def test_a_path_knob_is_refused_and_nothing_is_created_there(runs, tmp_path, item):
+    where = tmp_path / "elsewhere" / "spill"
+    sets = ["wc.w_max=400", item.format(where=where)]
+    assert recorder.PATH_KNOBS == ("tree.spill_dir",)
+    with pytest.raises(recorder.RecordError) as refused:
+        recorder.check_knobs("random", sets)
+    assert str(refused.value) == SPILL_REFUSED
+    with pytest.raises(recorder.RecordError, match="^tree.spill_dir names a path"):
+        recorder.start("spill", SAMPLE, "tiny", "random", sets)
+    assert not (tmp_path / "elsewhere").exists() and not (runs / "spill").exists() and not recorder._PROCS
+
+
+def test_the_page_shows_the_path_knob_refusal_before_writing_anything(runs, tmp_path):
+    where = tmp_path / "elsewhere"
+    at = start(page(), "spill", text="some text to record", sets=f"{FAST}\ntree.spill_dir={where}")
+    assert errors(at) == [SPILL_REFUSED] and not at.success
+    assert not where.exists() and not (runs / "spill").exists() and not recorder._PROCS
+    assert not (runs / "_inputs" / "spill.txt").exists()  # the pasted text was not written either
+
+
 def test_binary_file_shows_the_engines_one_line_error(runs, tmp_path):
     bad = tmp_path / "inputs" / "bin.dat"
     bad.write_bytes(b"abc\x00def" * 10)

@@ -86,7 +86,8 @@ def _inputs() -> dict:
 def _start(got: dict) -> None:
     name = got["name"].strip()
     try:
-        recorder.check_name(name)  # before writing any pasted text or upload to disk
+        recorder.check_name(name)  # name and knobs before writing any pasted text or upload to disk
+        recorder.check_knobs(got["scorer"], got["sets"])
         if got["source"] == SOURCES[0]:
             inp = recorder.input_from_path(got.get("path", ""))
         elif got["source"] == SOURCES[1]:
