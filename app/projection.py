@@ -48,15 +48,15 @@ class Gists:
     total: int  # gists in the run (n is at most MAX_POINTS of them)
 
 
-def _parts(run) -> list[str]:
+def _source(run) -> tuple[str, dict] | None:
     try:
-        return [str(p) for p in run.parts("gists")]
+        return run.source("gists")
     except ValueError:  # a telemetry without the gists table: nothing to show
-        return []
+        return None
 
 
 def n_gists(run) -> int:
-    return run.n_rows("gists") if _parts(run) else 0
+    return run.n_rows("gists") if _source(run) else 0
 
 
 def sample_ids(node_id: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
@@ -69,19 +69,20 @@ def sample_ids(node_id: np.ndarray, max_points: int, seed: int = 0) -> np.ndarra
 
 def load_gists(run, max_points: int = MAX_POINTS, seed: int = 0) -> Gists | None:
     """The run's gists (a sample of `max_points` at most), or None if it recorded none."""
-    parts = _parts(run)
-    if not parts:
+    src = _source(run)
+    if not src:
         return None
-    ids = run.sql("SELECT node_id FROM read_parquet($p)", {"p": parts}).column("node_id").to_numpy()
+    gists, params = src
+    ids = run.sql(f"SELECT node_id FROM {gists}", params).column("node_id").to_numpy()
     if ids.size == 0:
         return None
     keep = sample_ids(ids, max_points, seed)
-    q = "SELECT node_id, lod, step, vector FROM read_parquet($p)"
+    q = f"SELECT node_id, lod, step, vector FROM {gists}"
     if keep.size < ids.size:  # read only the sampled vectors
         q += " WHERE node_id IN (SELECT unnest($ids::BIGINT[]))"
-        t = run.sql(q, {"p": parts, "ids": keep.tolist()})
+        t = run.sql(q, {**params, "ids": keep.tolist()})
     else:
-        t = run.sql(q, {"p": parts})
+        t = run.sql(q, params)
     t = t.sort_by("node_id")
     node_id = t.column("node_id").to_numpy()
     first = np.ones(node_id.size, bool)  # a gist written twice (never, by the engine) counts once
@@ -126,17 +127,17 @@ def gist_colours(run, node_id: np.ndarray) -> pd.DataFrame:
     bs = int(run.knob("tree.block_size", 32))
     lod, idx = nodes.node_lod(node_id), nodes.node_index(node_id)
     df = pd.DataFrame({"node_id": node_id, "lod": lod, "start": nodes.node_start(lod, idx, bs)})
-    ent, dec = [str(p) for p in run.parts("entries")], [str(p) for p in run.parts("decisions")]
+    ent, dec = run.source("entries"), run.source("decisions")
     if ent:
-        q = ("SELECT node_id, arg_max(score, step * 100 + iteration) AS score FROM read_parquet($p, union_by_name=true)"
+        q = (f"SELECT node_id, arg_max(score, step * 100 + iteration) AS score FROM {ent[0]}"
              " WHERE lod >= 1 GROUP BY node_id")  # fmt: skip
-        df = df.merge(run.sql(q, {"p": ent}).to_pandas(), on="node_id", how="left")
+        df = df.merge(run.sql(q, ent[1]).to_pandas(), on="node_id", how="left")
     else:
         df["score"] = np.nan
     if dec:
-        q = ("SELECT node_id, max(step) AS last_expand FROM read_parquet($p, union_by_name=true)"
+        q = (f"SELECT node_id, max(step) AS last_expand FROM {dec[0]}"
              " WHERE action = 'expand' AND outcome = 'applied' GROUP BY node_id")  # fmt: skip
-        df = df.merge(run.sql(q, {"p": dec}).to_pandas(), on="node_id", how="left")
+        df = df.merge(run.sql(q, dec[1]).to_pandas(), on="node_id", how="left")
     else:
         df["last_expand"] = np.nan
     return df

@@ -211,10 +211,10 @@ def overview(path: str, ver: str) -> dict:
     """Extents and what the run holds: step and token range, tables, knobs the pages need."""
     run = get_run(path)
     out = {"s0": 0, "s1": -1, "t0": 0, "t1": 0, "n_steps": run.n_steps(), "tables": run.tables()}
-    files = [str(p) for p in run.parts("entries")]
-    if files:
-        q = 'SELECT min(step) s0, max(step) s1, min(start) t0, max("end") t1 FROM read_parquet($p, union_by_name=true)'
-        ext = run.sql(q + " WHERE iteration = 0", {"p": files}).to_pylist()[0]
+    src = run.source("entries")  # cut where `steps` ends, like every read of a run
+    if src:
+        q = f'SELECT min(step) s0, max(step) s1, min(start) t0, max("end") t1 FROM {src[0]} WHERE iteration = 0'
+        ext = run.sql(q, src[1]).to_pylist()[0]
         if ext["s0"] is not None:
             out.update({k: int(v) for k, v in ext.items()})
     out["block_size"] = int(run.knob("tree.block_size", 32))

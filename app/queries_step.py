@@ -38,6 +38,9 @@ def _step_index(path: str, ver: str, table: str) -> pd.DataFrame:
 def rows_at(path: str, ver: str, table: str, step: int) -> pd.DataFrame:
     """Every row of `table` at `step`, in recorded order, read from only the parts that can hold it."""
     run = get_run(path)
+    last = run.last_step()
+    if last is not None and step > last:  # a stopped run's rows past its last steps row are not shown
+        return _df(run.table(table).slice(0, 0))
     idx = _step_index(path, ver, table)
     lo, hi = idx["lo"].astype("float64"), idx["hi"].astype("float64")
     hit = idx.loc[lo.isna() | hi.isna() | ((lo <= step) & (hi >= step)), "file"].tolist()
@@ -99,11 +102,11 @@ def decision_view(d: pd.DataFrame) -> pd.DataFrame:
 def table_steps(path: str, ver: str, table: str) -> np.ndarray:
     """Steps at which an optional table (`attention`, `lens_attention`) has rows, in order."""
     run = get_run(path)
-    files = [str(p) for p in run.parts(table)]
-    if not files:
+    src = run.source(table)
+    if not src:
         return np.zeros(0, np.int64)
-    q = "SELECT DISTINCT step FROM read_parquet($p, union_by_name=true) ORDER BY step"
-    return run.sql(q, {"p": files}).column("step").to_numpy().astype(np.int64)
+    steps = run.sql(f"SELECT DISTINCT step FROM {src[0]} ORDER BY step", src[1]).column("step")
+    return steps.to_numpy().astype(np.int64)
 
 
 def nearest(steps: np.ndarray, step: int) -> int | None:

@@ -6,8 +6,10 @@
 
 Errors a user can cause (no such folder, not a run, a newer schema version, an unknown table or
 column, a bad SQL filter, an unwritable output, a bad argument) print one line `error: ...` on
-stderr and exit with 2. A part file that cannot be read is skipped by the reader; each one is
-reported as a `warning: ...` line on stderr (and, for `metrics`, under the `problems` key).
+stderr and exit with 2. A part file the reader skips (unreadable, truncated, from another run, a
+copy, a symbolic link: see `telemetry.reader.Run.parts`) is reported as a `warning: skipped ...`
+line on stderr (and, for `metrics`, under the `problems` key), and `metrics` and `export` then exit
+with 3: the output is written, but from part of the run.
 
 This module only parses arguments and formats output: reading is `telemetry.reader`, the numbers
 are `telemetry.metrics`. Like the rest of `telemetry/` it never imports torch, so it starts fast.
@@ -32,6 +34,7 @@ from telemetry.schema import TABLES, SchemaError
 from telemetry.writer import MANIFEST
 
 FORMATS = ("csv", "parquet")
+SKIPPED = 3  # exit status: done, but the reader skipped part files (each named on stderr)
 _CSV_BATCH = 65_536  # rows per CSV write: keeps the text buffer small on tables of millions of rows
 
 
@@ -77,7 +80,7 @@ def cmd_metrics(args) -> int:
     summary["problems"] = list(run.problems)
     _warn(run)
     print(json.dumps(_jsonable(summary), indent=args.indent))
-    return 0
+    return SKIPPED if run.problems else 0
 
 
 def _columns(spec: str | None) -> list[str] | None:
@@ -142,7 +145,7 @@ def cmd_export(args) -> int:
         _write_file(data, Path(args.out), fmt)
     if args.verbose:
         print(f"{data.num_rows} rows -> {args.out}", file=sys.stderr)
-    return 0
+    return SKIPPED if run.problems else 0
 
 
 def cmd_list(args) -> int:

@@ -431,10 +431,17 @@ def _applied_decisions(run) -> pa.Table:
 
 
 def _ctx(run) -> dict:
-    return {
-        "block_size": int(run.knob("tree.block_size", 32)),
-        "tau": float(run.knob("allocator.tau_expand", 0.2)),
-    }
+    return {"block_size": _knob(run, "tree.block_size", 32, int), "tau": _knob(run, "allocator.tau_expand", 0.2, float)}
+
+
+def _knob(run, name: str, default: float, kind: type) -> float:
+    """A knob from the run's manifest, checked: ValueError naming the run, the knob and its value."""
+    v = run.knob(name, default)
+    ok = (int, float) if kind is float else (int,)
+    if type(v) not in ok or (kind is int and v < 1):
+        what = "a whole number >= 1" if kind is int else "a number"
+        raise ValueError(f"{getattr(run, 'path', run)}: knob {name} in the manifest is {v!r}, expected {what}")
+    return kind(v)
 
 
 def series(run, name: str, *, osc_window: int = 5) -> pa.Table:

@@ -19,16 +19,19 @@ import datetime as dt
 import json
 import os
 import re
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from telemetry import metrics
 from telemetry.schema import SCHEMA_VERSION, SCHEMAS, TABLES, SchemaError, check_part_schema
-from telemetry.writer import MANIFEST
+from telemetry.writer import MANIFEST, PART_RUN_ID, PART_SEQ, PART_TABLE
 
 STALE_AFTER_S = 30.0  # a recording whose heartbeat is older than this is reported as interrupted
 _PART = re.compile(r"part-(\d+)\.parquet")
@@ -41,7 +44,8 @@ class RunReadError(Exception):
 
 
 def load_manifest(run_dir: str | os.PathLike) -> dict:
-    """The run's manifest, or RunReadError saying what is wrong with the folder."""
+    """The run's manifest, or RunReadError saying what is wrong with the folder (one line naming the
+    file, and the field when one field is wrong)."""
     path = Path(run_dir)
     if not path.is_dir():
         raise RunReadError(f"{path}: not a run folder (no such directory)")
@@ -50,20 +54,53 @@ def load_manifest(run_dir: str | os.PathLike) -> dict:
         if not any(path.iterdir()):
             raise RunReadError(f"{path}: empty folder, not a run (no {MANIFEST})")
         raise RunReadError(f"{path}: not a run (no {MANIFEST})")
+    if mpath.is_symlink():
+        raise RunReadError(f"{mpath}: a symbolic link, not followed")
     try:
         m = json.loads(mpath.read_text())
     except (OSError, UnicodeDecodeError) as e:
         raise RunReadError(f"{mpath}: unreadable ({type(e).__name__})") from None
     except json.JSONDecodeError as e:
         raise RunReadError(f"{mpath}: corrupt JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(m, dict) or not isinstance(m.get("schema_version"), int):
+    if not isinstance(m, dict) or type(m.get("schema_version")) is not int:
         raise RunReadError(f"{mpath}: no integer schema_version, not a MegaContext run manifest")
     if m["schema_version"] > SCHEMA_VERSION:
         raise RunReadError(
             f"{mpath}: schema_version {m['schema_version']} is newer than this reader's {SCHEMA_VERSION}; "
             "upgrade MegaContext Studio to read it"
         )
+    if m["schema_version"] < 1:
+        raise RunReadError(f"{mpath}: schema_version {m['schema_version']} is not a version (1 to {SCHEMA_VERSION})")
+    for name, (types, what) in _FIELDS.items():
+        v = m.get(name)
+        if v is not None and (type(v) not in types or (int in types and v < 0)):
+            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+            raise RunReadError(f"{mpath}: field {name!r} is {shown}, expected {what}")
+    if m.get("status") not in STATUSES:
+        raise RunReadError(f"{mpath}: field 'status' is {m.get('status')!r}, expected one of {', '.join(STATUSES)}")
     return m
+
+
+STATUSES = ("recording", "complete", "failed")  # as written; `interrupted` is derived by the reader
+# Manifest fields a reader relies on: their JSON types (absent or null is allowed: older writers).
+_TEXT = ((str,), "text")
+_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "tokens": ((int,), "a whole number >= 0"),
+    "steps": ((int,), "a whole number >= 0"),
+    "run_id": _TEXT,
+    "scorer": _TEXT,
+    "input": _TEXT,
+    "created_at": _TEXT,
+    "updated_at": _TEXT,
+    "heartbeat_at": _TEXT,
+    "error": _TEXT,
+    "parent": _TEXT,
+    "config": ((dict,), "an object"),
+    "config_flat": ((dict,), "an object"),
+    "model": ((dict,), "an object"),
+    "tables": ((dict,), "an object"),
+    "timings": ((dict,), "an object"),
+}
 
 
 def derive_status(manifest: dict, stale_after: float = STALE_AFTER_S, now: dt.datetime | None = None) -> str:
@@ -83,13 +120,16 @@ def derive_status(manifest: dict, stale_after: float = STALE_AFTER_S, now: dt.da
 
 
 def _folder_bytes(path: Path) -> int:
+    """Bytes of the files under `path`; symbolic links are neither followed nor counted."""
     total = 0
-    for root, _, files in os.walk(path):
+    for root, _, files in os.walk(path):  # os.walk does not descend into linked folders
         for f in files:
             try:
-                total += os.stat(os.path.join(root, f)).st_size
+                st = os.lstat(os.path.join(root, f))
             except OSError:  # a staging file moved away while we walked
-                pass
+                continue
+            if not stat.S_ISLNK(st.st_mode):
+                total += st.st_size
     return total
 
 
@@ -111,12 +151,21 @@ class RunInfo:
 
 
 def list_runs(root: str | os.PathLike, *, stale_after: float = STALE_AFTER_S) -> list[RunInfo]:
-    """Every sub-folder of `root` as a RunInfo, sorted by name; bad ones are `invalid` with a `problem`."""
+    """Every sub-folder of `root` as a RunInfo, sorted by name; bad ones are `invalid` with a `problem`.
+
+    Each run is read on its own: a bad manifest (or a bad field in one) marks that run invalid and
+    names the file, the others are listed as usual. A symbolic link is listed as invalid and not
+    followed (neither to list nor to size it), whatever it points to."""
     root = Path(root)
     if not root.is_dir():
         return []
     out = []
-    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+    for path in sorted(p for p in root.iterdir() if not p.name.startswith((".", "_"))):
+        if path.is_symlink():
+            out.append(RunInfo(path.name, path, "invalid", problem=f"{path}: a symbolic link, not followed"))
+            continue
+        if not path.is_dir():
+            continue
         size = _folder_bytes(path)
         try:
             m = load_manifest(path)
@@ -130,8 +179,8 @@ def list_runs(root: str | os.PathLike, *, stale_after: float = STALE_AFTER_S) ->
                 status=derive_status(m, stale_after),
                 size_bytes=size,
                 scorer=m.get("scorer"),
-                tokens=int(m.get("tokens") or 0),
-                steps=int(m.get("steps") or 0),
+                tokens=m.get("tokens") or 0,
+                steps=m.get("steps") or 0,
                 created_at=m.get("created_at"),
                 heartbeat_at=m.get("heartbeat_at"),
                 error=m.get("error"),
@@ -161,7 +210,7 @@ class Run:
         self.name = self.path.name
         self.stale_after = stale_after
         self._manifest = load_manifest(self.path)
-        self._checked: dict[Path, tuple[int, int, str | None, pa.Schema | None, int]] = {}
+        self._checked: dict[Path, _Part] = {}
         self.problems: list[str] = []  # one line per bad file found so far, each naming the file
         self._con = duckdb.connect()
 
@@ -189,53 +238,152 @@ class Run:
 
     # ---------------------------------------------------------------------------------- parts
 
-    def _check(self, path: Path) -> tuple[str | None, pa.Schema | None, int]:
-        st = path.stat()
+    def _check(self, path: Path, manifest: dict | None = None) -> _Part:
+        """The part's footer facts and, if it must be skipped, the one-line reason (cached by size and
+        mtime: parts never change). `manifest` (default: the cached one) gives the run id and columns."""
+        st = path.lstat()
         hit = self._checked.get(path)
-        if hit and hit[:2] == (st.st_size, st.st_mtime_ns):
-            return hit[2:]
+        if hit and hit.key == (st.st_size, st.st_mtime_ns):
+            return hit
         table = path.parent.name
-        problem, schema, rows = None, None, 0
+        part = _Part((st.st_size, st.st_mtime_ns), None, None, 0, None)
         try:
             meta = pq.read_metadata(path)
-            schema, rows = meta.schema.to_arrow_schema(), meta.num_rows
-            check_part_schema(table, schema)
+            part.schema, part.rows = meta.schema.to_arrow_schema(), meta.num_rows
+            check_part_schema(table, part.schema)
+            part.problem = _foreign(path, table, meta.metadata or {}, manifest or self._manifest, part.schema)
+            part.max_step = _max_step(meta, part.schema)
         except SchemaError as e:
-            problem = f"{path}: not a valid {table} part ({str(e).removeprefix(table + ': ')})"
+            part.problem = f"{path}: not a valid {table} part ({str(e).removeprefix(table + ': ')})"
         except Exception as e:  # truncated, not Parquet, unreadable: pyarrow raises several types
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            problem = f"{path}: not a readable Parquet file ({msg})"
-        self._checked[path] = (st.st_size, st.st_mtime_ns, problem, schema, rows)
+            part.problem = f"{path}: not a readable Parquet file ({msg})"
+        self._checked[path] = part
+        self._problem(part.problem)
+        return part
+
+    def _problem(self, problem: str | None) -> None:
         if problem and problem not in self.problems:
             self.problems.append(problem)
-        return problem, schema, rows
 
     def parts(self, table: str, *, strict: bool = False) -> list[Path]:
-        """The table's good part files in order; bad ones are skipped (or raise, with `strict`)."""
+        """The table's good part files in order; bad ones are skipped and named in `problems` (or
+        raise, with `strict`).
+
+        Only regular files named `part-NNNNNN.parquet` are parts. Refused, each with its reason: a
+        symbolic link (never followed), a folder or other file under a part's name, a file that is
+        not Parquet or is truncated, another table's columns, and (in a run whose manifest has a
+        `run_id`) a part whose metadata names another run, another table or another sequence number
+        than its file name (a part copied in, or duplicated under a new name), or that has a column
+        the run's writer did not write. Other files in the folder (`*.tmp`, notes) are ignored.
+        """
         if table not in SCHEMAS:
             raise ValueError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
         folder = self.path / table
-        if not folder.is_dir():
+        if folder.is_symlink() or not folder.is_dir():
+            if folder.is_symlink():
+                self._strict_or_note(f"{folder}: a symbolic link, not followed", strict)
             return []
-        found = sorted((p for p in folder.iterdir() if p.suffix == ".parquet" and p.is_file()), key=_part_key)
+        manifest = self.manifest
         good = []
-        for p in found:
-            problem = self._check(p)[0]
+        for p in sorted((p for p in folder.iterdir() if p.suffix == ".parquet"), key=_part_key):
+            if p.is_symlink():
+                problem = f"{p}: a symbolic link, not followed"
+            elif not p.is_file():
+                problem = f"{p}: not a regular file"
+            elif not _PART.fullmatch(p.name):
+                problem = f"{p}: not a part name (part-NNNNNN.parquet)"
+            else:
+                problem = self._check(p, manifest).problem
             if problem is None:
                 good.append(p)
-            elif strict:
-                raise RunReadError(problem)
+            else:
+                self._strict_or_note(problem, strict)
         return good
+
+    def _strict_or_note(self, problem: str, strict: bool) -> None:
+        if strict:
+            raise RunReadError(problem)
+        self._problem(problem)
 
     def tables(self) -> list[str]:
         return [t for t in TABLES if self.parts(t)]
 
     def n_rows(self, table: str) -> int:
-        """Rows in the table's good parts, from Parquet footers (no data read)."""
-        return sum(self._check(p)[2] for p in self.parts(table))
+        """Rows in the table's good parts, from Parquet footers (no data read; before the cut)."""
+        return sum(self._check(p).rows for p in self.parts(table))
 
     def n_steps(self) -> int:
         return self.n_rows("steps")
+
+    def last_step(self) -> int | None:
+        """The last step with a `steps` row (None before the first): every other table is read up to it.
+
+        A recorder killed (or failed) between two part writes, or mid-step, can leave rows of a step
+        that has no steps row yet; cutting there makes every table of a stopped run end where `steps`
+        ends, so that joins never meet an orphan step."""
+        files = self.parts("steps")
+        if not files:
+            return None
+        tops = [self._check(p).max_step for p in files]
+        if any(t is None for t in tops):  # a part without statistics: ask the data
+            return self.sql("SELECT max(step) AS s FROM read_parquet($p, union_by_name=true)",
+                            {"p": [str(p) for p in files]}).column("s")[0].as_py()  # fmt: skip
+        return max(tops)
+
+    def source(self, table: str, *, strict: bool = False) -> tuple[str, dict] | None:
+        """A DuckDB FROM-clause item over the table's good parts, cut at `last_step()`, and its
+        parameters (named after the table, so two sources can share one query); None if no parts."""
+        files = self.parts(table, strict=strict)
+        if not files:
+            return None
+        key = f"_mc_{table}"
+        sql, params = f"read_parquet(${key}, union_by_name=true)", {key: [str(p) for p in files]}
+        cut = None if table == "steps" else self._cut(files)
+        if cut is not None:
+            sql = f"(SELECT * FROM {sql} WHERE step <= ${key}_cut)"
+            params[f"{key}_cut"] = cut
+        return sql, params
+
+    def _cut(self, files: list[Path]) -> int | None:
+        """The step to cut `files` at, or None when none of their rows lies beyond `last_step()`."""
+        last = self.last_step()
+        if last is None:  # no steps table at all (a writer that records only some tables): nothing to cut at
+            return None
+        if all(t is not None and t <= last for t in (self._check(p).max_step for p in files)):
+            return None
+        return last
+
+    def batches(self, table: str, columns: list[str], *, rows: int = 2_000_000) -> Iterator[pa.Table]:
+        """The table's rows (cut at `last_step()`) in recorded order, as Tables of about `rows` rows
+        that each hold whole steps (a step is never split between two Tables), so that per-step work
+        can run in bounded memory. Reads one part at a time; a column a part lacks reads as null."""
+        schema = pa.schema([pa.field(c, SCHEMAS[table].field(c).type) for c in columns])  # nullable, like `table`
+        files = self.parts(table)
+        cut = None if table == "steps" else self._cut(files)
+        held: list[pa.Table] = []
+        n_held = 0
+        for p in files:
+            t = _read_columns(p, schema)
+            if cut is not None:
+                t = t.filter(pc.less_equal(t.column("step"), cut))
+            if t.num_rows == 0:
+                continue
+            held.append(t)
+            n_held += t.num_rows
+            if n_held >= rows:
+                whole = pa.concat_tables(held)
+                step = whole.column("step")
+                last = step[-1].as_py()
+                # rows of the last step may continue in the next part: keep them for the next Table
+                k = whole.num_rows - pc.sum(pc.equal(step, last)).as_py()
+                if k > 0:
+                    yield whole.slice(0, k).combine_chunks()
+                    held, n_held = [whole.slice(k)], whole.num_rows - k
+                else:
+                    held, n_held = [whole], whole.num_rows
+        if n_held:
+            yield pa.concat_tables(held).combine_chunks()
 
     # ---------------------------------------------------------------------------------- query
 
@@ -263,19 +411,20 @@ class Run:
         files = self.parts(name, strict=strict)
         known = dict.fromkeys(SCHEMAS[name].names)
         for p in files:
-            known.update(dict.fromkeys(self._check(p)[1].names))
+            known.update(dict.fromkeys(self._check(p).schema.names))
         for c in columns or ():
             if c not in known:
                 raise ValueError(f"{name}: unknown column {c!r}; known: {', '.join(known)}")
-        if not files:
+        src = self.source(name, strict=strict)
+        if src is None:
             empty = SCHEMAS[name].empty_table()
             return empty.select(columns) if columns else empty
         cols = ", ".join(_quote(c) for c in columns) if columns else "*"
-        q = f"SELECT {cols} FROM read_parquet($_mc_parts, union_by_name=true)"
+        q = f"SELECT {cols} FROM {src[0]}"
         if where:
             q += f" WHERE {where}"
         # Order: DuckDB preserves insertion order (files in list order, rows in file order) without ORDER BY.
-        out = self.sql(q, {**(params or {}), "_mc_parts": [str(p) for p in files]})
+        out = self.sql(q, {**(params or {}), **src[1]})
         return _conform(name, out)
 
     def steps(self, columns: list[str] | None = None) -> pa.Table:
@@ -326,13 +475,13 @@ class Run:
             raise ValueError(f"width and height must be >= 1, got {width}x{height}")
         if agg not in ("mean", "min", "max"):
             raise ValueError(f"agg must be one of mean, min, max; got {agg!r}")
-        files = [str(p) for p in self.parts("entries")]
-        if not files:
+        src = self.source("entries")
+        if src is None:
             return _HEATMAP.empty_table()
-        base = {"parts": files, "it": iteration}
+        entries, base = src[0], {**src[1], "it": iteration}
         if step_range is None or token_range is None:
             q = 'SELECT min(step) s0, max(step) s1, min(start) t0, max("end") t1'
-            q += " FROM read_parquet($parts, union_by_name=true) WHERE iteration = $it"
+            q += f" FROM {entries} WHERE iteration = $it"
             ext = self.sql(q, base).to_pylist()[0]
             if ext["s0"] is None:
                 return _HEATMAP.empty_table()
@@ -354,7 +503,7 @@ class Run:
             SELECT (step - $s0) * $h // $n AS yb, {v_of} AS v, s, e, count(*) AS c
             FROM (
                 SELECT step, {_quote(column)}::DOUBLE AS v, greatest(start, $t0) AS s, least("end", $t1) AS e
-                FROM read_parquet($parts, union_by_name=true)
+                FROM {entries}
                 WHERE iteration = $it AND step BETWEEN $s0 AND $s1 AND "end" > $t0 AND start < $t1
             )
             GROUP BY yb, s, e
@@ -389,6 +538,66 @@ class Run:
 
     def summary(self) -> dict:
         return metrics.summary(self)
+
+
+@dataclass
+class _Part:
+    """What one check of a part file found (cached per path, by size and mtime)."""
+
+    key: tuple[int, int]
+    problem: str | None
+    schema: pa.Schema | None
+    rows: int
+    max_step: int | None  # from the footer's statistics; None if it has none
+
+
+def _foreign(path: Path, table: str, meta: dict, manifest: dict, schema: pa.Schema) -> str | None:
+    """Why a readable part of `table` does not belong to this run, or None. Runs recorded before
+    parts carried a run id (no `run_id` in the manifest) are not checked."""
+    run_id = manifest.get("run_id")
+    if not run_id:
+        return None
+    got = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in meta.items()}
+    rid, tab, seq = got.get(PART_RUN_ID), got.get(PART_TABLE), got.get(PART_SEQ)
+    if rid is None:
+        return f"{path}: not written by this run's recorder (no run id in its metadata)"
+    if rid != run_id:
+        return f"{path}: a part of another run (run id {rid[:12]}, this run's is {run_id[:12]})"
+    if tab != table:
+        return f"{path}: a part of the {tab} table, not of {table}"
+    number = int(_PART.fullmatch(path.name).group(1))
+    if seq != str(number):
+        return f"{path}: holds part {seq} of {table}, not part {number} (a copy or a renamed part)"
+    written = ((manifest.get("tables") or {}).get(table) or {}).get("columns")
+    if isinstance(written, list):
+        extra = [n for n in schema.names if n not in written]
+        if extra:
+            return f"{path}: has column {extra[0]!r}, which this run's recorder did not write"
+    return None
+
+
+def _max_step(meta: pq.FileMetaData, schema: pa.Schema) -> int | None:
+    """The largest `step` in a part, from its row groups' statistics (None if any lacks them)."""
+    idx = schema.get_field_index("step")
+    if meta.num_rows == 0:
+        return -1
+    top = None
+    for g in range(meta.num_row_groups):
+        st = meta.row_group(g).column(idx).statistics
+        if st is None or not st.has_min_max:
+            return None
+        top = st.max if top is None else max(top, st.max)
+    return top
+
+
+def _read_columns(path: Path, schema: pa.Schema) -> pa.Table:
+    """`schema`'s columns of one part file; a column the file lacks reads as nulls."""
+    f = pq.ParquetFile(path)
+    have = [n for n in schema.names if f.schema_arrow.get_field_index(n) >= 0]
+    t = f.read(columns=have)
+    cols = [t.column(n).cast(fl.type) if n in have else pa.nulls(t.num_rows, fl.type) for n, fl in
+            zip(schema.names, schema, strict=True)]  # fmt: skip
+    return pa.Table.from_arrays(cols, schema=schema.with_metadata(None))
 
 
 _HEATMAP = pa.schema(

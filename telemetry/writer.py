@@ -14,7 +14,9 @@ microseconds per column, a sizeable share of a small model's step. Buffers are f
 each table to one new part, when `flush_rows` rows are buffered or `flush_seconds` have passed. A
 part is written in `_staging/` and moved in with `os.replace`, so a reader never sees a
 half-written file and a killed recorder loses at most its unflushed buffer. No fsync: this guards
-against a killed process, not a power cut.
+against a killed process, not a power cut. Every part carries its run's id (also in the manifest),
+its table and its sequence number as Parquet key-value metadata, so that the reader can refuse a
+part copied in from another run, duplicated under another name or moved to another table.
 
 This module does not read runs back (see `telemetry/reader.py`) and never imports torch.
 """
@@ -28,6 +30,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +65,9 @@ from telemetry.schema import (
 
 MANIFEST = "manifest.json"
 STAGING = "_staging"
+# Key-value metadata of every part file: the run it belongs to, its table and its sequence number (the
+# number in its name). The reader refuses a part whose keys disagree with its run, folder or name.
+PART_RUN_ID, PART_TABLE, PART_SEQ = "mcs.run_id", "mcs.table", "mcs.part"
 _ACTIONS = pa.array(ACTIONS, pa.string())
 _OUTCOMES = pa.array(OUTCOMES, pa.string())
 
@@ -135,6 +141,7 @@ class RunLock:
 RESERVED_KEYS = frozenset(
     {
         "schema_version",
+        "run_id",
         "status",
         "config",
         "config_flat",
@@ -179,6 +186,7 @@ class ParquetSink:
         except BaseException:
             self._lock.release()
             raise
+        self.run_id = uuid.uuid4().hex  # stamped into the manifest and every part file
         self._extra = {"parent": parent, "changed_knobs": changed_knobs, **(extra or {})}  # e.g. replay mode
         # per table, per column: parts that are numpy arrays of the field's dtype or typed Arrow arrays
         self._buf: dict[str, dict[str, list]] = {t: {c: [] for c in SCHEMAS[t].names} for t in TABLES}
@@ -226,7 +234,7 @@ class ParquetSink:
         if self.manifest is None:
             raise RuntimeError(f"{self.run_dir}: {type(event).__name__} before RunStarted")
         if isinstance(event, RunFinished):
-            self._finish(event.status, event.error, tokens=event.tokens, steps=event.steps)
+            self._finish(event.status, event.error, tokens=event.tokens)
             return
         table, cols = _decision_columns(event) if isinstance(event, DecisionsRecorded) else _columns(event)
         fast = _fast_columns(table, cols)
@@ -249,6 +257,7 @@ class ParquetSink:
             raise RuntimeError(f"{self.run_dir}: RunStarted twice")
         self.manifest = {
             "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
             "status": "recording",
             "config": ev.config.to_dict(),
             "config_flat": ev.config.flat(),
@@ -298,6 +307,7 @@ class ParquetSink:
             # Events arrive in step order per table; a stable sort keeps it so (and the WC order within a step).
             data = data.take(pc.sort_indices(data, [("step", "ascending")]))
         k = self._parts[table] + 1
+        data = data.replace_schema_metadata({PART_RUN_ID: self.run_id, PART_TABLE: table, PART_SEQ: str(k)})
         tmp = self.run_dir / STAGING / f"{table}-{part_name(k)}"
         try:
             pq.write_table(data, tmp, compression="zstd")
@@ -314,7 +324,10 @@ class ParquetSink:
         now = utc_now()
         m = self.manifest
         m["updated_at"] = m["heartbeat_at"] = now
-        m["tables"] = {t: {"parts": self._parts[t], "rows": self._written[t]} for t in TABLES}
+        # `columns`: what this writer puts in every part; a reader refuses a part with any other column.
+        m["tables"] = {
+            t: {"parts": self._parts[t], "rows": self._written[t], "columns": SCHEMAS[t].names} for t in TABLES
+        }
         m["timings"] = {**{k: round(v, 3) for k, v in self._timings.items()}, "wall_s": self._wall()}
         write_manifest(self.run_dir, m)
         self._last_beat = time.monotonic()
@@ -322,7 +335,7 @@ class ParquetSink:
     def _wall(self) -> float:
         return round(time.monotonic() - self._t0, 3)
 
-    def _finish(self, status: str, error: str | None, *, tokens: int | None = None, steps: int | None = None) -> None:
+    def _finish(self, status: str, error: str | None, *, tokens: int | None = None) -> None:
         if status not in ("complete", "failed"):
             raise ValueError(f"final status must be 'complete' or 'failed', got {status!r}")
         try:
@@ -334,8 +347,9 @@ class ParquetSink:
         m = self.manifest
         if tokens is not None:
             m["tokens"] = int(tokens)
-        if steps is not None:
-            m["steps"] = int(steps)
+        # While recording, `steps` counts steps seen (buffered ones included, for progress); at the end
+        # it is the steps the files hold: a step that failed mid-way, or whose flush failed, has no row.
+        m["steps"] = self._written["steps"]
         m["status"], m["error"] = status, error
         self._finished = True
         self._write_manifest()
