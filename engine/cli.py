@@ -6,7 +6,10 @@
   eval    compare every policy at one budget (and the gists) on texts; JSON on stdout, a table on stderr
 
 Every knob is reachable with `--set section.field=value` (repeatable), the same names as the
-manifest and the app. Errors a user can cause print one line, `error: ...`, and exit with 2.
+manifest and the app. Exit status: 0 done; 2 an error a user can cause (one line, `error: ...`, on
+stderr); 3 (replay) done, but part files of the source run were unreadable and skipped (one line
+each, `warning: skipped ...`, on stderr; the replay's manifest lists them as `source_problems`);
+128+N stopped by signal N.
 Threads: OpenMP workers sleep rather than spin while waiting, and torch's thread count follows
 the cores other processes leave free (engine/threads.py); MCS_THREADS=fixed turns both off.
 """
@@ -249,13 +252,18 @@ def _passkey_case(args, engine, filler: str, sink):
 SCENARIO_INPUT = "scenario-input.txt"  # a scenario run's text, kept in its run folder
 
 
+EXIT_SKIPPED = 3  # done, but parts of the input were skipped (replay: the source's unreadable part files)
+
+
 def cmd_replay(args) -> int:
     from engine.replay import replay_run
 
     out = replay_run(args.run_dir, args.out, list(args.set or []), exact=args.exact, device=args.device,
                      overwrite=args.overwrite)  # fmt: skip
+    for problem in out["source_problems"]:
+        print(f"warning: skipped {problem}", file=sys.stderr)
     print(json.dumps(out, indent=2))
-    return 0
+    return EXIT_SKIPPED if out["source_problems"] else 0
 
 
 def cmd_eval(args) -> int:
@@ -357,7 +365,9 @@ def parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("replay", help="re-plan a recorded run with other knobs into a new run folder")
+    p = sub.add_parser("replay", help="re-plan a recorded run with other knobs into a new run folder",
+                       epilog="exit status: 0 done; 2 error; 3 done, but unreadable part files of the source run "
+                              "were skipped (each named in a `warning: skipped ...` line)")  # fmt: skip
     p.add_argument("run_dir", help="the recorded run")
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--exact", action="store_true", help="re-run scorer and model instead of reusing scores")

@@ -10,14 +10,62 @@ This module does not load models or touch torch: it is plain data plus parsing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import numbers
 import typing
 from dataclasses import dataclass, field
+
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # every integer knob fits int64 (manifests, Parquet, torch seeds)
 
 
 def _check(ok: bool, name: str, allowed: str, value: object) -> None:
     if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {allowed}, got {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@functools.cache
+def _field_types(cls: type) -> tuple[tuple[str, object], ...]:
+    return tuple(typing.get_type_hints(cls).items())
+
+
+def _is_a(value: object, typ: object) -> bool:
+    """Whether `value` is of a knob's declared type: bool, int (no bool), float (an int too), str, or a tuple."""
+    if typ is bool:
+        return isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if typ is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if typ is str:
+        return isinstance(value, str)
+    if typing.get_origin(typ) is tuple:
+        return isinstance(value, tuple) and all(_is_a(v, typing.get_args(typ)[0]) for v in value)
+    return True
+
+
+def _check_types(section: object, prefix: str) -> None:
+    """Every field of a config section has its declared type, and every integer fits int64.
+
+    Run first in each `__post_init__`, so that a manifest's `"block_size": "abc"` (or a seed with
+    24 digits) is refused here, naming the knob, not later by a comparison or by torch.
+    """
+    for name, typ in _field_types(type(section)):
+        value, knob = getattr(section, name), f"{prefix}.{name}"
+        if not _is_a(value, typ):
+            if typing.get_origin(typ) is tuple:
+                what = f"a tuple of {typing.get_args(typ)[0].__name__}"
+            else:
+                what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[typ]
+            raise ValueError(f"{knob} must be {what}, got {_shown(value)}")
+        if typ is int and not INT_MIN <= value <= INT_MAX:
+            bound = f"at most 2**63-1 = {INT_MAX}" if value > 0 else f"at least -2**63 = {INT_MIN}"
+            raise ValueError(f"{knob} must be a 64-bit integer, {bound}, got {_shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -27,6 +75,7 @@ class TreeConfig:
     spill_dir: str = ""  # folder for memory-mapped gist storage; "" keeps gists in host RAM
 
     def __post_init__(self) -> None:
+        _check_types(self, "tree")
         _check(2 <= self.block_size <= 1024, "tree.block_size", "in [2, 1024]", self.block_size)
         _check(1 <= self.max_lod <= 4, "tree.max_lod", "in [1, 4]", self.max_lod)
 
@@ -43,6 +92,7 @@ class WorkingContextConfig:
     position_mode: str = "auto"  # "global": true positions; "compact": renumber 0..cost-1; or "auto"
 
     def __post_init__(self) -> None:
+        _check_types(self, "wc")
         _check(self.w_max >= 1, "wc.w_max", ">= 1", self.w_max)
         _check(self.protect_recent >= 0, "wc.protect_recent", ">= 0", self.protect_recent)
         _check(
@@ -67,6 +117,7 @@ class AllocatorConfig:
     iterations: int = 1  # scorer/allocator rounds per refocus step
 
     def __post_init__(self) -> None:
+        _check_types(self, "allocator")
         _check(0.0 <= self.interp_gate <= 1.0, "allocator.interp_gate", "in [0, 1]", self.interp_gate)
         _check(
             len(self.shift_kernel) == 2 and all(0.0 <= w <= 1.0 for w in self.shift_kernel),
@@ -101,6 +152,7 @@ class ScorerConfig:
     sink_blocks: int = 1  # sink: oldest blocks kept raw beside the recent window (StreamingLLM's sink)
 
     def __post_init__(self) -> None:
+        _check_types(self, "scorer")
         _check(self.name in SCORER_NAMES, "scorer.name", f"one of {', '.join(SCORER_NAMES)}", self.name)
         _check(self.seed >= 0, "scorer.seed", ">= 0", self.seed)
         _check(self.retrieval_top_k >= 1, "scorer.retrieval_top_k", ">= 1", self.retrieval_top_k)
@@ -129,6 +181,7 @@ class GistNetConfig:
     pooling: str = "query"  # "mean" or "query" (a learned query attends over the children)
 
     def __post_init__(self) -> None:
+        _check_types(self, "gistnet")
         _check(self.hidden >= 8, "gistnet.hidden", ">= 8", self.hidden)
         _check(1 <= self.layers <= 24, "gistnet.layers", "in [1, 24]", self.layers)
         _check(self.heads >= 1 and self.hidden % self.heads == 0, "gistnet.heads", "a divisor of hidden", self.heads)
@@ -143,6 +196,7 @@ class LensNetConfig:
     query_gists: int = 4  # newest gists that join the tail block as query vectors
 
     def __post_init__(self) -> None:
+        _check_types(self, "lensnet")
         _check(self.hidden >= 8, "lensnet.hidden", ">= 8", self.hidden)
         _check(1 <= self.layers <= 24, "lensnet.layers", "in [1, 24]", self.layers)
         _check(self.heads >= 1 and self.hidden % self.heads == 0, "lensnet.heads", "a divisor of hidden", self.heads)
@@ -162,6 +216,7 @@ class SessionConfig:
     max_tokens: int = 0  # stop after this many tokens; 0 = read the whole input
 
     def __post_init__(self) -> None:
+        _check_types(self, "session")
         _check(1 <= self.refocus_every <= 65_536, "session.refocus_every", "in [1, 65536]", self.refocus_every)
         _check(1 <= self.nll_every <= 65_536, "session.nll_every", "in [1, 65536]", self.nll_every)
         _check(self.attention_every >= 0, "session.attention_every", ">= 0", self.attention_every)
@@ -215,12 +270,17 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, dict[str, object]]) -> RunConfig:
-        """Inverse of `to_dict`. Unknown sections or fields raise ValueError."""
+        """Inverse of `to_dict`. Unknown sections or fields, and values of the wrong type (a manifest
+        edited by hand), raise ValueError naming the knob."""
         kwargs = {}
         sections = {f.name: f for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict):
+            raise ValueError(f"config must be a mapping of sections, got {_shown(d)}")
         for name, values in d.items():
             if name not in sections:
                 raise ValueError(f"unknown config section {name!r}; known: {', '.join(sections)}")
+            if not isinstance(values, dict):
+                raise ValueError(f"config section {name} must be a mapping of knobs, got {_shown(values)}")
             sub_cls = _section_type(name)
             known = {f.name for f in dataclasses.fields(sub_cls)}
             for k in values:

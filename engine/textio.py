@@ -5,8 +5,8 @@ tokenised piecewise, so a stream of any length is never held whole in memory. Te
 the tokenizer only at whitespace, so a subword tokenizer sees the same words it would see in one
 piece (only merges across whitespace, which byte-level BPEs do not make, could differ).
 
-Errors a user can cause raise `InputError` with one line: a missing or unreadable file, empty
-input, or binary data (a NUL byte or invalid UTF-8, with its byte offset).
+Errors a user can cause raise `InputError` with one line: a missing or unreadable file, a closed
+stdin, empty input, or binary data (a NUL byte or invalid UTF-8, with its byte offset in the input).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ class InputError(Exception):
 
 def _open(path: str) -> io.BufferedReader:
     if path == "-":
+        if sys.stdin is None:  # the process was started with file descriptor 0 closed (`<&-`)
+            raise InputError("stdin is closed; give an input file, or pipe the text in")
         return sys.stdin.buffer
     try:
         return open(path, "rb")  # noqa: SIM115 - closed by read_text
@@ -42,9 +44,10 @@ def _open(path: str) -> io.BufferedReader:
 def read_text(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
     """Yield decoded text chunks of `path` ("-" = stdin). Raises InputError on empty or binary input."""
     f = _open(path)
+    own = path != "-"  # stdin is the process's: read it, never close it
     name = "stdin" if path == "-" else path
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    offset, seen_text = 0, False
+    offset, seen_text = 0, False  # offset: bytes read before `data`
     try:
         while True:
             try:
@@ -55,11 +58,15 @@ def read_text(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
             nul = data.find(b"\x00")
             if nul >= 0:
                 raise InputError(f"input {name} looks binary (NUL byte at offset {offset + nul}); expected UTF-8 text")
+            # The decoder holds back the bytes of a character cut at the chunk's end and decodes them
+            # in front of the next chunk, so an error's `start` counts from those held-back bytes.
+            held = len(decoder.getstate()[0])
             try:
                 text = decoder.decode(data, final=final)
             except UnicodeDecodeError as e:
+                at = offset - held + e.start
                 raise InputError(
-                    f"input {name} is not UTF-8 text (invalid byte at offset {offset + e.start}); is it binary?"
+                    f"input {name} is not UTF-8 text (invalid byte at offset {at}); is it binary?"
                 ) from None
             offset += len(data)
             if text:
@@ -68,7 +75,7 @@ def read_text(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
             if final:
                 break
     finally:
-        if f is not sys.stdin.buffer:
+        if own:
             f.close()
     if not seen_text:
         raise InputError(f"input {name} is empty (no text to read)")
