@@ -327,8 +327,7 @@ def worst_nodes(path: str, ver: str, top: int = 10, osc_window: int = 5) -> pd.D
 @st.cache_data(max_entries=64, show_spinner=False)
 def residency_lengths(path: str, ver: str) -> pd.DataFrame:
     """How many closed residency runs last each number of steps (a histogram's data)."""
-    e = get_run(path).table("entries", ["step", "iteration", "node_id", "lod"], where="iteration = 0")
-    runs = _df(metrics.residency_runs(e))
+    runs = _df(metrics.residency_runs_of(get_run(path)))  # batch by batch: bounded memory on long runs
     closed = runs[~runs["open"]] if not runs.empty else runs
     if closed.empty:
         return pd.DataFrame({"length": pd.Series(dtype="int64"), "runs": pd.Series(dtype="int64")})

@@ -2,8 +2,12 @@
 
 Every function takes pyarrow Tables with the recorded columns (`steps`, `entries`, `decisions`) and
 returns a Table (one row per step) or a dict of plain numbers. They are vectorised numpy: no pandas,
-no I/O. `series(run, name)` and `summary(run)` fetch the tables from a run (anything with
-`.table()` and `.knob()`, e.g. `telemetry.reader.Run`) and take knobs from its manifest.
+no I/O. `series(run, name)`, `summary(run)` and `residency_runs_of(run)` fetch the tables from a run
+(anything with `.table()` and `.knob()`, e.g. `telemetry.reader.Run`) and take knobs from its
+manifest. They read the entries table, by far the largest, in batches of whole steps when the run
+offers `.batches()` (the reader does), so their memory is bounded by a batch, the steps table and the
+applied decisions, not by the run's length: every per-entry metric is a per-step (or per-round)
+quantity, and residency runs are stitched across batch edges.
 
 Conventions used throughout:
 - an *applied edit* is a decision row with outcome `applied` (forced ones included);
@@ -21,6 +25,7 @@ import pyarrow.compute as pc
 
 from engine import nodes
 from engine.decisions import ACTIONS, APPLIED, EVICT, EXPAND, OUTCOMES
+from telemetry.schema import SCHEMAS
 
 
 def _col(t: pa.Table, name: str, dtype=None) -> np.ndarray:
@@ -152,7 +157,8 @@ def swap_rate(steps: pa.Table, decisions: pa.Table, entries: pa.Table | None = N
     """Applied edits / entries at the step's start, per step.
 
     Entries at the start are the steps table's `n_entries_start`. (Recordings without that column
-    fall back to the entries table where it was recorded, else the previous step's `n_entries`.)
+    fall back to the entries table where it was recorded, else the previous step's `n_entries`;
+    `entries` may also be its per-step counts, columns step and n, as `_entry_counts` makes them.)
     """
     step = _col(steps, "step").astype(np.int64, copy=False)
     order = np.argsort(step, kind="stable")
@@ -163,12 +169,20 @@ def swap_rate(steps: pa.Table, decisions: pa.Table, entries: pa.Table | None = N
     if "n_entries_start" in steps.column_names:
         start = _col(steps, "n_entries_start").astype(np.float64)[order]
     elif entries is not None and entries.num_rows:
-        e_step = _col(_first_iteration(entries), "step").astype(np.int64, copy=False)
-        counted = _per_step(e_step, np.ones(e_step.size), step)
-        start = np.where(np.isin(step, np.unique(e_step)), counted, start)
+        counts = entries if "n" in entries.column_names else _entry_counts(entries)
+        e_step, n = _col(counts, "step").astype(np.int64, copy=False), _col(counts, "n").astype(np.float64)
+        counted = _per_step(e_step, n, step)
+        start = np.where(np.isin(step, e_step), counted, start)
     rate = applied / np.maximum(start, 1.0)
     cols = {"step": step.astype(np.int32), "applied": applied.astype(np.int32), "entries_start": start}
     return pa.table({**cols, "swap_rate": rate})
+
+
+def _entry_counts(entries: pa.Table) -> pa.Table:
+    """Entries at iteration 0 per recorded step: columns step, n."""
+    step = _col(_first_iteration(entries), "step").astype(np.int64, copy=False)
+    steps = _unique(step)
+    return pa.table({"step": steps, "n": _per_step(step, np.ones(step.size), steps)})
 
 
 def oscillation_events(decisions: pa.Table, osc_window: int = 5) -> pa.Table:
@@ -360,9 +374,48 @@ def residency_runs(entries: pa.Table, iteration: int = 0) -> pa.Table:
     return pa.Table.from_arrays([node[first], lod[first], recorded[rank[first]], length, is_open], schema=_RUNS)
 
 
-def residency(entries: pa.Table, iteration: int = 0) -> dict:
-    """Mean and p95 length of the closed residency runs (open ones are only counted: censored)."""
-    runs = residency_runs(entries, iteration)
+class _Stitched:
+    """Residency runs over consecutive batches of whole steps (in step order): the runs of each
+    batch, with those still open at its last step joined to the runs that continue them at the next
+    batch's first step. The result equals `residency_runs` over all the batches at once."""
+
+    def __init__(self) -> None:
+        self.done: list[pa.Table] = []
+        self.carry = _RUNS.empty_table()  # open at the last step seen
+
+    def add(self, first: pa.Table) -> None:
+        runs = residency_runs(first)
+        if runs.num_rows == 0:
+            return
+        if self.carry.num_rows:
+            f0 = int(pc.min(first.column("step")).as_py())  # the batch's first recorded step
+            node, begin = _col(runs, "node_id"), _col(runs, "first_step").astype(np.int64)
+            c_node, c_first = _col(self.carry, "node_id"), _col(self.carry, "first_step").astype(np.int64)
+            at0 = begin == f0
+            cont = at0 & _isin(node, c_node)  # runs that continue a carried one
+            joined = _isin(c_node, node[cont])
+            idx = np.searchsorted(c_node, node[cont])  # carry is sorted by node_id
+            length = _col(runs, "length").astype(np.int64)
+            length[cont] += begin[cont] - c_first[idx]
+            begin[cont] = c_first[idx]
+            runs = runs.set_column(2, "first_step", pa.array(begin.astype(np.int32)))
+            runs = runs.set_column(3, "length", pa.array(length.astype(np.int32)))
+            ended = self.carry.filter(pa.array(~joined))  # carried runs the batch does not continue
+            ended = ended.set_column(3, "length", pa.array((f0 - _col(ended, "first_step")).astype(np.int32)))
+            self.done.append(ended.set_column(4, "open", pa.array(np.zeros(ended.num_rows, bool))))
+        is_open = _col(runs, "open")
+        self.done.append(runs.filter(pa.array(~is_open)))
+        self.carry = runs.filter(pa.array(is_open)).sort_by("node_id")
+
+    def result(self) -> pa.Table:
+        out = pa.concat_tables([*self.done, self.carry])
+        return out.sort_by([("node_id", "ascending"), ("first_step", "ascending")]) if out.num_rows else out
+
+
+def residency(entries: pa.Table | None = None, iteration: int = 0, *, runs: pa.Table | None = None) -> dict:
+    """Mean and p95 length of the closed residency runs (open ones are only counted: censored).
+    Give `entries`, or the `runs` that `residency_runs` (or `residency_runs_of`) made of them."""
+    runs = residency_runs(entries, iteration) if runs is None else runs
     closed = _col(runs, "length")[~_col(runs, "open")].astype(np.float64)
     return {
         "mean": float(closed.mean()) if closed.size else None,
@@ -444,32 +497,85 @@ def _knob(run, name: str, default: float, kind: type) -> float:
     return kind(v)
 
 
+CHUNK_ROWS = 2_000_000  # entry rows per batch: ~60 MB of the columns read, a few times that in temporaries
+
+
+def _entry_batches(run, columns: list[str], rows: int = CHUNK_ROWS):
+    """The run's entries in batches of whole steps (`Run.batches`), or as one table from a plain
+    `.table()`; one empty table when there are none, so that callers always get a result."""
+    if not hasattr(run, "batches"):
+        yield run.table("entries", columns)
+        return
+    empty = True
+    for batch in run.batches("entries", columns, rows=rows):
+        empty = False
+        yield batch
+    if empty:
+        yield SCHEMAS["entries"].empty_table().select(columns)
+
+
+def _by_step(decisions: pa.Table) -> pa.Table:
+    step = _col(decisions, "step")
+    if step.size > 1 and np.any(step[1:] < step[:-1]):
+        decisions = decisions.take(np.argsort(step, kind="stable"))
+    return decisions
+
+
+def _within(decisions: pa.Table, batch: pa.Table) -> pa.Table:
+    """The rows of step-sorted `decisions` in the step range of an entries batch (zero-copy slice)."""
+    step = _col(decisions, "step")
+    if batch.num_rows == 0:
+        return decisions.slice(0, 0)
+    mm = pc.min_max(batch.column("step")).as_py()
+    lo, hi = np.searchsorted(step, mm["min"], "left"), np.searchsorted(step, mm["max"], "right")
+    return decisions.slice(int(lo), int(hi - lo))
+
+
+def _per_step_of(run, name: str, decisions: pa.Table | None = None, tau: float = 0.0) -> pa.Table:
+    """A per-entry metric's per-step table (`locality`, `coherence`, or entry `counts`), batch by batch."""
+    out = []
+    for batch in _entry_batches(run, ["step", "iteration"] if name == "counts" else _E_COLS):
+        first = _first_iteration(batch)
+        if name == "locality":
+            out.append(locality(first))
+        elif name == "coherence":
+            out.append(coherence(first, _within(decisions, batch), tau))
+        else:
+            out.append(_entry_counts(first))
+    return pa.concat_tables(out)
+
+
+def residency_runs_of(run, rows: int = CHUNK_ROWS) -> pa.Table:
+    """`residency_runs` of a run's iteration-0 entries, read batch by batch (bounded memory)."""
+    runs = _Stitched()
+    for batch in _entry_batches(run, ["step", "iteration", "node_id", "lod"], rows):
+        runs.add(_first_iteration(batch))
+    return runs.result()
+
+
 def series(run, name: str, *, osc_window: int = 5) -> pa.Table:
     """A per-step metric of `run`; `name` is one of SERIES."""
     if name not in SERIES:
         raise ValueError(f"unknown metric {name!r}; known: {', '.join(SERIES)}")
     c = _ctx(run)
-    first = "iteration = 0"
     if name == "swap_rate":
         steps = run.table("steps")
         # The entries table is only a fallback, for recordings without `n_entries_start`: skip reading it.
-        e = None
-        if "n_entries_start" not in steps.column_names:
-            e = run.table("entries", ["step", "iteration"], where=first)
-        return swap_rate(steps, _applied_decisions(run), e)
+        counts = None if "n_entries_start" in steps.column_names else _per_step_of(run, "counts")
+        return swap_rate(steps, _applied_decisions(run), counts)
     if name == "oscillation":
         ev = oscillation_events(_applied_decisions(run), osc_window)
         steps = _col(run.table("steps", ["step"]), "step").astype(np.int64, copy=False)
         n = _per_step(_col(ev, "step").astype(np.int64, copy=False), np.ones(ev.num_rows), steps)
         return pa.table({"step": steps.astype(np.int32), "ping_pongs": n.astype(np.int32)})
     if name == "locality":
-        return locality(run.table("entries", _E_COLS, where=first))
+        return _per_step_of(run, "locality")
     if name == "sequential":
         return sequential(_applied_decisions(run), c["block_size"])
     if name == "utilization":
         return utilization(run.table("steps"))
     if name == "coherence":
-        return coherence(run.table("entries", _E_COLS, where=first), _applied_decisions(run), c["tau"])
+        return _per_step_of(run, "coherence", _by_step(_applied_decisions(run)), c["tau"])
     return delta_nll(run.table("steps"))
 
 
@@ -482,17 +588,28 @@ def _mean(t: pa.Table, col: str) -> float | None:
     return _nan_to_none(pc.mean(c).as_py()) if t.num_rows else None
 
 
-def summary(run, *, osc_window: int = 5) -> dict:
-    """Headline numbers of a run, JSON-ready (None where a metric has no data)."""
+def summary(run, *, osc_window: int = 5, rows: int = CHUNK_ROWS) -> dict:
+    """Headline numbers of a run, JSON-ready (None where a metric has no data). The entries are read
+    in batches of about `rows` rows of whole steps; the numbers do not depend on `rows`."""
     c = _ctx(run)
     steps = run.table("steps")
-    dec = _applied_decisions(run)
-    ent = run.table("entries", _E_COLS)
-    first = _first_iteration(ent)
+    dec = _by_step(_applied_decisions(run))
+    loc, coh, counts, runs = [], [], [], _Stitched()
+    expansions = adjacent = 0
+    for batch in _entry_batches(run, _E_COLS, rows):
+        first = _first_iteration(batch)
+        within = _within(dec, batch)
+        loc.append(locality(first))
+        coh.append(coherence(first, within, c["tau"]))
+        adj = adjacency(batch, within, c["block_size"])
+        expansions, adjacent = expansions + adj["expansions"], adjacent + adj["adjacent"]
+        runs.add(first)
+        if "n_entries_start" not in steps.column_names:
+            counts.append(_entry_counts(first))
+    loc, coh = pa.concat_tables(loc), pa.concat_tables(coh)
     osc = oscillation(dec, osc_window, top=5)
     seq = sequential(dec, c["block_size"])
-    res = residency(first)
-    coh = coherence(first, dec, c["tau"])
+    res = residency(runs=runs.result())
     dn = delta_nll(steps)
     m = run.manifest
     n_cand = int(pc.sum(coh.column("candidates")).as_py() or 0)
@@ -502,13 +619,13 @@ def summary(run, *, osc_window: int = 5) -> dict:
         "scorer": m.get("scorer"),
         "tokens": m.get("tokens"),
         "steps": steps.num_rows,
-        "swap_rate": _mean(swap_rate(steps, dec, first), "swap_rate"),
+        "swap_rate": _mean(swap_rate(steps, dec, pa.concat_tables(counts) if counts else None), "swap_rate"),
         "ping_pongs": osc["ping_pongs"],
         "applied_edits": osc["applied_edits"],
         "ping_pongs_per_edit": osc["per_edit"],
         "worst_nodes": osc["worst"].to_pylist(),
-        "locality": _mean(locality(first), "locality"),
-        "adjacent_share": adjacency(ent, dec, c["block_size"])["share"],
+        "locality": _mean(loc, "locality"),
+        "adjacent_share": adjacent / expansions if expansions else None,
         "sequential_score": _mean(seq, "sequential"),
         "residency_mean": res["mean"],
         "residency_p95": res["p95"],

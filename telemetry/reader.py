@@ -6,9 +6,18 @@ so `_staging/` (where the writer builds parts) is never seen and a run that is s
 be read at any moment: a part appears whole (os.replace) or not at all. Results are pyarrow Tables.
 
 Bad part policy: every part's footer is checked once (cached by size and mtime; parts never change)
-against the public contract (`schema.check_part_schema`). A part that is not Parquet, is truncated
-or is some other table's file is skipped and its one-line reason (naming the file) is added to
-`run.problems`, so the rest of the run stays readable; `strict=True` raises `RunReadError` instead.
+against the public contract (`schema.check_part_schema`) and against its run: its metadata must name
+this run's id, its table and the number in its file name (see `Run.parts`). A part that is not
+Parquet, is truncated, is some other table's or run's file, a copy, or a symbolic link is skipped
+and its one-line reason (naming the file) is added to `run.problems`, so the rest of the run stays
+readable; `strict=True` raises `RunReadError` instead. Listing never follows a symbolic link.
+
+The cut: every table other than `steps` is read up to `Run.last_step()`, the last step with a steps
+row, so that a recorder stopped between two part writes (or mid-step) leaves no orphan rows in any
+join (docs/SCHEMA.md, "A stopped run"). `Run.source(table)` gives that cut FROM-clause to any query.
+
+Memory: DuckDB runs under `DUCKDB_MEMORY` (spilling to a temporary folder beyond it) and
+`Run.batches` streams a table in whole steps, so reading a run of any length stays bounded.
 
 This module does not write runs and does not compute metrics (it delegates to `telemetry.metrics`).
 """
@@ -20,6 +29,7 @@ import json
 import os
 import re
 import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +41,9 @@ import pyarrow.parquet as pq
 
 from telemetry import metrics
 from telemetry.schema import SCHEMA_VERSION, SCHEMAS, TABLES, SchemaError, check_part_schema
-from telemetry.writer import MANIFEST, PART_RUN_ID, PART_SEQ, PART_TABLE
+from telemetry.writer import MANIFEST, PART_RUN_ID, PART_SEQ, PART_TABLE, part_name
 
+DUCKDB_MEMORY = "1GB"  # per open run; the app holds a few, the CLI one
 STALE_AFTER_S = 30.0  # a recording whose heartbeat is older than this is reported as interrupted
 _PART = re.compile(r"part-(\d+)\.parquet")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -101,6 +112,10 @@ _FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "tables": ((dict,), "an object"),
     "timings": ((dict,), "an object"),
 }
+
+
+def _duckdb_temp() -> str:
+    return os.path.join(tempfile.gettempdir(), f"megacontext-duckdb-{os.getuid()}")
 
 
 def derive_status(manifest: dict, stale_after: float = STALE_AFTER_S, now: dt.datetime | None = None) -> str:
@@ -212,7 +227,8 @@ class Run:
         self._manifest = load_manifest(self.path)
         self._checked: dict[Path, _Part] = {}
         self.problems: list[str] = []  # one line per bad file found so far, each naming the file
-        self._con = duckdb.connect()
+        # Bounded: DuckDB would take up to 80% of RAM; past the limit, sorts and aggregates spill to disk.
+        self._con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": _duckdb_temp()})
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -286,7 +302,10 @@ class Run:
             return []
         manifest = self.manifest
         good = []
-        for p in sorted((p for p in folder.iterdir() if p.suffix == ".parquet"), key=_part_key):
+        found = sorted((p for p in folder.iterdir() if p.suffix == ".parquet"), key=_part_key)
+        for problem in _missing(folder, found, manifest):
+            self._strict_or_note(problem, strict)
+        for p in found:
             if p.is_symlink():
                 problem = f"{p}: a symbolic link, not followed"
             elif not p.is_file():
@@ -574,6 +593,21 @@ def _foreign(path: Path, table: str, meta: dict, manifest: dict, schema: pa.Sche
         if extra:
             return f"{path}: has column {extra[0]!r}, which this run's recorder did not write"
     return None
+
+
+def _missing(folder: Path, found: list[Path], manifest: dict) -> list[str]:
+    """One line naming the parts a recorder wrote that are not in `folder` (empty if none): it numbers
+    parts 1, 2, ... and records the count in the manifest after writing them, so every number up to
+    that count must be there. Only for runs with a run id."""
+    recorded = ((manifest.get("tables") or {}).get(folder.name) or {}).get("parts")
+    if not manifest.get("run_id") or type(recorded) is not int:
+        return []
+    have = {int(m.group(1)) for p in found if (m := _PART.fullmatch(p.name))}
+    gone = [k for k in range(1, recorded + 1) if k not in have]
+    if not gone:
+        return []
+    names = ", ".join(part_name(k) for k in gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+    return [f"{folder}: missing {names} (the recorder wrote parts 1 to {recorded})"]
 
 
 def _max_step(meta: pq.FileMetaData, schema: pa.Schema) -> int | None:

@@ -3,7 +3,7 @@
 - `record(out, *sets)`: a real, small recording (tiny model, tests/data/sample.txt, no NLL) made by
   the engine's command line, so that replaying it with its own knobs is exact;
 - `synthetic_run(path, gists=...)`: a hand-made run folder (tests/telemetry_fixtures events) with,
-  optionally, a `gists` table written by hand as one Parquet part (RUN/gists/part-000000.parquet);
+  optionally, hand-made gists (two clusters, an LOD2 gist too) recorded by the sink like any other;
 - `plotly_points(element)`: how many points a rendered plotly chart draws (typed arrays decoded);
 - `stop(procs)`: end the background processes a test started, by their Popen handles.
 """
@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine import nodes
+from engine.events import GistsRecorded
 from tests import telemetry_fixtures as tf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,12 +44,13 @@ def record(out: Path, *sets: str, scorer: str = "random") -> Path:
 def synthetic_run(path: Path, *, n_steps: int = 12, gists: bool = True, d: int = 16) -> int:
     """A run folder from hand-made events; returns the number of gists written (0 if none).
 
-    The events' own gists are replaced by a hand-written part (two clusters, an LOD2 gist too), or
+    The events' own gists are replaced by hand-made ones (two clusters, an LOD2 gist too), or
     removed (`gists=False`: a recording from before the table, or with `session.record_gists=false`).
     """
-    tf.record(path, tf.events(n_steps))
-    shutil.rmtree(path / "gists", ignore_errors=True)
+    evs = [e for e in tf.events(n_steps) if not isinstance(e, GistsRecorded)]
     if not gists:
+        tf.record(path, evs)
+        shutil.rmtree(path / "gists", ignore_errors=True)
         return 0
     n_blocks = n_steps + 3
     lod = np.array([1] * n_blocks + [2], np.int8)
@@ -58,17 +58,8 @@ def synthetic_run(path: Path, *, n_steps: int = 12, gists: bool = True, d: int =
     rng = np.random.default_rng(0)
     vec = rng.normal(size=(lod.size, d)).astype(np.float32)
     vec[: n_blocks // 2] += 3.0  # two clusters, so a projection has something to show
-    offsets = pa.array(np.arange(lod.size + 1, dtype=np.int32) * d, pa.int32())
-    table = pa.table(
-        {
-            "node_id": pa.array(nodes.node_id(lod, idx), pa.int64()),
-            "lod": pa.array(lod, pa.int8()),
-            "step": pa.array(np.minimum(idx, n_steps - 1), pa.int32()),
-            "vector": pa.ListArray.from_arrays(offsets, pa.array(vec.reshape(-1), pa.float32())),
-        }
-    )
-    (path / "gists").mkdir(exist_ok=True)
-    pq.write_table(table, path / "gists" / "part-000000.parquet")
+    step = np.minimum(idx, n_steps - 1).astype(np.int32)
+    tf.record(path, [*evs[:-1], GistsRecorded(step, nodes.node_id(lod, idx), lod, vec), evs[-1]])
     return lod.size
 
 

@@ -253,3 +253,24 @@ def test_series_and_summary_on_a_recorded_run(tmp_path):
         assert run.metric_series(name).num_rows > 0, name
     with pytest.raises(ValueError, match="unknown metric"):
         run.metric_series("bogus")
+
+
+def test_batched_metrics_equal_whole_table_metrics(tmp_path):
+    """`summary`, the per-entry series and the residency runs read the entries in batches of whole
+    steps; residency runs cross batch edges. Any batch size gives the numbers of one whole table."""
+    cfg = apply_overrides(RunConfig(), ["allocator.tau_expand=0.05"])
+    record(tmp_path / "run", events(12, config=cfg), flush_rows=30)
+    run = Run(tmp_path / "run")
+    whole = run.table("entries")
+    first = metrics._first_iteration(whole)
+    dec = run.table("decisions")
+    assert len(run.parts("entries")) > 3
+    want = metrics.residency_runs(first)
+    for rows in (1, 5, 17, 10**9):
+        got = metrics.residency_runs_of(run, rows=rows)
+        assert got.to_pylist() == want.to_pylist(), rows
+        assert metrics.summary(run, rows=rows) == metrics.summary(run, rows=10**9), rows
+    assert metrics.summary(run)["adjacent_share"] == metrics.adjacency(whole, dec)["share"]
+    assert metrics.summary(run)["residency_mean"] == metrics.residency(first)["mean"]
+    assert metrics.series(run, "locality").to_pylist() == metrics.locality(first).to_pylist()
+    assert metrics.series(run, "coherence").equals(metrics.coherence(first, dec, 0.05))

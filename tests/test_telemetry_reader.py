@@ -135,10 +135,11 @@ def test_foreign_file_under_a_part_name_is_checked(small, tmp_path):
     run_dir = _copy(small, tmp_path)
     t = pq.read_table(run_dir / "steps" / "part-000001.parquet")
     t = t.set_column(0, "step", t["step"].cast(pa.int64()))  # a look-alike with the wrong type
-    pq.write_table(t, run_dir / "steps" / "part-000099.parquet")
+    k = len(list((run_dir / "steps").iterdir())) + 1
+    pq.write_table(t, run_dir / "steps" / f"part-{k:06d}.parquet")
     run = Run(run_dir)
-    assert run.n_steps() == 8
-    assert "part-000099.parquet: not a valid steps part (column 'step' is int64, expected int32)" in run.problems[0]
+    assert run.n_steps() == 8 and len(run.problems) == 1
+    assert f"part-{k:06d}.parquet: not a valid steps part (column 'step' is int64, expected int32)" in run.problems[0]
 
 
 def test_staging_and_temp_files_are_never_read(small, tmp_path):

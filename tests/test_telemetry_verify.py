@@ -96,14 +96,15 @@ def test_a_run_without_run_id_reads_parts_without_metadata(runs, tmp_path):
 
 def test_odd_files_under_part_names_are_named(runs, tmp_path):
     run_dir = _copy(runs, tmp_path)
-    (run_dir / "steps" / "part-000099.parquet").mkdir()
+    n = len(list((run_dir / "steps").iterdir()))
+    (run_dir / "steps" / f"part-{n + 1:06d}.parquet").mkdir()
     (run_dir / "steps" / "notes.parquet").write_bytes(b"PAR1")
     (run_dir / "steps" / "part-000098.parquet.tmp").write_bytes(b"PAR1")  # not *.parquet: ignored
     run = Run(run_dir)
     assert _n(run, "steps") == N
     assert sorted(p.split("/")[-1] for p in run.problems) == [
         "notes.parquet: not a part name (part-NNNNNN.parquet)",
-        "part-000099.parquet: not a regular file",
+        f"part-{n + 1:06d}.parquet: not a regular file",
     ]
 
 
@@ -217,3 +218,15 @@ def test_batches_hold_whole_steps_and_equal_the_table(runs):
         firsts = [c["step"][0].as_py() for c in chunks]
         lasts = [c["step"][-1].as_py() for c in chunks]
         assert all(a < b for a, b in zip(lasts, firsts[1:], strict=False))  # no step split in two
+
+
+def test_a_missing_part_is_named(runs, tmp_path):
+    run_dir = _copy(runs, tmp_path)
+    n = len(list((run_dir / "steps").iterdir()))
+    (run_dir / "steps" / "part-000002.parquet").unlink()
+    (run_dir / "steps" / f"part-{n:06d}.parquet").unlink()  # the last one: the manifest's count tells
+    run = Run(run_dir)
+    assert 0 < _n(run, "steps") < N
+    assert run.problems == [
+        f"{run_dir / 'steps'}: missing part-000002.parquet, part-{n:06d}.parquet (the recorder wrote parts 1 to {n})"
+    ]
