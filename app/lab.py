@@ -197,6 +197,20 @@ def _per_step(steps, swap, osc_events, loc, util, coh) -> pd.DataFrame:
     return df
 
 
+MAX_ENTRY_ROWS = 20_000_000  # the lab holds a recording's scores and its measured tables in memory (~1 GB here)
+
+
+def check_size(run) -> None:
+    """ValueError (one line) when the run is too long for the lab to hold in memory; the CLI's
+    replay streams nothing either, but runs outside the server."""
+    n = run.n_rows("entries")
+    if n > MAX_ENTRY_ROWS:
+        raise ValueError(
+            f"{run.name} has {n:,} entry rows, more than the {MAX_ENTRY_ROWS:,} the Knobs lab holds in memory; "
+            f"re-plan it with `python -m engine replay {run.path} --out OUT --set ...`"
+        )
+
+
 def recorded_side(run) -> LabResult:
     """The recorded run's own tables measured like a re-plan (`run` is a `telemetry.reader.Run`)."""
     steps = run.table("steps")

@@ -198,3 +198,12 @@ def test_reset_brings_back_the_recorded_knobs(env):
     assert at.number_input(key="lab:allocator.max_edits").value == 4
     assert not [k for k in at.query_params if k.startswith("k.")]
     assert all(d == 0 for d in table(at)["delta"].dropna())
+
+
+def test_a_run_too_long_to_hold_is_one_error_before_loading(env, monkeypatch):
+    n = Run(env / "src" / "rec").n_rows("entries")
+    monkeypatch.setattr(lab, "MAX_ENTRY_ROWS", n - 1)
+    at = page(run=REF)
+    assert not at.exception and len(at.error) == 1 and not at.dataframe
+    assert f"has {n:,} entry rows, more than the {n - 1:,} the Knobs lab holds" in at.error[0].value
+    assert "python -m engine replay" in at.error[0].value

@@ -143,6 +143,7 @@ def main() -> None:
         return
     path, stamp, ref = str(run.path), _stamp(run.path), state.param(state.RUN)
     try:
+        lab.check_size(run)  # before anything is loaded: the server's memory is everyone's
         rec = _recording(path, stamp)
         recorded, (last_step, tokens) = _recorded(path, stamp)
     except (ReplayError, RunReadError, ValueError, KeyError) as e:
