@@ -76,7 +76,8 @@ def resolve_run(ref: str | os.PathLike) -> Path:
 
 def run_ref(path: Path) -> str:
     """The short, shareable reference of a run folder: `<root folder name>/<run name>`."""
-    path = Path(path).resolve()
+    path = Path(path)
+    path = path.absolute() if path.is_symlink() else path.resolve()  # a link is named as listed, not as its target
     return f"{path.parent.name}/{path.name}"
 
 

@@ -80,3 +80,25 @@ def test_empty_state_says_how_to_record(tmp_path, monkeypatch):
     info = texts(at.info)
     assert "No runs yet" in info and "python -m engine record" in info and "Record" in info
     assert not at.dataframe
+
+
+def test_a_bad_manifest_field_and_a_symlink_are_invalid_rows(roots, tmp_path, monkeypatch):
+    import json
+    import os
+    import shutil
+
+    src = tmp_path / "a"
+    shutil.copytree(roots["samples"] / "small", src / "good")
+    shutil.copytree(roots["samples"] / "small", src / "lots")
+    m = json.loads((src / "lots" / "manifest.json").read_text())
+    (src / "lots" / "manifest.json").write_text(json.dumps({**m, "tokens": "lots"}))
+    os.symlink("/etc", src / "link")
+    point_app_at(monkeypatch, {"samples": src, "mine": tmp_path / "b"})
+    at = open_page("runs")
+    clean(at)  # no exception, no error box: the good run is listed and opened as usual
+    t = frame_with(at, "ref", "state").set_index("ref")
+    assert sorted(t.index) == ["a/good", "a/link", "a/lots"]
+    assert t.loc["a/good", "state"].endswith("complete") and at.query_params["run"] == "a/good"
+    assert "manifest.json: field 'tokens' is 'lots'" in t.loc["a/lots", "problem"]
+    assert t.loc["a/link", "problem"].endswith("link: a symbolic link, not followed")
+    assert t.loc["a/link", "size_mb"] == 0
