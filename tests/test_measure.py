@@ -26,7 +26,17 @@ KNOB_SETS = [
     ["allocator.cooldown_steps=4", "allocator.hysteresis_margin=0.2", "allocator.sharpen_gamma=2.0"],
     ["allocator.tau_expand=0.05", "allocator.tau_collapse=0.05", "allocator.cooldown_steps=0", "allocator.max_edits=8"],
     ["allocator.iterations=2", "allocator.cooldown_steps=1", "wc.w_max=512"],
+    # cooldown 0 lets the second round undo the first: expansions collapsed again in the same step
+    ["allocator.iterations=2", "allocator.cooldown_steps=0", "allocator.hysteresis_margin=0"],
 ]
+
+
+def undone_in_step(dec: pa.Table) -> int:
+    """Applied expansions collapsed again (same node) in a later round of the same step."""
+    a = dec.filter(pa.compute.equal(dec["outcome"], "applied")).to_pylist()
+    expanded = {(r["step"], r["node_id"], r["iteration"]) for r in a if r["action"] == "expand"}
+    return sum(1 for r in a if r["action"] == "collapse"
+               and any((r["step"], r["node_id"], i) in expanded for i in range(r["iteration"])))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +70,8 @@ def test_replan_metrics_equal_telemetry_metrics(recorded, sets):
     got = replan(rec, cfg)
     t = _reference(rec, cfg)
     steps, dec, ent = t["steps"], t["decisions"], t["entries"]
+    if "allocator.cooldown_steps=0" in sets and "allocator.iterations=2" in sets:
+        assert undone_in_step(dec) > 0  # the case this knob set is here for does occur
     first = ent.filter(pa.compute.equal(ent["iteration"], 0))
     tau, bs = cfg.allocator.tau_expand, cfg.tree.block_size
     want = {
