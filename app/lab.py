@@ -1,13 +1,13 @@
 """Knobs lab logic: re-plan a recorded session with other knobs, in memory, and measure both sides.
 
 `replan(recording, overrides, grid)` is the one entry point the page uses: fast replay (recorded
-raw scores) measured as it runs by `engine.measure.replan`, which computes the metrics and the
+raw scores) measured as it runs by `studio.measure.replan`, which computes the metrics and the
 binned LOD timeline step by step without building per-entry tables (the same numbers as
 `telemetry.metrics` on the replay's tables; tests hold them equal). `measure(steps, entries,
 decisions, block_size, tau)` computes the recorded side from the recorded tables with
 `telemetry.metrics`, so identical knobs give identical numbers. `LAB_KNOBS` lists the page's knobs.
 
-Pure: no streamlit, no files (saving a replay run is `engine.replay.replay_run`).
+Pure: no streamlit, no files (saving a replay run is `studio.replay.replay_run`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import measure as engine_measure
 from engine.config import RunConfig, apply_overrides, changed_knobs
 from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayStats, replay_fast
+from studio.measure import replan as replan_measured
 from telemetry import metrics
 from telemetry.memory import LAB_ENTRIES, ArrowSink
 
@@ -116,7 +116,7 @@ def _replan_measured(rec: Recording, cfg: RunConfig, overrides: list[str], chang
                      grid: tuple[int, int] | None, t0: float) -> LabResult:  # fmt: skip
     n = int(rec.tokens_seen.shape[0])
     tokens = int(rec.tokens_seen[-1]) if n else 0
-    m = engine_measure.replan(rec, cfg, timeline=grid if n and tokens else None, token_range=(0, max(tokens, 1)),
+    m = replan_measured(rec, cfg, timeline=grid if n and tokens else None, token_range=(0, max(tokens, 1)),
                               agg="min")  # fmt: skip
     s = m.series
     summary = {key: m.summary.get(key) for key, _ in SUMMARY_METRICS}

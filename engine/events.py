@@ -118,7 +118,7 @@ class RunFinished:
 
 
 def interrupt_reason(e: KeyboardInterrupt) -> str:
-    """`RunFinished.error` of a run a signal ended: engine.cli raises KeyboardInterrupt subclasses whose
+    """`RunFinished.error` of a run a signal ended: studio.cli raises KeyboardInterrupt subclasses whose
     message names the signal (`stopped by SIGTERM`); a bare KeyboardInterrupt is SIGINT."""
     return str(e) or "stopped by SIGINT"
 

@@ -10,7 +10,7 @@ docs/BENCHMARKS.md, "Recording beside a competing process". Two measures, in ord
   (`OMP_WAIT_POLICY=PASSIVE`; a short spin, GOMP_SPINCOUNT=10000, did not help). This is the
   main fix (one neighbour then costs 1.15-1.7x); alone it costs nothing measurable on the default
   model and ~20% on the tiny test model, whose parallel regions are too short to wake a worker
-  for. It must be set before torch loads, so engine/cli.py calls it first; it does nothing once
+  for. It must be set before torch loads, so studio/cli.py calls it first; it does nothing once
   torch is imported (in-process sessions rely on the governor).
 - `ThreadGovernor`: its first `tick()` sets torch's intra-op threads to the cores this process may
   use (affinity mask, cgroup CPU quota), never more than torch has then; later ticks (the session

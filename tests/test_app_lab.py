@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import lab
-from engine.replay import load_recording, replay_run
+from studio.replay import load_recording, replay_run
 from telemetry import metrics
 from telemetry.memory import LAB_ENTRIES
 from telemetry.reader import Run
@@ -169,7 +169,7 @@ def test_bin_lod_matches_the_readers_binning(env):
 
 
 def test_replanned_timeline_cells_are_the_readers_binning_of_the_replay(env, tmp_path):
-    """The re-planned timeline is binned while measuring (engine.measure); it must be the cells the
+    """The re-planned timeline is binned while measuring (studio.measure); it must be the cells the
     reader gives for the same replay written to a folder, as the recorded side's are."""
     sets = ["allocator.cooldown_steps=5", "allocator.tau_expand=0.4"]
     rec = load_recording(env / "src" / "rec")

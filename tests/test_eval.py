@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import cli
 from engine.config import SCORER_NAMES, apply_overrides
 from engine.eval import EvalConfig, _StepNLL, across_documents, eval_run_config, policy_table
 from engine.runtime import build_engine
+from studio import cli
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "sample.txt"
 TEXT = SAMPLE.read_text()

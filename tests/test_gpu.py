@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from engine import cli
 from engine.config import RunConfig, apply_overrides
 from engine.events import MemorySink, StepRecorded
 from engine.gistnet import GistNet
@@ -24,6 +23,7 @@ from engine.train.gistnet_train import GistTrainConfig, train_gistnet
 from engine.train.lens_labels import LabelConfig, generate_labels
 from engine.train.lensnet_train import LensTrainConfig, train_lensnet
 from engine.train.token_docs import TokenDoc, tokenize_text
+from studio import cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 DATA = Path(__file__).resolve().parent / "data" / "sample.txt"

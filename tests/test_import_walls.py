@@ -3,7 +3,10 @@
 - `engine/` imports no streamlit, pandas, plotly or umap (the engine runs headless, on a GPU box);
 - `telemetry/` imports no torch, transformers or streamlit (a reader of recordings needs no model);
 - the allocator and the modules under it import no torch: `plan` is a pure numpy function, so a
-  recording can be re-planned anywhere.
+  recording can be re-planned anywhere;
+- layers import downward only, engine < telemetry < studio < app, checked on the source with `ast`
+  so that an import inside a function counts too (the one exception: `engine/__main__.py`, the
+  entry point of `python -m engine`, runs `studio.cli`).
 
 Modules are found with pkgutil, so new modules are walled in as soon as they exist. A fresh
 subprocess is the only honest check: in the test process, other tests have imported everything.
@@ -73,6 +76,11 @@ def test_engine_imports_no_ui_stack():
     assert {"engine.config", "engine.nodes", "engine.tree", "engine.allocator"} <= set(res["imported"])
 
 
+def test_studio_imports_no_ui_stack():
+    res = _walled("studio", {"streamlit", "plotly", "umap"})
+    assert {"studio.cli", "studio.replay", "studio.measure"} <= set(res["imported"])
+
+
 def test_telemetry_imports_no_torch_or_ui():
     res = _walled("telemetry", {"torch", "transformers", "streamlit"})
     assert res["imported"][0] == "telemetry"
@@ -103,3 +111,39 @@ def test_telemetry_source_imports_no_ui_stack():
                 names = [node.module]
             bad = {n.split(".")[0] for n in names} & forbidden
             assert not bad, f"{f.name} imports {sorted(bad)}"
+
+
+# Layers, lowest first: a package may import only those below it, at any place in a file (a function-level
+# import is still a dependency; the fresh-interpreter probes above only see import-time ones).
+LAYERS = ("engine", "telemetry", "studio", "app")
+ENTRY_POINTS = {"engine/__main__.py": {"studio"}}  # `python -m engine` runs the CLI that lives above it
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level package names of every import statement in a file, wherever it stands."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_no_package_imports_a_layer_above_it_even_inside_a_function(package):
+    above = set(LAYERS[LAYERS.index(package) + 1 :])
+    files = sorted((REPO / package).rglob("*.py"))
+    assert files
+    for f in files:
+        rel = str(f.relative_to(REPO))
+        bad = (_imports(f) & above) - ENTRY_POINTS.get(rel, set())
+        assert not bad, f"{rel} imports {sorted(bad)}, a layer above {package}/"
+
+
+def test_the_wall_sees_function_level_imports(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def g():\n    from telemetry.reader import Run\n    import app.lab\n")
+    assert _imports(f) == {"telemetry", "app"}

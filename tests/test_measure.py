@@ -1,4 +1,4 @@
-"""`engine.measure.replan`: the knobs lab's one-pass re-plan and measure equals telemetry.metrics on
+"""`studio.measure.replan`: the knobs lab's one-pass re-plan and measure equals telemetry.metrics on
 the tables of the same replay, and its timeline equals the reader's binning of the written replay."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import pyarrow as pa
 import pytest
 
 from engine.config import apply_overrides
-from engine.measure import replan
-from engine.replay import load_recording, replay_fast, replay_run
+from engine.replay import replay_fast
+from studio.measure import replan
+from studio.replay import load_recording, replay_run
 from telemetry import metrics
 from telemetry.memory import ArrowSink
 from telemetry.reader import Run

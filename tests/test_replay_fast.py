@@ -29,8 +29,9 @@ from engine.events import (
     StepRecorded,
 )
 from engine.planner import plan
-from engine.replay import Recording, ReplayStats, _sorted_by_step_iteration, load_recording, replay_fast
+from engine.replay import Recording, ReplayStats, replay_fast
 from engine.working_context import WorkingContext, check_invariants
+from studio.replay import _sorted_by_step_iteration, load_recording
 from telemetry import metrics
 from telemetry.memory import LAB_ENTRIES, ArrowSink
 from telemetry.metrics import _RUNS, _applied, _col, _first_iteration, _rows_in

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engine import cli
+from studio import cli
 from telemetry.reader import Run
 
 REPO = Path(__file__).resolve().parents[1]

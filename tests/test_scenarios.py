@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import cli
 from engine.config import SCORER_NAMES
 from engine.eval_scenario import fact_lod
 from engine.model import ByteTokenizer
 from engine.scenarios import PasskeyConfig, passkey_cases
 from engine.train.token_docs import tokenize_text
 from engine.working_context import WorkingContext
+from studio import cli
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "sample.txt"
 TEXT = SAMPLE.read_text()

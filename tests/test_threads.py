@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import CountingText, ProgressBar, estimate_total_tokens
 from engine.events import RunFinished, StepRecorded
 from engine.threads import CpuSample, ThreadGovernor, decide_threads, other_busy_cores, read_busy_seconds
+from studio.cli import CountingText, ProgressBar, estimate_total_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,10 +190,10 @@ def test_bad_mode_is_one_clear_error():
 
 
 def test_wait_policy_is_set_before_torch_loads():
-    """`python -m engine` imports engine.cli without torch, so configure_process() still takes effect."""
+    """`python -m engine` imports studio.cli without torch, so configure_process() still takes effect."""
     code = """
 import json, sys
-import engine.cli
+import studio.cli
 from engine.threads import configure_process
 loaded = "torch" in sys.modules
 cases = [{}, {"MCS_THREADS": "fixed"}, {"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "1000"},

@@ -15,7 +15,8 @@ from app import lab, paths, state
 from app.charts import lod_heatmap
 from app.charts_lab import metric_over_steps
 from app.queries import grid_size, link
-from engine.replay import ReplayError, load_recording, replay_run
+from engine.replay import ReplayError
+from studio.replay import load_recording, replay_run
 from telemetry.reader import RunReadError
 from telemetry.writer import MANIFEST
 

@@ -296,7 +296,7 @@ class MeasureSink:
         }
 
     def result(self, *, osc_window: int = 5) -> Measured:
-        from telemetry import metrics  # pyarrow: imported here so that importing the engine needs none
+        from telemetry import metrics  # pyarrow: imported here, so that importing this module stays light
 
         step = np.array(self.s_step, np.int32)
         applied = np.array(self.s_applied, np.float64)

@@ -256,7 +256,7 @@ EXIT_SKIPPED = 3  # done, but parts of the input were skipped (replay: the sourc
 
 
 def cmd_replay(args) -> int:
-    from engine.replay import replay_run
+    from studio.replay import replay_run
 
     out = replay_run(args.run_dir, args.out, list(args.set or []), exact=args.exact, device=args.device,
                      overwrite=args.overwrite)  # fmt: skip
