@@ -21,26 +21,28 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from app.knobs import knob_widget
 from engine.config import RunConfig, apply_overrides, changed_knobs
 from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayStats, replay_fast
 from studio.measure import replan as replan_measured
 from telemetry import metrics
 from telemetry.memory import LAB_ENTRIES, ArrowSink
 
-# The knobs the page shows, in this order: (one name, kind). Kinds: "int", "float", "pair" (left,right).
-LAB_KNOBS: tuple[tuple[str, str], ...] = (
-    ("allocator.cooldown_steps", "int"),
-    ("allocator.hysteresis_margin", "float"),
-    ("allocator.hysteresis_steps", "int"),
-    ("allocator.tau_expand", "float"),
-    ("allocator.tau_collapse", "float"),
-    ("allocator.sharpen_gamma", "float"),
-    ("allocator.interp_gate", "float"),
-    ("allocator.shift_kernel", "pair"),
-    ("allocator.max_edits", "int"),
-    ("allocator.iterations", "int"),
-    ("wc.w_max", "int"),
-    ("wc.protect_recent", "int"),
+# The knobs the page shows, in this order, by their one name. Type, range and meaning come from the
+# knob's declaration (`engine.config.knob_spec`), not from here.
+LAB_KNOBS: tuple[str, ...] = (
+    "allocator.cooldown_steps",
+    "allocator.hysteresis_margin",
+    "allocator.hysteresis_steps",
+    "allocator.tau_expand",
+    "allocator.tau_collapse",
+    "allocator.sharpen_gamma",
+    "allocator.interp_gate",
+    "allocator.shift_kernel",
+    "allocator.max_edits",
+    "allocator.iterations",
+    "wc.w_max",
+    "wc.protect_recent",
 )
 
 # Metric rows of the comparison table: (summary key, label). Labels are the DESIGN section 4 names.
@@ -233,7 +235,7 @@ def compare_table(recorded: dict, replanned: dict) -> pd.DataFrame:
 def knob_values(cfg: RunConfig) -> dict[str, object]:
     """Current value of every lab knob (shift_kernel as a (left, right) tuple)."""
     flat = cfg.flat()
-    return {name: tuple(flat[name]) if kind == "pair" else flat[name] for name, kind in LAB_KNOBS}
+    return {name: tuple(flat[name]) if knob_widget(name).kind == "pair" else flat[name] for name in LAB_KNOBS}
 
 
 def format_value(value: object) -> str:

@@ -1,8 +1,11 @@
 """Run configuration: one frozen dataclass per component, composed into `RunConfig`.
 
 Every knob has exactly one name, `section.field`, used unchanged by the CLI (`--set
-allocator.cooldown_steps=3`), the run manifest, the app's sliders and Parquet columns.
-`__post_init__` raises `ValueError` naming the field and its allowed range; nothing is clamped.
+allocator.cooldown_steps=3`), the run manifest, the app's sliders and Parquet columns. Each field
+is declared with `knob(default, help, ...)`: its meaning and what it allows (range, choices, a rule
+on other knobs) are data on the field (`Knob`, in the field's metadata), read by validation, by the
+README's reference (`scripts/gen_reference.py`) and by the app's widgets (`knob_spec`).
+`__post_init__` raises `ValueError` naming the field and what it allows; nothing is clamped.
 
 This module does not load models or touch torch: it is plain data plus parsing.
 """
@@ -17,6 +20,64 @@ import typing
 from dataclasses import dataclass, field
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # every integer knob fits int64 (manifests, Parquet, torch seeds)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What one knob means and allows. `lo`/`hi` bound a number (each element of a tuple), open
+    when `lo_open`/`hi_open`; `choices` lists a string's values; `length` fixes a tuple's length;
+    `rule` states a condition on other knobs that the section checks in code (`_check_rule`)."""
+
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] = ()
+    length: int | None = None
+    rule: str = ""
+
+    def range_text(self) -> str:
+        """What the range and choices allow, as the errors and the README say it ("" if unbounded)."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        lo, hi = self.lo, self.hi
+        if lo is not None and hi is not None:
+            text = f"in {'(' if self.lo_open else '['}{_num(lo)}, {_num(hi)}{')' if self.hi_open else ']'}"
+        elif lo is not None:
+            text = f"{'>' if self.lo_open else '>='} {_num(lo)}"
+        elif hi is not None:
+            text = f"{'<' if self.hi_open else '<='} {_num(hi)}"
+        else:
+            text = ""
+        if self.length is not None:
+            return f"{self.length} numbers, each {text}" if text else f"{self.length} numbers"
+        return text
+
+    def allowed(self) -> list[str]:
+        """Every statement of what the knob allows: the range text, then the rule."""
+        return [t for t in (self.range_text(), self.rule) if t]
+
+    def admits(self, value: object) -> bool:
+        """Whether `value` (already of the knob's type) is within the range and choices; rules aside."""
+        if self.choices:
+            return value in self.choices
+        if value != value:  # NaN is within no range
+            return False
+        if isinstance(value, tuple):
+            return (self.length is None or len(value) == self.length) and all(self.admits(v) for v in value)
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            return False
+        return not (self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)))
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def knob(default: object, help: str, **allowed) -> object:
+    """A config field with its `Knob` (meaning and allowed values) attached as metadata."""
+    return field(default=default, metadata={"knob": Knob(help, **allowed)})
 
 
 def _check(ok: bool, name: str, allowed: str, value: object) -> None:
@@ -50,91 +111,90 @@ def _is_a(value: object, typ: object) -> bool:
 
 
 def _check_types(section: object, prefix: str) -> None:
-    """Every field of a config section has its declared type, and every integer fits int64.
+    """Every field of a config section has its declared type, every integer fits int64, and every
+    value is within its `Knob`'s range and choices (rules on other knobs are the section's own).
 
     Run first in each `__post_init__`, so that a manifest's `"block_size": "abc"` (or a seed with
     24 digits) is refused here, naming the knob, not later by a comparison or by torch.
     """
     for name, typ in _field_types(type(section)):
-        value, knob = getattr(section, name), f"{prefix}.{name}"
+        value, key = getattr(section, name), f"{prefix}.{name}"
         if not _is_a(value, typ):
             if typing.get_origin(typ) is tuple:
                 what = f"a tuple of {typing.get_args(typ)[0].__name__}"
             else:
                 what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[typ]
-            raise ValueError(f"{knob} must be {what}, got {_shown(value)}")
+            raise ValueError(f"{key} must be {what}, got {_shown(value)}")
         if typ is int and not INT_MIN <= value <= INT_MAX:
             bound = f"at most 2**63-1 = {INT_MAX}" if value > 0 else f"at least -2**63 = {INT_MIN}"
-            raise ValueError(f"{knob} must be a 64-bit integer, {bound}, got {_shown(value)}")
+            raise ValueError(f"{key} must be a 64-bit integer, {bound}, got {_shown(value)}")
+        spec = _spec(type(section), name)
+        _check(spec.admits(value), key, spec.range_text(), value)
+
+
+def _spec(cls: type, name: str) -> Knob:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata["knob"]
+    raise KeyError(name)
+
+
+def _check_rule(section: object, prefix: str, name: str, ok: bool) -> None:
+    """A rule of a knob on other knobs (its `Knob.rule`, stated once, on the field)."""
+    _check(ok, f"{prefix}.{name}", _spec(type(section), name).rule, getattr(section, name))
+
+
+def knob_spec(name: str) -> tuple[type, Knob]:
+    """(declared type, Knob) of the knob `section.field`; KeyError if there is none."""
+    section, _, field_name = name.partition(".")
+    cls = _section_type(section)
+    return typing.get_type_hints(cls)[field_name], _spec(cls, field_name)
 
 
 @dataclass(frozen=True)
 class TreeConfig:
-    block_size: int = 32  # tokens per LOD0 block and children per gist
-    max_lod: int = 2  # coarsest level of the gist tree (LOD2 gist = 32 LOD1 gists)
-    spill_dir: str = ""  # folder for memory-mapped gist storage; "" keeps gists in host RAM
+    block_size: int = knob(32, "tokens per LOD0 block and children per gist", lo=2, hi=1024)
+    max_lod: int = knob(2, "coarsest level of the gist tree (LOD2 gist = 32 LOD1 gists)", lo=1, hi=4)
+    spill_dir: str = knob("", 'folder for memory-mapped gist storage; "" keeps gists in host RAM')
 
     def __post_init__(self) -> None:
         _check_types(self, "tree")
-        _check(2 <= self.block_size <= 1024, "tree.block_size", "in [2, 1024]", self.block_size)
-        _check(1 <= self.max_lod <= 4, "tree.max_lod", "in [1, 4]", self.max_lod)
 
 
 POSITION_MODES = ("auto", "global", "compact")
+W_MAX_RULE = ">= min_w_max(tree, wc) (protected blocks + tail + incomplete gist groups at this block_size/max_lod)"
 
 
 @dataclass(frozen=True)
 class WorkingContextConfig:
-    w_max: int = 2048  # budget: maximum total cost of the working context, in token positions
-    protect_recent: int = 128  # newest tokens kept at LOD0 (rounded up to whole blocks)
+    w_max: int = knob(2048, "budget: maximum total cost of the working context, in token positions", lo=1,
+                      rule=W_MAX_RULE)  # fmt: skip
+    protect_recent: int = knob(128, "newest tokens kept at LOD0 (rounded up to whole blocks)", lo=0)
     # "auto" resolves to "compact" for a model with a finite trained context (the default model),
     # else to "global"; the manifest records the result
-    position_mode: str = "auto"  # "global": true positions; "compact": renumber 0..cost-1; or "auto"
+    position_mode: str = knob("auto", '"global": true positions; "compact": renumber 0..cost-1; or "auto"',
+                              choices=POSITION_MODES)  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_types(self, "wc")
-        _check(self.w_max >= 1, "wc.w_max", ">= 1", self.w_max)
-        _check(self.protect_recent >= 0, "wc.protect_recent", ">= 0", self.protect_recent)
-        _check(
-            self.position_mode in POSITION_MODES,
-            "wc.position_mode",
-            "one of 'auto', 'global', 'compact'",
-            self.position_mode,
-        )
 
 
 @dataclass(frozen=True)
 class AllocatorConfig:
-    interp_gate: float = 1.0  # NTM gate g: s = g*raw + (1-g)*s_prev; 1.0 = off
-    shift_kernel: tuple[float, float] = (0.0, 0.0)  # (left, right) neighbour weights; (0, 0) = off
-    sharpen_gamma: float = 1.0  # sharpening exponent: sign(s)*|s|**gamma; 1.0 = off
-    tau_expand: float = 0.2  # expand an entry whose score is above this
-    tau_collapse: float = 0.2  # collapse an entry whose score is below minus this
-    cooldown_steps: int = 2  # an edit cannot be reversed for this many refocus steps
-    hysteresis_margin: float = 0.1  # extra threshold needed to reverse a recent edit
-    hysteresis_steps: int = 8  # an edit counts as recent for this many refocus steps
-    max_edits: int = 4  # voluntary edits applied per refocus step (forced ones are extra)
-    iterations: int = 1  # scorer/allocator rounds per refocus step
+    interp_gate: float = knob(1.0, "NTM gate g: s = g*raw + (1-g)*s_prev; 1.0 = off", lo=0, hi=1)
+    shift_kernel: tuple[float, float] = knob((0.0, 0.0), "(left, right) neighbour weights; (0, 0) = off",
+                                             lo=0, hi=1, length=2)  # fmt: skip
+    sharpen_gamma: float = knob(1.0, "sharpening exponent: sign(s)*|s|**gamma; 1.0 = off", lo=0.1, hi=10)
+    tau_expand: float = knob(0.2, "expand an entry whose score is above this", lo=0, hi=1, hi_open=True)
+    tau_collapse: float = knob(0.2, "collapse an entry whose score is below minus this", lo=0, hi=1, hi_open=True)
+    cooldown_steps: int = knob(2, "an edit cannot be reversed for this many refocus steps", lo=0, hi=10_000)
+    hysteresis_margin: float = knob(0.1, "extra threshold needed to reverse a recent edit", lo=0, hi=1)
+    hysteresis_steps: int = knob(8, "an edit counts as recent for this many refocus steps", lo=0, hi=10_000)
+    max_edits: int = knob(4, "voluntary edits applied per refocus step (forced ones are extra)", lo=1, hi=100_000)
+    iterations: int = knob(1, "scorer/allocator rounds per refocus step", lo=1, hi=16)
 
     def __post_init__(self) -> None:
         _check_types(self, "allocator")
-        _check(0.0 <= self.interp_gate <= 1.0, "allocator.interp_gate", "in [0, 1]", self.interp_gate)
-        _check(
-            len(self.shift_kernel) == 2 and all(0.0 <= w <= 1.0 for w in self.shift_kernel),
-            "allocator.shift_kernel",
-            "two weights (left,right) each in [0, 1]",
-            self.shift_kernel,
-        )
-        _check(0.1 <= self.sharpen_gamma <= 10.0, "allocator.sharpen_gamma", "in [0.1, 10]", self.sharpen_gamma)
-        _check(0.0 <= self.tau_expand < 1.0, "allocator.tau_expand", "in [0, 1)", self.tau_expand)
-        _check(0.0 <= self.tau_collapse < 1.0, "allocator.tau_collapse", "in [0, 1)", self.tau_collapse)
-        _check(0 <= self.cooldown_steps <= 10_000, "allocator.cooldown_steps", "in [0, 10000]", self.cooldown_steps)
-        _check(0.0 <= self.hysteresis_margin <= 1.0, "allocator.hysteresis_margin", "in [0, 1]", self.hysteresis_margin)
-        _check(
-            0 <= self.hysteresis_steps <= 10_000, "allocator.hysteresis_steps", "in [0, 10000]", self.hysteresis_steps
-        )
-        _check(1 <= self.max_edits <= 100_000, "allocator.max_edits", "in [1, 100000]", self.max_edits)
-        _check(1 <= self.iterations <= 16, "allocator.iterations", "in [1, 16]", self.iterations)
 
 
 SCORER_NAMES = ("lensnet", "recency", "compressive", "retrieval", "hopfield", "attention", "sink", "random")
@@ -142,86 +202,63 @@ SCORER_NAMES = ("lensnet", "recency", "compressive", "retrieval", "hopfield", "a
 
 @dataclass(frozen=True)
 class ScorerConfig:
-    name: str = "lensnet"  # which policy scores the working context
-    seed: int = 0  # seed for the random scorer and random-initialised weights
-    retrieval_top_k: int = 8  # retrieval: entries expanded per step (top-k by cosine)
-    hopfield_beta: float = 8.0  # hopfield: inverse temperature of the softmax
-    compressive_raw_share: float = 0.5  # compressive: share of w_max kept as raw recent tokens
-    compressive_lod1_share: float = 0.25  # compressive: share of w_max spent on LOD1 gists
-    query_blocks: int = 1  # newest blocks (plus tail) that form the query of similarity scorers
-    sink_blocks: int = 1  # sink: oldest blocks kept raw beside the recent window (StreamingLLM's sink)
+    name: str = knob("lensnet", "which policy scores the working context", choices=SCORER_NAMES)
+    seed: int = knob(0, "seed for the random scorer and random-initialised weights", lo=0)
+    retrieval_top_k: int = knob(8, "retrieval: entries expanded per step (top-k by cosine)", lo=1)
+    hopfield_beta: float = knob(8.0, "hopfield: inverse temperature of the softmax", lo=0, hi=1000, lo_open=True)
+    compressive_raw_share: float = knob(0.5, "compressive: share of w_max kept as raw recent tokens",
+                                        lo=0, hi=1, lo_open=True, hi_open=True)  # fmt: skip
+    compressive_lod1_share: float = knob(0.25, "compressive: share of w_max spent on LOD1 gists",
+                                         lo=0, hi=1, hi_open=True, rule="< 1 - compressive_raw_share")  # fmt: skip
+    query_blocks: int = knob(1, "newest blocks (plus tail) that form the query of similarity scorers", lo=1, hi=64)
+    sink_blocks: int = knob(1, "sink: oldest blocks kept raw beside the recent window (StreamingLLM's sink)",
+                            lo=1, hi=64)  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_types(self, "scorer")
-        _check(self.name in SCORER_NAMES, "scorer.name", f"one of {', '.join(SCORER_NAMES)}", self.name)
-        _check(self.seed >= 0, "scorer.seed", ">= 0", self.seed)
-        _check(self.retrieval_top_k >= 1, "scorer.retrieval_top_k", ">= 1", self.retrieval_top_k)
-        _check(0.0 < self.hopfield_beta <= 1000.0, "scorer.hopfield_beta", "in (0, 1000]", self.hopfield_beta)
-        _check(
-            0.0 < self.compressive_raw_share < 1.0,
-            "scorer.compressive_raw_share",
-            "in (0, 1)",
-            self.compressive_raw_share,
-        )
-        _check(
-            0.0 <= self.compressive_lod1_share < 1.0 - self.compressive_raw_share,
-            "scorer.compressive_lod1_share",
-            "in [0, 1 - compressive_raw_share)",
-            self.compressive_lod1_share,
-        )
-        _check(1 <= self.query_blocks <= 64, "scorer.query_blocks", "in [1, 64]", self.query_blocks)
-        _check(1 <= self.sink_blocks <= 64, "scorer.sink_blocks", "in [1, 64]", self.sink_blocks)
+        ok = self.compressive_lod1_share < 1.0 - self.compressive_raw_share
+        _check_rule(self, "scorer", "compressive_lod1_share", ok)
 
 
 @dataclass(frozen=True)
 class GistNetConfig:
-    hidden: int = 256  # width of GistNet's transformer
-    layers: int = 2  # bidirectional transformer layers
-    heads: int = 4  # attention heads
-    pooling: str = "query"  # "mean" or "query" (a learned query attends over the children)
+    hidden: int = knob(256, "width of GistNet's transformer", lo=8)
+    layers: int = knob(2, "bidirectional transformer layers", lo=1, hi=24)
+    heads: int = knob(4, "attention heads", lo=1, rule="a divisor of hidden")
+    pooling: str = knob("query", '"mean" or "query" (a learned query attends over the children)',
+                        choices=("mean", "query"))  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_types(self, "gistnet")
-        _check(self.hidden >= 8, "gistnet.hidden", ">= 8", self.hidden)
-        _check(1 <= self.layers <= 24, "gistnet.layers", "in [1, 24]", self.layers)
-        _check(self.heads >= 1 and self.hidden % self.heads == 0, "gistnet.heads", "a divisor of hidden", self.heads)
-        _check(self.pooling in ("mean", "query"), "gistnet.pooling", "one of 'mean', 'query'", self.pooling)
+        _check_rule(self, "gistnet", "heads", self.hidden % self.heads == 0)
 
 
 @dataclass(frozen=True)
 class LensNetConfig:
-    hidden: int = 128  # width of LensNet
-    layers: int = 2  # dual cross-attention layers
-    heads: int = 4  # attention heads
-    query_gists: int = 4  # newest gists that join the tail block as query vectors
+    hidden: int = knob(128, "width of LensNet", lo=8)
+    layers: int = knob(2, "dual cross-attention layers", lo=1, hi=24)
+    heads: int = knob(4, "attention heads", lo=1, rule="a divisor of hidden")
+    query_gists: int = knob(4, "newest gists that join the tail block as query vectors", lo=0, hi=64)
 
     def __post_init__(self) -> None:
         _check_types(self, "lensnet")
-        _check(self.hidden >= 8, "lensnet.hidden", ">= 8", self.hidden)
-        _check(1 <= self.layers <= 24, "lensnet.layers", "in [1, 24]", self.layers)
-        _check(self.heads >= 1 and self.hidden % self.heads == 0, "lensnet.heads", "a divisor of hidden", self.heads)
-        _check(0 <= self.query_gists <= 64, "lensnet.query_gists", "in [0, 64]", self.query_gists)
+        _check_rule(self, "lensnet", "heads", self.hidden % self.heads == 0)
 
 
 @dataclass(frozen=True)
 class SessionConfig:
-    refocus_every: int = 32  # tokens read between refocus steps
-    compute_nll: bool = True  # run the base model on the WC to get the next block's NLL
-    nll_every: int = 1  # measure that NLL (and the baselines) at every Nth refocus step only
-    attention_every: int = 0  # record base-model attention every N steps; 0 = never
-    entries_every: int = 1  # record the per-entry table every N steps (dense tables' cadence)
-    record_gists: bool = True  # record LOD>=1 gist vectors (the `gists` table, for the app's gist map)
-    baselines: bool = False  # also compute full-context and recency-window NLL on each step
-    check_invariants: bool = True  # verify all WC invariants after every step (raises on breach)
-    max_tokens: int = 0  # stop after this many tokens; 0 = read the whole input
+    refocus_every: int = knob(32, "tokens read between refocus steps", lo=1, hi=65_536)
+    compute_nll: bool = knob(True, "run the base model on the WC to get the next block's NLL")
+    nll_every: int = knob(1, "measure that NLL (and the baselines) at every Nth refocus step only", lo=1, hi=65_536)
+    attention_every: int = knob(0, "record base-model attention every N steps; 0 = never", lo=0)
+    entries_every: int = knob(1, "record the per-entry table every N steps (dense tables' cadence)", lo=1)
+    record_gists: bool = knob(True, "record LOD>=1 gist vectors (the `gists` table, for the app's gist map)")
+    baselines: bool = knob(False, "also compute full-context and recency-window NLL on each step")
+    check_invariants: bool = knob(True, "verify all WC invariants after every step (raises on breach)")
+    max_tokens: int = knob(0, "stop after this many tokens; 0 = read the whole input", lo=0)
 
     def __post_init__(self) -> None:
         _check_types(self, "session")
-        _check(1 <= self.refocus_every <= 65_536, "session.refocus_every", "in [1, 65536]", self.refocus_every)
-        _check(1 <= self.nll_every <= 65_536, "session.nll_every", "in [1, 65536]", self.nll_every)
-        _check(self.attention_every >= 0, "session.attention_every", ">= 0", self.attention_every)
-        _check(self.entries_every >= 1, "session.entries_every", ">= 1", self.entries_every)
-        _check(self.max_tokens >= 0, "session.max_tokens", ">= 0", self.max_tokens)
 
 
 def protected_blocks(tree: TreeConfig, wc: WorkingContextConfig) -> int:

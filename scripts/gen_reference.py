@@ -8,10 +8,11 @@ Only the text between `<!-- knobs:begin -->` / `<!-- knobs:end -->` and `<!-- sc
 
 Knobs (`engine/config.py`): one row per field of each section of `RunConfig`, in declaration order,
 with its one name `section.field`, its default (read from the dataclass, written as `--set` takes
-it), its allowed range (the range text of every `_check(..., "section.field", "range", ...)` in a
-`__post_init__`, found with `ast`) and its meaning (the field's trailing `# comment`, found with
-`tokenize`). A field without a comment, or a `_check` naming no field, stops the generator with
-an error naming it: the table is the knobs' documentation, so a hole in it is a bug.
+it), what it allows and its meaning, both from the `Knob` the field is declared with
+(`knob(default, help, lo=..., hi=..., choices=..., rule=...)`): the same data validation and the
+app's widgets read, so nothing is parsed out of the source. A field declared without a `Knob`
+stops the generator with an error naming it: the table is the knobs' documentation, so a hole in it
+is a bug.
 
 Schema (`telemetry/schema.py`): `SCHEMA_VERSION`, then per table of `SCHEMAS` every column with
 its Arrow type, nullability, whether `CONTRACT` makes it public, and its trailing `# comment`
@@ -55,9 +56,9 @@ class DocError(Exception):
 class KnobRow:
     name: str  # `section.field`
     default: str  # as `--set` takes it
-    allowed: str  # range texts of the `_check` calls, or what the type allows when unchecked
-    meaning: str  # the field's trailing comment
-    checked: bool  # some `__post_init__` checks it (so `allowed` comes from the code, not the type)
+    allowed: str  # what its `Knob` allows, or what the type allows when it states nothing
+    meaning: str  # the `Knob`'s help
+    checked: bool  # its `Knob` states a range, choices or a rule (so `allowed` comes from the code, not the type)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,63 +88,6 @@ def _comments(src: str) -> tuple[dict[int, str], dict[int, str]]:
         elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
             code_lines.update(range(tok.start[0], tok.end[0] + 1))
     return trailing, standalone
-
-
-def _range_text(node: ast.expr, namespace: dict, local: dict[str, ast.expr], where: str) -> str:
-    """The text a `_check` range argument evaluates to.
-
-    Module-level names (e.g. `SCORER_NAMES`) are evaluated, so the text is what the user is told. A
-    part that depends on the instance (`self.x`, or a local computed from it) has no single value; it
-    is shown as its expression, with a local name replaced by what it is assigned so the reader sees
-    `min_w_max(tree, wc)` rather than `lo`.
-    """
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
-    if isinstance(node, ast.JoinedStr):
-        parts = []
-        for part in node.values:
-            if isinstance(part, ast.Constant):
-                parts.append(str(part.value))
-                continue
-            assert isinstance(part, ast.FormattedValue)
-            try:
-                parts.append(str(eval(compile(ast.Expression(part.value), where, "eval"), dict(namespace))))
-            except Exception:
-                expr = part.value
-                if isinstance(expr, ast.Name) and expr.id in local:
-                    expr = local[expr.id]
-                parts.append(ast.unparse(expr).replace("self.", ""))
-        return "".join(parts)
-    try:
-        return str(eval(compile(ast.Expression(node), where, "eval"), dict(namespace)))
-    except Exception as e:
-        raise DocError(f"{where}: cannot read the range text {ast.unparse(node)!r} of a _check") from e
-
-
-def _checked_ranges(src: str, namespace: dict, filename: str) -> dict[str, list[str]]:
-    """`section.field -> [range text, ...]` from every `_check` call in any class's `__post_init__`, in source order."""
-    out: dict[str, list[str]] = {}
-    for cls in ast.walk(ast.parse(src)):
-        if not isinstance(cls, ast.ClassDef):
-            continue
-        for fn in cls.body:
-            if not (isinstance(fn, ast.FunctionDef) and fn.name == "__post_init__"):
-                continue
-            local = {
-                st.targets[0].id: st.value
-                for st in ast.walk(fn)
-                if isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name)
-            }
-            for call in ast.walk(fn):
-                if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "_check"):
-                    continue
-                where = f"{filename}:{call.lineno}"
-                if len(call.args) < 3 or not (
-                    isinstance(call.args[1], ast.Constant) and isinstance(call.args[1].value, str)
-                ):
-                    raise DocError(f"{where}: _check needs a literal knob name as its second argument")
-                out.setdefault(call.args[1].value, []).append(_range_text(call.args[2], namespace, local, where))
-    return out
 
 
 def _sections() -> list[tuple[str, type]]:
@@ -176,35 +120,19 @@ def _unchecked_range(typ: object) -> str:
 
 
 def knob_rows() -> list[KnobRow]:
-    """One row per knob, sections in `RunConfig` order and fields as declared."""
-    src = CONFIG_SRC.read_text(encoding="utf-8")
-    trailing, _ = _comments(src)
-    ranges = _checked_ranges(src, vars(config_mod), CONFIG_SRC.name)
-    classes = {n.name: n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ClassDef)}
+    """One row per knob, sections in `RunConfig` order and fields as declared, from each field's `Knob`."""
     rows: list[KnobRow] = []
     for section, cls in _sections():
-        if cls.__name__ not in classes:
-            raise DocError(f"{CONFIG_SRC.name}: class {cls.__name__} (section {section!r}) not found")
-        field_lines = {
-            st.target.id: st.end_lineno
-            for st in classes[cls.__name__].body
-            if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)
-        }
         defaults = cls()
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             name = f"{section}.{f.name}"
-            meaning = trailing.get(field_lines.get(f.name, -1), "")
-            if not meaning:
-                raise DocError(
-                    f"{CONFIG_SRC.name}: knob {name} has no trailing `# comment` giving its one-line meaning"
-                )
-            checked = name in ranges
-            allowed = "; ".join(ranges[name]) if checked else _unchecked_range(hints[f.name])
-            rows.append(KnobRow(name, _format_default(getattr(defaults, f.name)), allowed, meaning, checked))
-    unknown = sorted(set(ranges) - {r.name for r in rows})
-    if unknown:
-        raise DocError(f"{CONFIG_SRC.name}: _check names {unknown[0]}, which is no knob")
+            spec = f.metadata.get("knob")
+            if spec is None or not spec.help.strip():
+                raise DocError(f"{CONFIG_SRC.name}: knob {name} is not declared with knob(default, help, ...)")
+            allowed = spec.allowed()
+            text = "; ".join(allowed) if allowed else _unchecked_range(hints[f.name])
+            rows.append(KnobRow(name, _format_default(getattr(defaults, f.name)), text, spec.help, bool(allowed)))
     return rows
 
 

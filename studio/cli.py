@@ -4,6 +4,7 @@
   replay  re-plan a recorded run with other knobs into a new run folder (fast or --exact)
   run     stream a text through the engine and print a JSON summary (nothing recorded)
   eval    compare every policy at one budget (and the gists) on texts; JSON on stdout, a table on stderr
+  knobs   every knob: one name, default, what it allows, meaning (from its declaration; --json)
 
 Every knob is reachable with `--set section.field=value` (repeatable), the same names as the
 manifest and the app. Exit status: 0 done; 2 an error a user can cause (one line, `error: ...`, on
@@ -26,7 +27,7 @@ from collections import Counter
 
 import numpy as np
 
-from engine.config import SCORER_NAMES, RunConfig, apply_overrides
+from engine.config import SCORER_NAMES, RunConfig, apply_overrides, knob_spec
 from engine.decisions import OUTCOMES
 from engine.events import DecisionsRecorded, RunFinished, StepRecorded, interrupt_reason
 from engine.textio import InputError
@@ -314,9 +315,27 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_knobs(args) -> int:
+    """Every knob from its declaration (`engine.config.knob`), the source the README table and the
+    app's widgets read too: name, default (as --set takes it), what it allows, meaning."""
+    for name, default in RunConfig().flat().items():
+        _, spec = knob_spec(name)
+        value = ",".join(map(str, default)) if isinstance(default, list) else json.dumps(default)
+        allowed = "; ".join(spec.allowed())
+        if args.json:
+            print(json.dumps({"knob": name, "default": default, "allowed": allowed, "help": spec.help}))
+        else:
+            print(f"{name}={value}\t{allowed or 'any'}\t{spec.help}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("knobs", help="list every knob: name, default, what it allows, meaning")
+    p.add_argument("--json", action="store_true", help="one JSON object per knob instead of a table")
+    p.set_defaults(func=cmd_knobs)
+
     p = sub.add_parser("run", help="stream a text through the engine and print a JSON summary")
     p.add_argument("--input", required=True, help="text file, or - for stdin")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

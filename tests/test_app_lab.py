@@ -117,7 +117,8 @@ def test_url_knobs_set_the_inputs(env):
         ({"k.allocator.tau_expand": "1.5"}, None, "allocator.tau_expand must be in [0, 1), got 1.5"),
         ({"k.allocator.cooldown_steps": "abc"}, None, "is not a valid int"),
         ({"k.scorer.name": "recency"}, None, "cannot change scorer.name"),
-        ({}, ("lab:allocator.shift_kernel", "0.5"), "allocator.shift_kernel must be two weights"),
+        ({}, ("lab:allocator.shift_kernel", "0.5"), "allocator.shift_kernel must be 2 numbers, each in [0, 1]"),
+        ({"k.allocator.cooldown_steps": "-3"}, None, "is not a valid int within range"),  # below its bound
     ],
 )
 def test_bad_knobs_are_one_error_line(env, params, widget, message):
@@ -207,3 +208,14 @@ def test_a_run_too_long_to_hold_is_one_error_before_loading(env, monkeypatch):
     assert not at.exception and len(at.error) == 1 and not at.dataframe
     assert f"has {n:,} entry rows, more than the {n - 1:,} the Knobs lab holds" in at.error[0].value
     assert "python -m engine replay" in at.error[0].value
+
+
+def test_lab_widgets_take_bounds_and_help_from_the_knob_declaration():
+    from app.knobs import knob_widget
+
+    w = knob_widget("allocator.hysteresis_margin")
+    assert (w.kind, w.lo, w.hi) == ("float", 0.0, 1.0) and "reverse a recent edit" in w.help and "in [0, 1]" in w.help
+    assert knob_widget("allocator.tau_expand").hi is None  # [0, 1): an open bound is left to validation
+    assert (knob_widget("allocator.cooldown_steps").kind, knob_widget("allocator.cooldown_steps").lo) == ("int", 0)
+    assert knob_widget("allocator.shift_kernel").kind == "pair"
+    assert "(left, right)" in knob_widget("allocator.shift_kernel").help

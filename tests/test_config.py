@@ -95,3 +95,26 @@ def test_cli_refuses_a_huge_seed_before_loading_any_model():
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: scorer.seed must be a 64-bit integer"), r.stderr
     assert "2**63-1" in lines[0]
+
+
+def test_knobs_command_lists_every_knob_from_its_declaration(capsys):
+    import json
+
+    from engine.config import RunConfig, apply_overrides, knob_spec
+    from studio import cli
+
+    assert cli.main(["knobs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split("=", 1)[0] for ln in lines] == list(RunConfig().flat())
+    sets = []
+    for ln in lines:
+        setting, allowed, meaning = ln.split("\t")
+        name, value = setting.split("=", 1)
+        assert meaning == knob_spec(name)[1].help and allowed == ("; ".join(knob_spec(name)[1].allowed()) or "any")
+        text = json.loads(value) if value.startswith('"') else value  # strings are shown quoted
+        sets.append(f"{name}={text}")
+    assert apply_overrides(RunConfig(), sets) == RunConfig()  # the defaults shown are what --set takes
+    assert cli.main(["knobs", "--json"]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert rows[0] == {"knob": "tree.block_size", "default": 32, "allowed": "in [2, 1024]",
+                       "help": "tokens per LOD0 block and children per gist"}  # fmt: skip

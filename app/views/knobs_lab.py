@@ -14,6 +14,7 @@ import streamlit as st
 from app import lab, paths, state
 from app.charts import lod_heatmap
 from app.charts_lab import metric_over_steps
+from app.knobs import KnobWidget, knob_widget
 from app.queries import grid_size, link
 from engine.replay import ReplayError
 from studio.replay import load_recording, replay_run
@@ -83,6 +84,13 @@ def _initial(kind: str, text: str | None, default: object) -> object:
         return None
 
 
+def _within(w: KnobWidget, value: object) -> bool:
+    """A number input refuses a value outside its bounds; a URL value there falls back like a bad one."""
+    if w.kind == "pair":
+        return True
+    return (w.lo is None or value >= w.lo) and (w.hi is None or value <= w.hi)
+
+
 def _knob_widgets(ref: str, cfg) -> tuple[dict, list[str]]:
     """Draw one input per lab knob (label = the knob's one name). Returns (values, URL-only overrides)."""
     if st.session_state.get("lab:run") != ref:  # another run: its own knobs, not the last run's
@@ -92,24 +100,24 @@ def _knob_widgets(ref: str, cfg) -> tuple[dict, list[str]]:
     url = dict(s.split("=", 1) for s in state.knob_overrides())
     recorded = lab.knob_values(cfg)
     values, cols = {}, st.columns(4)
-    for i, (name, kind) in enumerate(lab.LAB_KNOBS):
-        key = f"lab:{name}"
+    for i, name in enumerate(lab.LAB_KNOBS):
+        w, key = knob_widget(name), f"lab:{name}"
         # The widget's type is the knob's (a float knob written as 0 in a manifest still gets a float input).
-        default = {"pair": lab.format_value, "int": int, "float": float}[kind](recorded[name])
+        default = {"pair": lab.format_value, "int": int, "float": float}[w.kind](recorded[name])
         if key not in st.session_state:
-            init = _initial(kind, url.get(name), default)
-            if init is None:
-                st.error(f"URL knob {name}={url[name]!r} is not a valid {kind}; using the recorded value")
+            init = _initial(w.kind, url.get(name), default)
+            if init is None or not _within(w, init):
+                st.error(f"URL knob {name}={url[name]!r} is not a valid {w.kind} within range; using the recorded one")
                 init = default
             st.session_state[key] = init
+        helptext = f"{w.help}. Recorded: {recorded[name]}"
         with cols[i % 4]:
-            if kind == "pair":
-                values[name] = st.text_input(name, key=key, help="left,right neighbour weights")
-            elif kind == "int":
-                values[name] = st.number_input(name, key=key, step=1, help=f"recorded: {recorded[name]}")
+            if w.kind == "pair":
+                values[name] = st.text_input(name, key=key, help=helptext)
             else:
-                values[name] = st.number_input(name, key=key, step=0.05, format="%.3f",
-                                               help=f"recorded: {recorded[name]}")  # fmt: skip
+                step, fmt = (1, None) if w.kind == "int" else (0.05, "%.3f")
+                values[name] = st.number_input(name, key=key, min_value=w.lo, max_value=w.hi, step=step, format=fmt,
+                                               help=helptext)  # fmt: skip
     others = [f"{k}={v}" for k, v in url.items() if k not in values]  # knobs the page has no widget for
     return values, others
 

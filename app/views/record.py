@@ -12,6 +12,7 @@ import datetime as dt
 import streamlit as st
 
 from app import paths, recorder
+from app.knobs import knob_widget
 from app.queries import link
 from engine.config import SCORER_NAMES, RunConfig
 
@@ -75,7 +76,8 @@ def _inputs() -> dict:
     cols = st.columns(len(QUICK_KNOBS))
     defaults = RunConfig().flat()
     for col, (knob, start) in zip(cols, QUICK_KNOBS, strict=True):
-        v = col.number_input(knob, value=start, step=1, key=f"rec:{knob}")
+        w = knob_widget(knob)  # bounds and help from the knob's declaration
+        v = col.number_input(knob, value=start, min_value=w.lo, max_value=w.hi, step=1, key=f"rec:{knob}", help=w.help)
         if v != defaults[knob]:
             sets.append(f"{knob}={int(v)}")
     extra = st.text_area("more knobs, one `section.field=value` a line", key="rec:sets", height=80)
