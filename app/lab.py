@@ -45,20 +45,9 @@ LAB_KNOBS: tuple[str, ...] = (
     "wc.protect_recent",
 )
 
-# Metric rows of the comparison table: (summary key, label). Labels are the DESIGN section 4 names.
-SUMMARY_METRICS: tuple[tuple[str, str], ...] = (
-    ("swap_rate", "swap rate (applied edits / entries)"),
-    ("ping_pongs_per_edit", "ping-pongs per edit"),
-    ("ping_pongs", "ping-pongs"),
-    ("applied_edits", "applied edits"),
-    ("locality", "locality"),
-    ("adjacent_share", "expansions adjacent to detail"),
-    ("sequential_score", "sequential score"),
-    ("residency_mean", "residency mean (steps)"),
-    ("residency_p95", "residency p95 (steps)"),
-    ("utilization", "utilization (cost / w_max)"),
-    ("coherence", "coherence"),
-)
+# Metric rows of the comparison table: (summary key, label), from the one registry. A fast re-plan has
+# no base model, so the metrics that need its NLL are left out.
+SUMMARY_METRICS: tuple[tuple[str, str], ...] = tuple((m.key, m.title) for m in metrics.METRICS if not m.nll)
 
 # Columns of the decisions table the metrics read (applied edits only are kept, see `_applied_only`).
 _DECISION_COLS = ("step", "iteration", "node_id", "lod_from", "lod_to", "action", "outcome", "seq")

@@ -171,17 +171,9 @@ _RUN_COLUMNS = (
     "created_at",
     "path",
 )
-HEADLINE = (
-    "swap_rate",
-    "ping_pongs_per_edit",
-    "locality",
-    "sequential_score",
-    "residency_mean",
-    "utilization",
-    "coherence",
-    "delta_nll_full",
-    "delta_nll_recency",
-)
+# The metric registry as pages read it (pages import the query layer, not telemetry).
+HEADLINE = metrics.HEADLINE  # the Runs table's metric columns
+METRICS, LINES, LINE_NAMES = metrics.METRICS, metrics.LINES, metrics.LINE_NAMES
 
 
 @st.cache_resource(show_spinner=False)
@@ -336,12 +328,18 @@ def residency_lengths(path: str, ver: str) -> pd.DataFrame:
 
 
 def compare_table(a: dict, b: dict, names: tuple[str, str]) -> pd.DataFrame:
-    """Headline metrics of two runs side by side, with `b - a`."""
+    """Every metric of the registry (and the step count) for two runs side by side: `b - a`, and
+    which run is better where the metric has a better direction and the two differ."""
     rows = []
-    for m in ("steps", "applied_edits", "ping_pongs", *HEADLINE, "nll"):
-        va, vb = a.get(m), b.get(m)
+    for key in ("steps", *(m.key for m in metrics.METRICS)):
+        m = metrics.METRIC.get(key)
+        va, vb = a.get(key), b.get(key)
         delta = vb - va if isinstance(va, int | float) and isinstance(vb, int | float) else None
-        rows.append({"metric": m, names[0]: va, names[1]: vb, "delta": delta})
+        better = ""
+        if m is not None and m.better and delta:  # a None or 0 delta has no better side
+            better = names[1] if (delta < 0) == (m.better == "lower") else names[0]
+        label = m.title if m is not None else "steps"
+        rows.append({"metric": key, names[0]: va, names[1]: vb, "delta": delta, "better": better, "label": label})
     return pd.DataFrame(rows)
 
 

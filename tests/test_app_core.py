@@ -132,6 +132,10 @@ def test_labels_links_nearest_and_compare_table():
     assert qs.nearest(np.zeros(0, np.int64), 3) is None
     t = q.compare_table({"swap_rate": 0.5, "steps": 8}, {"swap_rate": 0.25, "steps": 8}, ("a", "b")).set_index("metric")
     assert t.loc["swap_rate", "delta"] == -0.25 and t.loc["steps", "delta"] == 0
+    assert t.loc["swap_rate", "better"] == "b" and t.loc["steps", "better"] == ""  # lower swap rate is better
+    assert t.loc["swap_rate", "label"] == "swap rate (applied edits / entries)"
+    t = q.compare_table({"locality": 0.5}, {"locality": 0.25}, ("a", "b")).set_index("metric")
+    assert t.loc["locality", "better"] == "a" and t.loc["coherence", "better"] == ""  # higher is; None: no side
 
 
 def test_runs_table_lists_roots_in_order(roots):

@@ -274,3 +274,18 @@ def test_batched_metrics_equal_whole_table_metrics(tmp_path):
     assert metrics.summary(run)["residency_mean"] == metrics.residency(first)["mean"]
     assert metrics.series(run, "locality").to_pylist() == metrics.locality(first).to_pylist()
     assert metrics.series(run, "coherence").equals(metrics.coherence(first, dec, 0.05))
+
+
+def test_the_registry_names_every_summary_number_and_series(tmp_path):
+    """One registry (key, label, direction) serves the CLI's summary, the Runs, Metrics and Compare
+    pages and the Knobs lab: each key is a summary number, each line a series with those columns."""
+    record(tmp_path / "run", events(6), flush_rows=50)
+    run = Run(tmp_path / "run")
+    s = metrics.summary(run)
+    keys = [m.key for m in metrics.METRICS]
+    assert len(set(keys)) == len(keys) and set(keys) <= set(s)
+    assert all(m.better in ("lower", "higher", "") for m in metrics.METRICS)
+    assert metrics.HEADLINE == tuple(m.key for m in metrics.METRICS if m.headline)
+    for line in metrics.LINES:
+        assert line.series in metrics.SERIES
+        assert set(line.columns) <= set(metrics.series(run, line.series).column_names), line.series

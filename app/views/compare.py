@@ -53,8 +53,9 @@ table = q.compare_table(q.summary(path_a, ver_a), q.summary(path_b, ver_b), name
 st.dataframe(table, hide_index=True, key="cmp_metrics")
 export.download_buttons(table, f"compare-{run_a.name}-{run_b.name}", key="cmp_metrics_dl")
 
-metric = st.selectbox("over time", ["utilization", "swap_rate", "oscillation", "locality", "delta_nll"], key="cmp_m")
-column = {"oscillation": "ping_pongs", "delta_nll": "d_full"}.get(metric, metric)
+lines = {line.series: line for line in q.LINES}
+metric = st.selectbox("over time", list(lines), index=list(lines).index("utilization"), key="cmp_m")
+column = lines[metric].columns[0]
 sa, sb = q.series(path_a, ver_a, metric), q.series(path_b, ver_b, metric)
 both = pd.merge(
     sa[["step", column]].rename(columns={column: names[0]}),

@@ -13,17 +13,8 @@ import streamlit as st
 from app import charts_metrics, export, state
 from app import queries as q
 
-# (series name, columns, chart title, y-axis title)
-LINES = (
-    ("swap_rate", ["swap_rate"], "Swap rate", "applied edits / entries"),
-    ("oscillation", ["ping_pongs"], "Oscillation", "ping-pongs"),
-    ("locality", ["locality"], "Locality", "1 = one region of detail"),
-    ("sequential", ["sequential"], "Sequential score", "share within one block"),
-    ("utilization", ["utilization"], "Utilization", "cost / w_max"),
-    ("coherence", ["coherence"], "Coherence", "share of high scores made finer"),
-    ("delta_nll", ["d_full", "d_recency"], "ΔNLL", "nats (policy minus baseline)"),
-)
-NAMES = {"d_full": "vs full context", "d_recency": "vs recency window"}
+LINES, NAMES = q.LINES, q.LINE_NAMES  # what each chart draws, from the one metric registry
+CAPTION = ("ping_pongs", "applied_edits", "nll")  # counts (and the raw NLL) go in the caption, not in tiles
 
 
 def _fmt(v: object, digits: int = 3) -> str:
@@ -36,18 +27,14 @@ if q.overview(path, ver)["n_steps"] == 0:
     st.info(f"Run `{run.name}` has no recorded steps yet.")
     st.stop()
 s = q.summary(path, ver)
-tiles = [
-    ("swap rate", _fmt(s["swap_rate"])),
-    ("ping-pongs / edit", _fmt(s["ping_pongs_per_edit"])),
-    ("locality", _fmt(s["locality"])),
-    ("adjacent expansions", _fmt(s["adjacent_share"])),
-    ("sequential score", _fmt(s["sequential_score"])),
-    ("residency mean / p95", f"{_fmt(s['residency_mean'], 1)} / {_fmt(s['residency_p95'], 1)}"),
-    ("utilization", _fmt(s["utilization"])),
-    ("coherence", _fmt(s["coherence"])),
-    ("ΔNLL vs full", _fmt(s["delta_nll_full"])),
-    ("ΔNLL vs recency", _fmt(s["delta_nll_recency"])),
-]
+tiles = []
+for m in q.METRICS:
+    if m.key in CAPTION or m.key == "residency_p95":
+        continue
+    if m.key == "residency_mean":  # mean and p95 share one tile
+        tiles.append(("residency mean / p95", f"{_fmt(s['residency_mean'], 1)} / {_fmt(s['residency_p95'], 1)}"))
+    else:
+        tiles.append((m.label, _fmt(s[m.key])))
 for i in range(0, len(tiles), 5):
     for col, (label, value) in zip(st.columns(5), tiles[i : i + 5], strict=False):
         col.metric(label, value)
@@ -55,7 +42,8 @@ st.caption(f"{s['applied_edits']} applied edits, {s['ping_pongs']} ping-pongs, {
 
 marker = state.int_param(state.STEP, -1, -1, 10**9) if state.param(state.STEP) is not None else None
 cols = st.columns(2)
-for i, (name, ys, title, y_title) in enumerate(LINES):
+for i, line in enumerate(LINES):
+    name, ys, title, y_title = line.series, list(line.columns), line.title, line.y_title
     with cols[i % 2]:
         df = q.series(path, ver, name)
         if df.empty or df[[c for c in ys if c in df.columns]].isna().all().all():
