@@ -14,7 +14,6 @@ reading a recording from its run folder and writing the replay into a new one is
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numba
@@ -24,13 +23,11 @@ from engine import nodes
 from engine.allocator import AllocatorState, PlanKnobs
 from engine.config import RunConfig
 from engine.events import (
-    DecisionsRecorded,
-    EntriesRecorded,
     Sink,
     StepRecorded,
 )
-from engine.planner import plan
-from engine.working_context import WorkingContext, check_invariants
+from engine.refocus import Scores, refocus
+from engine.working_context import WorkingContext
 
 FAST_KNOB_SECTIONS = ("allocator", "wc")  # what fast mode can change: the scores stay the recorded ones
 
@@ -171,61 +168,46 @@ def _lookup(lod, idx, v, at, stamp, levels, bs, max_lod, out):
 def replay_fast(rec: Recording, cfg: RunConfig, sink: Sink, *, record_entries: bool = True) -> ReplayStats:
     """Re-plan `rec` under `cfg`, emitting entries/decisions/steps events. Returns counts and timings.
 
-    Each step's WC geometry (node ids, spans, costs) is computed once, from per-level lookup tables,
-    and the recorded scores are keyed once for the whole recording: the loop does no per-level work.
+    Each step is one `engine.refocus.refocus` whose scores are the recorded ones (`recorded` below);
+    the recorded scores are keyed once for the whole recording, so a round's lookup is one compiled pass.
     """
     knobs, stats = PlanKnobs.from_config(cfg), ReplayStats()
     bs, max_lod = cfg.tree.block_size, cfg.tree.max_lod
     wc = WorkingContext.empty(bs, max_lod)
     state, latest = AllocatorState.initial(max_lod), _Latest(max_lod)
-    levels = np.arange(max_lod + 1)
-    span_of, cost_of = nodes.span_tokens(levels, bs), nodes.node_cost(levels, bs)  # per LOD, as WorkingContext
     bounds = np.searchsorted(rec.step, np.arange(rec.tokens_seen.shape[0] + 1))
     rec_key, rec_ok = rec.keys(max_lod)  # a level the WC cannot hold is never looked up
     all_ok = bool(rec_ok.all())
     only_round0 = not rec.iteration.size or not rec.iteration.any()
     iterations, w_max, check = cfg.allocator.iterations, knobs.w_max, cfg.session.check_invariants
+
+    def recorded(wc: WorkingContext, state: AllocatorState, it: int) -> Scores:
+        """Round `it` of step `t`: the recorded round with that number (or the last recorded one)."""
+        if only_round0:
+            sel = slice(lo, hi)
+        else:
+            have = its[its <= it]
+            sel = np.flatnonzero(its == (have.max() if have.size else -1)) + lo
+        stamp = t * 16 + it  # iterations <= 16: a score from an earlier round is not exact either
+        if all_ok:
+            latest.update(rec_key[sel], rec.raw_score[sel], stamp)
+        else:
+            ok = rec_ok[sel]
+            latest.update(rec_key[sel][ok], rec.raw_score[sel][ok], stamp)
+        # Not scored at this step: latest earlier score, else parent/children, else 0 (see `_lookup`).
+        raw = np.empty(wc.n, np.float32)
+        stats.approximate_lookups += _lookup(wc.lod, wc.index, latest.v, latest.at, stamp, latest.levels, bs,
+                                             max_lod, raw)  # fmt: skip
+        return Scores(raw)
+
     for t, tokens in enumerate(rec.tokens_seen.tolist()):
         wc = wc.advance(tokens)
         lo, hi = int(bounds[t]), int(bounds[t + 1])
-        its = rec.iteration[lo:hi]
-        n_start, applied, forced, t_al = wc.n, 0, 0, 0.0
-        for it in range(iterations):
-            # The recorded round with the same number (or the last recorded one) is this round's score source.
-            if only_round0:
-                sel = slice(lo, hi)
-            else:
-                have = its[its <= it]
-                sel = np.flatnonzero(its == (have.max() if have.size else -1)) + lo
-            stamp = t * 16 + it  # iterations <= 16: a score from an earlier round is not exact either
-            if all_ok:
-                latest.update(rec_key[sel], rec.raw_score[sel], stamp)
-            else:
-                ok = rec_ok[sel]
-                latest.update(rec_key[sel][ok], rec.raw_score[sel][ok], stamp)
-            lod, index = wc.lod, wc.index
-            # Not scored at this step: latest earlier score, else parent/children, else 0 (see `_lookup`).
-            raw = np.empty(lod.shape[0], np.float32)
-            stats.approximate_lookups += _lookup(
-                lod, index, latest.v, latest.at, stamp, latest.levels, bs, max_lod, raw
-            )
-            t0 = time.perf_counter()
-            p = plan(wc, raw, state, knobs, t)
-            t_al += (time.perf_counter() - t0) * 1000.0
-            if record_entries:
-                st, span = p.stages, span_of[lod]
-                start = index * span
-                sink.emit(EntriesRecorded(t, it, nodes.node_id(lod, index), lod, start, start + span, cost_of[lod],
-                                          st["raw"], st["interp"], st["shift"], st["final"]))  # fmt: skip
-            sink.emit(DecisionsRecorded(t, it, p.decisions))
-            applied += int(p.decisions.applied.sum())
-            forced += int((p.decisions.applied & p.decisions.forced).sum())
-            wc, state = p.wc, p.state
-        if check:
-            check_invariants(wc, knobs.w_max, knobs.protect_blocks)
-        cost = int(cost_of[wc.lod].sum(dtype=np.int64)) + wc.tail_len  # = wc.total_cost
-        sink.emit(StepRecorded(t, tokens, n_start, wc.n, cost, w_max, wc.evicted_upto, applied,
-                               forced, None, None, None, 0.0, 0.0, t_al, 0.0))  # fmt: skip
+        its, n_start = rec.iteration[lo:hi], wc.n
+        r = refocus(wc, state, knobs, t, iterations, recorded, sink, record_entries=record_entries, check=check)
+        wc, state = r.wc, r.state
+        sink.emit(StepRecorded(t, tokens, n_start, wc.n, wc.total_cost, w_max, wc.evicted_upto, r.n_applied,
+                               r.n_forced, None, None, None, 0.0, 0.0, r.t_allocator_ms, 0.0))  # fmt: skip
         stats.steps += 1
-        stats.allocator_ms += t_al
+        stats.allocator_ms += r.t_allocator_ms
     return stats

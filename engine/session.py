@@ -26,10 +26,7 @@ from engine.allocator import AllocatorState, PlanKnobs
 from engine.config import RunConfig
 from engine.events import (
     AttentionRecorded,
-    DecisionsRecorded,
-    EntriesRecorded,
     GistsRecorded,
-    LensAttention,
     NodesAdded,
     RunFinished,
     RunStarted,
@@ -38,7 +35,7 @@ from engine.events import (
     interrupt_reason,
 )
 from engine.materialize import entry_vectors, materialize, query_vectors, recent_gists
-from engine.planner import plan
+from engine.refocus import Scores, refocus
 from engine.textio import token_chunks
 from engine.threads import ThreadGovernor
 from engine.tree import GistTree
@@ -192,8 +189,12 @@ class Session:
                 order = np.concatenate([np.flatnonzero(g & (lod == v)) for v in np.unique(lod[g])])
                 self.sink.emit(GistsRecorded(self.step, ids[order], lod[order], vec))  # vec: [k, d]
 
-    def _view(self) -> ScoreView:
-        wc, state = self.wc, self.state
+    def _score(self, wc: WorkingContext, state: AllocatorState, iteration: int) -> Scores:
+        """One round's scores from the session's scorer (`engine.refocus.ScoreFn`)."""
+        res = self.scorer.score(self._view(wc, state))
+        return Scores(res.scores, res.attention)
+
+    def _view(self, wc: WorkingContext, state: AllocatorState) -> ScoreView:
         vecs = {}
         if getattr(self.scorer, "needs_vectors", True) and wc.n:
             vecs = {
@@ -216,30 +217,11 @@ class Session:
         return out
 
     def _refocus(self, t_tree: float) -> _Pending:
-        step, record_entries = self.step, self.step % self.cfg.session.entries_every == 0
-        n_start = self.wc.n
-        t_sc = t_al = 0.0
-        n_applied = n_forced = 0
-        for it in range(self.cfg.allocator.iterations):
-            t0 = time.perf_counter()
-            res = self.scorer.score(self._view())
-            t_sc += _ms(t0)
-            wc = self.wc
-            t0 = time.perf_counter()
-            p = plan(wc, res.scores, self.state, self.knobs, step)
-            t_al += _ms(t0)
-            if record_entries:
-                st = p.stages
-                self.sink.emit(EntriesRecorded(step, it, wc.node_id, wc.lod, wc.start, wc.end, wc.cost,
-                                               st["raw"], st["interp"], st["shift"], st["final"]))  # fmt: skip
-                if res.attention is not None:
-                    self.sink.emit(LensAttention(step, it, wc.node_id, np.asarray(res.attention, np.float32)))
-            self.sink.emit(DecisionsRecorded(step, it, p.decisions))
-            n_applied += int(p.decisions.applied.sum())
-            n_forced += int((p.decisions.applied & p.decisions.forced).sum())
-            self.wc, self.state = p.wc, p.state
-        if self.cfg.session.check_invariants:
-            check_invariants(self.wc, self.knobs.w_max, self.knobs.protect_blocks)
+        step, n_start, sc = self.step, self.wc.n, self.cfg.session
+        r = refocus(self.wc, self.state, self.knobs, step, self.cfg.allocator.iterations, self._score, self.sink,
+                    record_entries=step % sc.entries_every == 0, check=sc.check_invariants)  # fmt: skip
+        self.wc, self.state = r.wc, r.state
+        n_applied, n_forced, t_sc, t_al = r.n_applied, r.n_forced, r.t_scorer_ms, r.t_allocator_ms
         t_model = 0.0
         every = self.cfg.session.attention_every
         if every and step % every == 0 and self.wc.total_cost > 0:

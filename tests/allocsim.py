@@ -1,4 +1,4 @@
-"""A structure-only driver for allocator tests: advance the WC, score it, plan, apply, check."""
+"""A structure-only driver for allocator tests: advance the WC, refocus it (the engine's own step), check."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import numpy as np
 from engine.allocator import AllocatorState, PlanKnobs, plan
 from engine.config import RunConfig, apply_overrides
 from engine.decisions import APPLIED, EVICT, Decisions, apply
+from engine.events import DecisionsRecorded
+from engine.refocus import Scores, refocus
 from engine.working_context import WorkingContext, check_invariants
 
 
@@ -43,6 +45,17 @@ class SimResult:
 ScoreFn = Callable[[int, WorkingContext], np.ndarray]
 
 
+class _Decisions:
+    """A sink that keeps each round's decisions (the allocator tests read nothing else)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[tuple[int, Decisions]] = []
+
+    def emit(self, event) -> None:
+        if isinstance(event, DecisionsRecorded):
+            self.rounds.append((event.step, event.decisions))
+
+
 def simulate(
     cfg: RunConfig,
     score_fn: ScoreFn,
@@ -52,23 +65,32 @@ def simulate(
     tokens_per_step: int | None = None,
     check: bool = True,
 ) -> SimResult:
-    """Run `steps` refocus steps; `score_fn(step, wc)` gives raw scores. Invariants checked each step."""
+    """Run `steps` refocus steps through `engine.refocus.refocus` (the session's and replay's step);
+    `score_fn(step, wc)` gives raw scores. Invariants checked each step, before and after refocusing,
+    and every round's decisions replayed with `apply` must give the allocator's WC."""
     knobs = PlanKnobs.from_config(cfg)
     per = cfg.session.refocus_every if tokens_per_step is None else tokens_per_step
     wc = wc or WorkingContext.empty(cfg.tree.block_size, cfg.tree.max_lod)
     state = AllocatorState.initial(cfg.tree.max_lod)
-    res = SimResult(wc)
+    res, sink = SimResult(wc), _Decisions()
     for step in range(steps):
         wc = wc.advance(wc.tokens_seen + per)
         if check:
             check_invariants(wc, knobs.w_max, knobs.protect_blocks, after_refocus=False, refocus_every=per)
-        for _ in range(cfg.allocator.iterations):
-            p = plan(wc, score_fn(step, wc), state, knobs, step)
-            assert apply(wc, p.decisions).same_as(p.wc), "apply() disagrees with plan()"
-            wc, state = p.wc, p.state
-            res.decisions.append((step, p.decisions))
-        if check:
-            check_invariants(wc, knobs.w_max, knobs.protect_blocks)
+        seen: list[WorkingContext] = []
+
+        def score(w: WorkingContext, _state, _it, step=step, seen=seen) -> Scores:
+            seen.append(w)
+            return Scores(score_fn(step, w))
+
+        # `plan` is the reference allocator, looked up here so that a test can swap in another one
+        r = refocus(wc, state, knobs, step, cfg.allocator.iterations, score, sink, record_entries=False, check=check,
+                    planner=plan)  # fmt: skip
+        rounds = sink.rounds[-len(seen) :]
+        for before, after, (_, d) in zip(seen, [*seen[1:], r.wc], rounds, strict=True):
+            assert apply(before, d).same_as(after), "apply() disagrees with plan()"
+        res.decisions += rounds
+        wc, state = r.wc, r.state
     res.wc = wc
     return res
 
