@@ -134,8 +134,8 @@ def _lookup(lod, idx, v, at, stamp, levels, bs, max_lod, out):
     """Fill `out` with each node's score recorded at `stamp`, else its latest earlier one, else its
     parent's latest score, else its children's mean, else 0. Returns how many were not recorded at
     `stamp` (approximate lookups). Compiled: on a recording whose scorer wanders (random), most
-    steps have some, and the numpy version was a fifth of a long replay. tests/test_replay_fast.py
-    holds it equal, bit for bit, to the numpy original."""
+    steps have some, and the numpy version was a fifth of a long replay. Its output was bit for bit
+    the numpy original's when tests/data/replay/expected was made; tests/test_replay_fast.py holds it there."""
     size, miss = v.shape[0], 0
     kids = np.empty(bs, np.float32)
     for i in range(lod.shape[0]):
