@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
-from engine.config import knob_spec
+from engine.config import RunConfig, knob_spec
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,16 @@ class KnobWidget:
     lo: float | None
     hi: float | None
     help: str
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The values a text knob allows (e.g. `scorer.name`), from its declaration."""
+    return knob_spec(name)[1].choices
+
+
+def defaults() -> dict[str, object]:
+    """Every knob's default, by its one name."""
+    return RunConfig().flat()
 
 
 def knob_widget(name: str) -> KnobWidget:

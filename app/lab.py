@@ -23,10 +23,12 @@ import pyarrow.compute as pc
 
 from app.knobs import knob_widget
 from engine.config import RunConfig, apply_overrides, changed_knobs
-from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayStats, replay_fast
+from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayError, ReplayStats, replay_fast
 from studio.measure import replan as replan_measured
+from studio.replay import load_recording, replay_run
 from telemetry import metrics
 from telemetry.memory import LAB_ENTRIES, ArrowSink
+from telemetry.reader import RunReadError
 
 # The knobs the page shows, in this order, by their one name. Type, range and meaning come from the
 # knob's declaration (`engine.config.knob_spec`), not from here.
@@ -189,6 +191,19 @@ def _per_step(steps, swap, osc_events, loc, util, coh) -> pd.DataFrame:
 
 
 MAX_ENTRY_ROWS = 20_000_000  # the lab holds a recording's scores and its measured tables in memory (~1 GB here)
+
+
+LAB_ERRORS = (ReplayError, RunReadError, ValueError, KeyError)  # a run the lab cannot re-plan: one line
+
+
+def load(path: str) -> Recording:
+    """The recording the lab re-plans: every step's recorded raw scores (see `check_size` first)."""
+    return load_recording(path)
+
+
+def save_replay(parent, out, sets: list[str]) -> dict:
+    """Write the re-plan with `sets` as a new run folder (a fast replay); its summary dict."""
+    return replay_run(parent, out, sets)
 
 
 def check_size(run) -> None:

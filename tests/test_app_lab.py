@@ -60,7 +60,7 @@ def same(a, b) -> bool:
 
 def test_no_run_says_what_to_do(env):
     at = page()
-    assert not at.exception and "Runs page" in at.info[0].value
+    assert not at.exception and "**Runs** page" in at.info[0].value
 
 
 def test_recorded_knobs_give_zero_deltas_and_the_recorded_metrics(env):

@@ -147,3 +147,13 @@ def test_the_wall_sees_function_level_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def g():\n    from telemetry.reader import Run\n    import app.lab\n")
     assert _imports(f) == {"telemetry", "app"}
+
+
+def test_pages_reach_the_system_only_through_the_app_layer():
+    """A page (app/views/*.py) draws: its data comes from the query layer and the app's own modules
+    (lab, knobs, projection, recorder), never straight from engine, telemetry or studio."""
+    pages = sorted((REPO / "app" / "views").glob("*.py"))
+    assert len(pages) >= 9
+    for f in pages:
+        bad = _imports(f) & {"engine", "telemetry", "studio"}
+        assert not bad, f"app/views/{f.name} imports {sorted(bad)}; go through app/queries.py (or app/lab.py)"

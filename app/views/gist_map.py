@@ -9,31 +9,19 @@ is shown as stale, with a button to recompute. Data and projections: `app.projec
 
 from __future__ import annotations
 
-import os
-
 import streamlit as st
 
-from app import projection, state
+from app import projection
+from app import queries as q
 from app.charts_lab import gist_scatter
-from telemetry.reader import RunReadError
-from telemetry.writer import MANIFEST
 
 COLOURS = {"level": "lod", "position": "start", "score": "score", "step of last expansion": "last_expand"}
 
 
-def _stamp(path) -> int:
-    try:
-        return os.stat(path / MANIFEST).st_mtime_ns
-    except OSError:
-        return 0
-
-
 @st.cache_resource(max_entries=4, show_spinner="Reading gists...")
-def _points(path: str, stamp: int):
+def _points(path: str, ver: str):
     """(points DataFrame with x, y = PCA and every colour column, gists in the run) or None."""
-    from telemetry.reader import Run
-
-    run = Run(path)
+    run = q.get_run(path)
     g = projection.load_gists(run)
     if g is None:
         return None
@@ -79,14 +67,10 @@ def _umap(path: str, points, total: int, colour: str) -> None:
 
 def main() -> None:
     st.title("Gist map")
-    run = state.open_run()
-    if run is None:
-        st.info("Pick a run on the Runs page first (the URL needs `?run=...`).")
-        return
-    path = str(run.path)
+    run, (path, ver) = q.require_run()
     try:
-        got = _points(path, _stamp(run.path))
-    except (RunReadError, ValueError, OSError) as e:
+        got = _points(path, ver)
+    except (q.RunReadError, ValueError, OSError) as e:
         st.error(f"Cannot read the gists of {run.name}: {str(e).splitlines()[0]}")
         return
     if got is None:

@@ -7,42 +7,28 @@ this page only draws widgets, tables and charts, and saves a replay run on reque
 
 from __future__ import annotations
 
-import os
-
 import streamlit as st
 
 from app import lab, paths, state
+from app import queries as q
 from app.charts import lod_heatmap
 from app.charts_lab import metric_over_steps
 from app.knobs import KnobWidget, knob_widget
 from app.queries import grid_size, link
-from engine.replay import ReplayError
-from studio.replay import load_recording, replay_run
-from telemetry.reader import RunReadError
-from telemetry.writer import MANIFEST
 
 CHART_W, CHART_H = 600, 400  # bins per LOD timeline, each side (grid_size keeps it under the cell budget)
 PER_STEP = ("swap_rate", "ping_pongs", "locality", "utilization", "coherence")
 
 
-def _stamp(path) -> int:
-    # A live recording rewrites its manifest: a new mtime invalidates the cached recording.
-    try:
-        return os.stat(path / MANIFEST).st_mtime_ns
-    except OSError:
-        return 0
-
-
+# Cached by (path, version): a live recording gains parts and rewrites its manifest, which makes a new version.
 @st.cache_resource(max_entries=4, show_spinner="Loading the recording...")
-def _recording(path: str, stamp: int):
-    return load_recording(path)
+def _recording(path: str, ver: str):
+    return lab.load(path)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Measuring the recording...")
-def _recorded(path: str, stamp: int):
-    from telemetry.reader import Run
-
-    res = lab.recorded_side(Run(path))
+def _recorded(path: str, ver: str):
+    res = lab.recorded_side(q.get_run(path))
     return res, _extent(res)
 
 
@@ -56,14 +42,14 @@ def _grid(rec) -> tuple[int, int]:
 
 
 @st.cache_resource(max_entries=16, show_spinner="Re-planning...")
-def _replanned(path: str, stamp: int, sets: tuple[str, ...]):
-    rec = _recording(path, stamp)
+def _replanned(path: str, ver: str, sets: tuple[str, ...]):
+    rec = _recording(path, ver)
     return lab.replan(rec, list(sets), grid=_grid(rec))  # the re-planned timeline is binned as it is measured
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
-def _cells(path: str, stamp: int, sets: tuple[str, ...] | None, last_step: int, tokens: int, max_lod: int):
-    res = _recorded(path, stamp)[0] if sets is None else _replanned(path, stamp, sets)
+def _cells(path: str, ver: str, sets: tuple[str, ...] | None, last_step: int, tokens: int, max_lod: int):
+    res = _recorded(path, ver)[0] if sets is None else _replanned(path, ver, sets)
     if res.cells is not None:
         return res.cells
     w, h = grid_size(CHART_W, CHART_H, last_step + 1, tokens)
@@ -135,8 +121,8 @@ def _save(run, sets: list[str], changed: dict) -> None:
         while out.exists():
             out, k = paths.new_run_dir(f"{base}-{k}"), k + 1
         with st.spinner(f"Writing {paths.run_ref(out)}..."):
-            info = replay_run(run.path, out, sets)
-    except (ValueError, OSError, RunReadError) as e:
+            info = lab.save_replay(run.path, out, sets)
+    except (ValueError, OSError, q.RunReadError) as e:
         st.error(f"Could not save the replay run: {str(e).splitlines()[0]}")
         return
     ref = paths.run_ref(out)
@@ -146,16 +132,13 @@ def _save(run, sets: list[str], changed: dict) -> None:
 
 def main() -> None:
     st.title("Knobs lab")
-    run = state.open_run()
-    if run is None:
-        st.info("Pick a run on the Runs page first (the URL needs `?run=...`).")
-        return
-    path, stamp, ref = str(run.path), _stamp(run.path), state.param(state.RUN)
+    run, (path, ver) = q.require_run()
+    ref = state.param(state.RUN)
     try:
         lab.check_size(run)  # before anything is loaded: the server's memory is everyone's
-        rec = _recording(path, stamp)
-        recorded, (last_step, tokens) = _recorded(path, stamp)
-    except (ReplayError, RunReadError, ValueError, KeyError) as e:
+        rec = _recording(path, ver)
+        recorded, (last_step, tokens) = _recorded(path, ver)
+    except lab.LAB_ERRORS as e:
         st.error(f"Cannot re-plan {ref}: {str(e).splitlines()[0]}")
         return
     st.caption(f"Run **{ref}**: {last_step + 1} steps, {tokens:,} tokens, scorer {run.manifest.get('scorer')}. "
@@ -174,7 +157,7 @@ def main() -> None:
     if others:
         st.caption("Also from the URL: " + ", ".join(others))
     try:
-        res = _replanned(path, stamp, overrides)
+        res = _replanned(path, ver, overrides)
     except ValueError as e:
         st.error(str(e).splitlines()[0])
         st.button("Reset to the recorded knobs", on_click=_reset)
@@ -202,10 +185,10 @@ def main() -> None:
     max_lod = rec.config.tree.max_lod
     left, right = st.columns(2)
     with left:
-        cells = _cells(path, stamp, None, last_step, tokens, max_lod)
+        cells = _cells(path, ver, None, last_step, tokens, max_lod)
         st.plotly_chart(lod_heatmap(cells, title="recorded", max_lod=max_lod, step=step, height=420), key="lab_rec")
     with right:
-        cells = _cells(path, stamp, overrides, last_step, tokens, max_lod)
+        cells = _cells(path, ver, overrides, last_step, tokens, max_lod)
         fig = lod_heatmap(cells, title="re-planned", max_lod=max_lod, step=step, height=420)
         st.plotly_chart(fig, key="lab_new")
     metric = st.selectbox("per-step metric", PER_STEP, key="lab_metric")

@@ -12,9 +12,8 @@ import datetime as dt
 import streamlit as st
 
 from app import paths, recorder
-from app.knobs import knob_widget
+from app.knobs import choices, defaults, knob_widget
 from app.queries import link
-from engine.config import SCORER_NAMES, RunConfig
 
 SOURCES = ("file path", "paste text", "upload a file")
 # Knobs offered as inputs (one name each); any other goes in the free-form box.
@@ -70,15 +69,15 @@ def _inputs() -> dict:
     if model == "local folder":
         model = c1.text_input("model folder", key="rec:model_path")
     got["model"] = model
-    got["scorer"] = c2.selectbox("scorer.name", SCORER_NAMES, index=SCORER_NAMES.index("lensnet"), key="rec:scorer")
+    scorers, default = choices("scorer.name"), defaults()
+    got["scorer"] = c2.selectbox("scorer.name", scorers, index=scorers.index(default["scorer.name"]), key="rec:scorer")
     got["device"] = c3.selectbox("device", ("auto", "cpu", "cuda"), key="rec:device")
     sets = []
     cols = st.columns(len(QUICK_KNOBS))
-    defaults = RunConfig().flat()
     for col, (knob, start) in zip(cols, QUICK_KNOBS, strict=True):
         w = knob_widget(knob)  # bounds and help from the knob's declaration
         v = col.number_input(knob, value=start, min_value=w.lo, max_value=w.hi, step=1, key=f"rec:{knob}", help=w.help)
-        if v != defaults[knob]:
+        if v != default[knob]:
             sets.append(f"{knob}={int(v)}")
     extra = st.text_area("more knobs, one `section.field=value` a line", key="rec:sets", height=80)
     got["sets"] = sets + [ln.strip() for ln in extra.splitlines() if ln.strip()]
