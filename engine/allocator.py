@@ -225,6 +225,7 @@ class Plan:
     state: AllocatorState  # the allocator's memory after this round
     stages: dict[str, np.ndarray]  # raw, interp, shift, final: float32[n] over the input WC's entries
     wc: WorkingContext  # the WC after the applied decisions (= apply(input wc, decisions))
+    compiled: bool = False  # made by the compiled twin (`engine.allocator_jit`), not by this reference
 
 
 def plan(wc: WorkingContext, raw_scores: np.ndarray, state: AllocatorState, knobs: PlanKnobs, step: int) -> Plan:

@@ -21,15 +21,18 @@ How it stays bitwise identical (checked call by call against `plan` in tests/tes
 - numpy-scalar knobs (np.float64 ...) promote differently; such calls go to the reference.
 
 Everything runs compiled, forced collapses and evictions included: a session over budget after each
-append goes through them at every step. What falls back to the reference `plan` (counted in
-`FALLBACKS`): a call that cannot meet the budget at all (the reference raises AllocatorError), and
-calls with numpy-scalar float knobs. A valid working context is assumed (DESIGN section 2).
+append goes through them at every step. What falls back to the reference `plan` (its Plan then says
+`compiled=False`): a call that cannot meet the budget at all (the reference raises AllocatorError),
+and calls with numpy-scalar float knobs. A valid working context is assumed (DESIGN section 2). The
+module keeps no state: the knobs' kernel scalars are memoised by value (`_scalars`).
 
 The first call compiles the kernels (~10 s; then cached in engine/__pycache__, ~0.2 s to load). Inputs
 are normalised to C-contiguous writeable arrays (`_arr`), so one compiled specialisation serves all.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import njit
@@ -41,7 +44,6 @@ from engine.decisions import APPLIED, Decisions
 from engine.nodes import INDEX_MASK, LOD_SHIFT
 from engine.working_context import WorkingContext
 
-FALLBACKS = {"calls": 0, "reference": 0}  # plan_jit calls, and those answered by the reference plan
 _LIM = np.float32(1.0 + 1e-5)  # the reference's |raw| bound, as its float32 comparison sees it
 
 
@@ -450,24 +452,21 @@ def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, fk,
     return cost <= w_max, cols, c_lod, c_idx, evicted_upto, st, used, seq > 0
 
 
-_KNOBS: dict[int, tuple] = {}  # id(AllocatorConfig) -> (it, its kernel scalars); configs are frozen
-
-
 def _scalars(a):
-    """(numpy-promotion-safe?, pipeline scalars, float32 thresholds) of an AllocatorConfig, cached."""
-    hit = _KNOBS.get(id(a))
-    if hit is not None and hit[0] is a:
-        return hit[1]
-    if len(_KNOBS) > 256:
-        _KNOBS.clear()
+    """(numpy-promotion-safe?, pipeline scalars, float32 thresholds) of an AllocatorConfig."""
+    # The knobs' types are part of the key: 0.2 and np.float64(0.2) are equal but promote differently.
+    return _scalars_of(a, type(a.interp_gate), type(a.tau_expand), type(a.tau_collapse), type(a.hysteresis_margin))
+
+
+@functools.lru_cache(maxsize=256)
+def _scalars_of(a, *types: type):
     # Python floats/ints meet float32 arrays as float32 (NumPy 2 weak scalars); numpy scalars would not.
-    weak = all(type(v) in (float, int) for v in (a.interp_gate, a.tau_expand, a.tau_collapse, a.hysteresis_margin))
+    weak = all(t in (float, int) for t in types)
     left, right = a.shift_kernel
     f32 = np.float32
     pipe = (f32(a.interp_gate), f32(1.0 - a.interp_gate), f32(left), f32(right), bool(left), bool(right))
     thr = np.array([a.tau_expand, -a.tau_collapse, a.tau_expand + a.hysteresis_margin,
                     a.tau_collapse + a.hysteresis_margin], np.float32)  # fmt: skip
-    _KNOBS[id(a)] = (a, (weak, pipe, thr))
     return weak, pipe, thr
 
 
@@ -481,13 +480,11 @@ def _arr(x: np.ndarray, dtype) -> np.ndarray:
 def plan_jit(wc: WorkingContext, raw_scores: np.ndarray, state: AllocatorState, knobs: PlanKnobs, step: int) -> Plan:
     """`engine.allocator.plan`, compiled: same inputs, bitwise the same Plan. Pure: inputs are never mutated."""
     a, bs, n = knobs.allocator, wc.block_size, wc.n
-    FALLBACKS["calls"] += 1
     raw = np.asarray(raw_scores, dtype=np.float32)
     if raw.shape != (n,):
         raise ValueError(f"raw_scores has shape {raw.shape}, expected ({n},) for this working context")
     weak, pipe, thr = _scalars(a)
     if not weak:
-        FALLBACKS["reference"] += 1
         return ref.plan(wc, raw_scores, state, knobs, step)
     lod, index, sp = _arr(wc.lod, np.int8), _arr(wc.index, np.int64), state
     ed = (_arr(sp.edit_node, np.int64), _arr(sp.edit_step, np.int32), _arr(sp.edit_dir, np.int8))
@@ -507,8 +504,7 @@ def plan_jit(wc: WorkingContext, raw_scores: np.ndarray, state: AllocatorState, 
         final, interp, lod, index, jpos, entered, *ed, thr, ik
     )
     if not ok:  # the budget cannot be met: the reference raises AllocatorError with its message
-        FALLBACKS["reference"] += 1
         return ref.plan(wc, raw_scores, state, knobs, step)
     cur = WorkingContext(bs, wc.max_lod, wc.tokens_seen, evicted_upto, new_lod, new_index) if changed else wc
     stages = {"raw": raw, "interp": interp, "shift": shift, "final": final}
-    return Plan(Decisions(*cols), AllocatorState(*st, step, used_before + used), stages, cur)
+    return Plan(Decisions(*cols), AllocatorState(*st, step, used_before + used), stages, cur, compiled=True)

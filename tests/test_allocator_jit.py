@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import tests.allocsim as allocsim
 import tests.test_allocator_knobs as knob_tests
 from engine.allocator import AllocatorError, AllocatorState, PlanKnobs, plan
-from engine.allocator_jit import FALLBACKS, plan_jit
+from engine.allocator_jit import plan_jit
 from engine.config import AllocatorConfig
 from engine.decisions import EVICT, apply
 from engine.working_context import WorkingContext, check_invariants
@@ -153,14 +153,19 @@ def test_all_max_lod_working_context(max_lod):
 
 
 def test_eviction_every_step_of_a_long_tight_stream(monkeypatch):
-    monkeypatch.setattr(allocsim, "plan", checked_plan)
-    before = FALLBACKS["reference"]
+    plans = []
+
+    def checked_and_kept(*args):
+        plans.append(checked_plan(*args))
+        return plans[-1]
+
+    monkeypatch.setattr(allocsim, "plan", checked_and_kept)
     cfg = config("tree.block_size=8", "tree.max_lod=1", "wc.w_max=120", "wc.protect_recent=16",
                  "session.refocus_every=8")  # fmt: skip
     res = simulate(cfg, _stream(3, "uniform"), 1500)
     assert res.wc.evicted_upto > 0
     assert any((d.action == EVICT).any() for _, d in res.decisions)
-    assert FALLBACKS["reference"] == before  # forced collapses and evictions ran compiled
+    assert len(plans) == 1500 and all(p.compiled for p in plans)  # forced collapses and evictions ran compiled
 
 
 @pytest.mark.parametrize("raw", [np.array([0.1, np.nan, 0.0]), np.array([0.1, 1.01, 0.0]), np.zeros(2)])
@@ -178,9 +183,10 @@ def test_numpy_scalar_knobs_fall_back_to_the_reference():
     # np.float64 thresholds promote float32 scores to float64 in the reference: plan_jit hands them over.
     a = AllocatorConfig(tau_expand=np.float64(0.2), tau_collapse=np.float64(0.2))
     wc = WorkingContext.empty(32, 2).advance(30 * 32)
-    before = FALLBACKS["reference"]
-    checked_plan(wc, _uniform(4)(0, wc), AllocatorState.initial(2), PlanKnobs(a, 800, 1), 0)
-    assert FALLBACKS["reference"] == before + 1
+    p = checked_plan(wc, _uniform(4)(0, wc), AllocatorState.initial(2), PlanKnobs(a, 800, 1), 0)
+    assert not p.compiled  # answered by the reference
+    same = AllocatorConfig()  # equal thresholds as Python floats: compiled (the memo keys on the types too)
+    assert checked_plan(wc, _uniform(4)(0, wc), AllocatorState.initial(2), PlanKnobs(same, 800, 1), 0).compiled
 
 
 def test_read_only_inputs_share_the_one_compiled_specialisation():
