@@ -51,7 +51,7 @@ LAB_KNOBS: tuple[str, ...] = (
 # no base model, so the metrics that need its NLL are left out.
 SUMMARY_METRICS: tuple[tuple[str, str], ...] = tuple((m.key, m.title) for m in metrics.METRICS if not m.nll)
 
-# Columns of the decisions table the metrics read (applied edits only are kept, see `_applied_only`).
+# Columns of the decisions table the metrics read (the metrics count applied edits only).
 _DECISION_COLS = ("step", "iteration", "node_id", "lod_from", "lod_to", "action", "outcome", "seq")
 
 
@@ -132,16 +132,6 @@ def _replan_measured(rec: Recording, cfg: RunConfig, overrides: list[str], chang
                      wall_s=time.perf_counter() - t0, cells=cells)  # fmt: skip
 
 
-def _applied_only(decisions: pa.Table) -> pa.Table:
-    # The metrics count applied edits only; refused candidates are most of the rows.
-    return decisions.filter(pc.equal(decisions.column("outcome"), "applied"))
-
-
-def _mean(values: np.ndarray) -> float | None:
-    v = values[~np.isnan(values)]
-    return float(v.mean()) if v.size else None
-
-
 def _series(t: pa.Table, col: str) -> np.ndarray:
     c = t.column(col)
     if pa.types.is_boolean(c.type):
@@ -150,31 +140,12 @@ def _series(t: pa.Table, col: str) -> np.ndarray:
 
 
 def measure(steps: pa.Table, entries: pa.Table, decisions: pa.Table, block_size: int, tau: float) -> LabResult:
-    """The lab's metrics over one side's tables (the same functions and conventions as `metrics.summary`)."""
-    dec = _applied_only(decisions) if decisions.num_rows else decisions
+    """The lab's metrics over one side's tables: `telemetry.metrics.summarize`, the code behind the
+    CLI's and the Metrics page's `summary`, so the same run gives the same numbers everywhere."""
+    s = metrics.summarize(steps, decisions, [entries], block_size=block_size, tau=tau)
+    summary = {key: s.numbers[key] for key, _ in SUMMARY_METRICS}
+    per_step = _per_step(steps, s.swap_rate, s.oscillation_events, s.locality, s.utilization, s.coherence)
     first = metrics._first_iteration(entries)
-    swap = metrics.swap_rate(steps, dec, first)
-    osc = metrics.oscillation(dec, top=5)
-    loc = metrics.locality(first)
-    seq = metrics.sequential(dec, block_size)
-    res = metrics.residency(first)
-    util = metrics.utilization(steps)
-    coh = metrics.coherence(first, dec, tau)
-    cand, finer = int(np.sum(coh.column("candidates").to_numpy())), int(np.sum(coh.column("finer").to_numpy()))
-    summary = {
-        "swap_rate": _mean(_series(swap, "swap_rate")),
-        "ping_pongs_per_edit": float(osc["per_edit"]),
-        "ping_pongs": int(osc["ping_pongs"]),
-        "applied_edits": int(osc["applied_edits"]),
-        "locality": _mean(_series(loc, "locality")),
-        "adjacent_share": metrics.adjacency(entries, dec, block_size)["share"],
-        "sequential_score": _mean(_series(seq, "sequential")) if seq.num_rows else None,
-        "residency_mean": res["mean"],
-        "residency_p95": res["p95"],
-        "utilization": _mean(_series(util, "utilization")),
-        "coherence": finer / cand if cand else None,
-    }
-    per_step = _per_step(steps, swap, metrics.oscillation_events(dec), loc, util, coh)
     keep = [c for c in ("step", "node_id", "lod", "start", "end", "score") if c in first.column_names]
     return LabResult(summary=summary, per_step=per_step, entries=first.select(keep))
 

@@ -328,27 +328,22 @@ class MeasureSink:
         n_cand = int(cand.sum())
         summary = {
             "steps": int(step.size),
-            "swap_rate": _mean(series["swap_rate"]["swap_rate"]),
+            "swap_rate": metrics.mean_of(series["swap_rate"]["swap_rate"]),
             "ping_pongs": osc["ping_pongs"],
             "applied_edits": osc["applied_edits"],
             "ping_pongs_per_edit": osc["per_edit"],
             "worst_nodes": osc["worst"].to_pylist(),
-            "locality": _mean(series["locality"]["locality"]),
+            "locality": metrics.mean_of(series["locality"]["locality"]),
             "adjacent_share": self.adj_hits / self.adj_n if self.adj_n else None,
-            "sequential_score": _mean(series["sequential"]["sequential"].astype(np.float64)),
+            "sequential_score": metrics.mean_of(series["sequential"]["sequential"].astype(np.float64)),
             "residency_mean": float(closed.mean()) if closed.size else None,
             "residency_p95": float(np.percentile(closed, 95)) if closed.size else None,
             "residency_runs": int(closed.size),
             "residency_open_runs": n_open,
-            "utilization": _mean(series["utilization"]["utilization"]),
+            "utilization": metrics.mean_of(series["utilization"]["utilization"]),
             "coherence": int(finer.sum()) / n_cand if n_cand else None,
         }
         return Measured(series, summary, self.tl, self.applied_columns(), self.entries)
-
-
-def _mean(x: np.ndarray) -> float | None:
-    x = x[~np.isnan(x)] if x.dtype.kind == "f" else x
-    return float(x.mean()) if x.size else None
 
 
 def decisions_table(cols: dict[str, np.ndarray]):

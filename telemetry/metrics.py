@@ -644,44 +644,61 @@ LINES: tuple[Line, ...] = (
 LINE_NAMES = {"d_full": "vs full context", "d_recency": "vs recency window"}  # legend names of columns
 
 
+def mean_of(values: np.ndarray) -> float | None:
+    """The mean of a per-step series over the steps that have a value (NaN: none), or None. numpy's
+    summation, so that every path to a headline number (this module, the Knobs lab's one-pass
+    measure) gives the same float bit for bit."""
+    x = values[~np.isnan(values)] if values.dtype.kind == "f" else values
+    return float(x.mean()) if x.size else None
+
+
 def _mean(t: pa.Table, col: str) -> float | None:
     c = t.column(col)
     c = c.cast(pa.float64()) if pa.types.is_boolean(c.type) else c  # share of True
-    return _nan_to_none(pc.mean(c).as_py()) if t.num_rows else None
+    return mean_of(c.cast(pa.float64()).fill_null(float("nan")).to_numpy())
 
 
-def summary(run, *, osc_window: int = 5, rows: int = CHUNK_ROWS) -> dict:
-    """Headline numbers of a run, JSON-ready (None where a metric has no data). The entries are read
-    in batches of about `rows` rows of whole steps; the numbers do not depend on `rows`."""
-    c = _ctx(run)
-    steps = run.table("steps")
-    dec = _by_step(_applied_decisions(run))
+@dataclass(frozen=True)
+class Summary:
+    """What `summarize` computes: the registry's numbers (`numbers`, keyed as `METRICS`, plus
+    `worst_nodes`) and the per-step tables they were reduced from, for pages that also draw them."""
+
+    numbers: dict
+    swap_rate: pa.Table
+    oscillation_events: pa.Table
+    locality: pa.Table
+    utilization: pa.Table
+    coherence: pa.Table
+
+
+def summarize(steps: pa.Table, decisions: pa.Table, entry_batches, *, block_size: int = 32, tau: float = 0.2,
+              osc_window: int = 5) -> Summary:  # fmt: skip
+    """Every number of the registry from a run's tables: `decisions` (all rows or the applied ones)
+    and `entry_batches`, the entries as Tables of whole steps in step order (one Table is one batch).
+    The one implementation behind `summary` (a run folder, in batches) and the Knobs lab's tables."""
+    dec = _by_step(_applied_only(decisions))
     loc, coh, counts, runs = [], [], [], _Stitched()
     expansions = adjacent = 0
-    for batch in _entry_batches(run, _E_COLS, rows):
+    for batch in entry_batches:
         first = _first_iteration(batch)
         within = _within(dec, batch)
         loc.append(locality(first))
-        coh.append(coherence(first, within, c["tau"]))
-        adj = adjacency(batch, within, c["block_size"])
+        coh.append(coherence(first, within, tau))
+        adj = adjacency(batch, within, block_size)
         expansions, adjacent = expansions + adj["expansions"], adjacent + adj["adjacent"]
         runs.add(first)
         if "n_entries_start" not in steps.column_names:
             counts.append(_entry_counts(first))
     loc, coh = pa.concat_tables(loc), pa.concat_tables(coh)
     osc = oscillation(dec, osc_window, top=5)
-    seq = sequential(dec, c["block_size"])
+    seq = sequential(dec, block_size)
     res = residency(runs=runs.result())
     dn = delta_nll(steps)
-    m = run.manifest
+    swap = swap_rate(steps, dec, pa.concat_tables(counts) if counts else None)
+    util = utilization(steps)
     n_cand = int(pc.sum(coh.column("candidates")).as_py() or 0)
-    return {
-        "run": getattr(run, "name", None),
-        "status": getattr(run, "status", m.get("status")),
-        "scorer": m.get("scorer"),
-        "tokens": m.get("tokens"),
-        "steps": steps.num_rows,
-        "swap_rate": _mean(swap_rate(steps, dec, pa.concat_tables(counts) if counts else None), "swap_rate"),
+    numbers = {
+        "swap_rate": _mean(swap, "swap_rate"),
         "ping_pongs": osc["ping_pongs"],
         "applied_edits": osc["applied_edits"],
         "ping_pongs_per_edit": osc["per_edit"],
@@ -691,10 +708,34 @@ def summary(run, *, osc_window: int = 5, rows: int = CHUNK_ROWS) -> dict:
         "sequential_score": _mean(seq, "sequential"),
         "residency_mean": res["mean"],
         "residency_p95": res["p95"],
-        "utilization": _mean(utilization(steps), "utilization"),
+        "utilization": _mean(util, "utilization"),
         "coherence": (int(pc.sum(coh.column("finer")).as_py() or 0) / n_cand) if n_cand else None,
         "nll": _mean(dn, "nll"),
         "delta_nll_full": _mean(dn, "d_full"),
         "delta_nll_recency": _mean(dn, "d_recency"),
-        "timings": m.get("timings", {}),
     }
+    return Summary(numbers, swap, oscillation_events(dec, osc_window), loc, util, coh)
+
+
+def _applied_only(decisions: pa.Table) -> pa.Table:
+    if decisions.num_rows == 0 or "outcome" not in decisions.column_names:
+        return decisions
+    return decisions.filter(pc.equal(decisions.column("outcome"), "applied"))
+
+
+def summary(run, *, osc_window: int = 5, rows: int = CHUNK_ROWS) -> dict:
+    """Headline numbers of a run, JSON-ready (None where a metric has no data). The entries are read
+    in batches of about `rows` rows of whole steps; the numbers do not depend on `rows`."""
+    c = _ctx(run)
+    steps = run.table("steps")
+    s = summarize(steps, _applied_decisions(run), _entry_batches(run, _E_COLS, rows), block_size=c["block_size"],
+                  tau=c["tau"], osc_window=osc_window)  # fmt: skip
+    m = run.manifest
+    about = {
+        "run": getattr(run, "name", None),
+        "status": getattr(run, "status", m.get("status")),
+        "scorer": m.get("scorer"),
+        "tokens": m.get("tokens"),
+        "steps": steps.num_rows,
+    }
+    return {**about, **s.numbers, "timings": m.get("timings", {})}
