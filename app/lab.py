@@ -28,7 +28,7 @@ from studio.measure import replan as replan_measured
 from studio.replay import load_recording, replay_run
 from telemetry import metrics
 from telemetry.memory import LAB_ENTRIES, ArrowSink
-from telemetry.reader import RunReadError
+from telemetry.reader import RunReadError, heatmap_of_table
 
 # The knobs the page shows, in this order, by their one name. Type, range and meaning come from the
 # knob's declaration (`engine.config.knob_spec`), not from here.
@@ -61,12 +61,11 @@ class LabResult:
 
     summary: dict  # SUMMARY_METRICS keys -> float | int | None
     per_step: pd.DataFrame  # step, tokens_seen, swap_rate, ping_pongs, locality, utilization, coherence
-    entries: pa.Table | None  # iteration-0 entries (step, node_id, lod, start, end, score); None when `cells` is set
     overrides: list[str] = field(default_factory=list)
     changed: dict = field(default_factory=dict)  # knob -> new value, vs the recording's config
     stats: ReplayStats | None = None  # None for the recorded side
     wall_s: float = 0.0
-    cells: pd.DataFrame | None = None  # the re-planned LOD timeline already binned (as `bin_lod`), when asked
+    cells: pd.DataFrame | None = None  # the re-planned LOD timeline, binned as the reader bins a run, when asked
 
 
 def config_for(recording: Recording, overrides: list[str]) -> tuple[RunConfig, dict]:
@@ -83,7 +82,7 @@ def config_for(recording: Recording, overrides: list[str]) -> tuple[RunConfig, d
 def replan(recording: Recording, overrides: list[str], grid: tuple[int, int] | None = None) -> LabResult:
     """Re-plan `recording` with `overrides` (`section.field=value`) and measure it. Raises ValueError.
 
-    `grid=(w, h)`: also bin the re-planned LOD timeline (finest LOD per cell, as `bin_lod`) over
+    `grid=(w, h)`: also bin the re-planned LOD timeline (finest LOD per cell, as `Run.lod_timeline(agg="min")`) over
     steps [0, last] x tokens [0, tokens read], into `LabResult.cells`.
     """
     t0 = time.perf_counter()
@@ -98,6 +97,12 @@ def replan(recording: Recording, overrides: list[str], grid: tuple[int, int] | N
         entries = entries.filter(pc.is_in(entries.column("step"), pa.array(np.unique(recording.step))))
     res = measure(steps, entries, decisions, cfg.tree.block_size, cfg.allocator.tau_expand)
     res.overrides, res.changed, res.stats = list(overrides), changed, stats
+    n, tokens = int(recording.tokens_seen.size), int(recording.tokens_seen[-1]) if recording.tokens_seen.size else 0
+    if grid is not None and n and tokens:  # binned by the reader's query, over the in-memory rows
+        (w, h), ext = grid, {"t0": 0, "t1": tokens, "s0": 0, "s1": n - 1}
+        t = heatmap_of_table(entries, "lod", w, h, (0, n - 1), (0, tokens), agg="min")
+        res.cells = pd.DataFrame({k: t.column(k).to_numpy() for k in _CELL_COLS})
+        res.cells.attrs["extent"] = {**ext, "w": min(w, tokens), "h": min(h, n)}
     res.wall_s = time.perf_counter() - t0
     return res
 
@@ -128,7 +133,7 @@ def _replan_measured(rec: Recording, cfg: RunConfig, overrides: list[str], chang
         hh, ww = m.timeline.weights.shape
         cells.attrs["extent"] = {"t0": a, "t1": b, "s0": s0, "s1": s1, "w": ww, "h": hh}
     stats = ReplayStats(steps=n, approximate_lookups=m.approximate_lookups, allocator_ms=m.allocator_ms)
-    return LabResult(summary=summary, per_step=df, entries=None, overrides=overrides, changed=changed, stats=stats,
+    return LabResult(summary=summary, per_step=df, overrides=overrides, changed=changed, stats=stats,
                      wall_s=time.perf_counter() - t0, cells=cells)  # fmt: skip
 
 
@@ -145,9 +150,7 @@ def measure(steps: pa.Table, entries: pa.Table, decisions: pa.Table, block_size:
     s = metrics.summarize(steps, decisions, [entries], block_size=block_size, tau=tau)
     summary = {key: s.numbers[key] for key, _ in SUMMARY_METRICS}
     per_step = _per_step(steps, s.swap_rate, s.oscillation_events, s.locality, s.utilization, s.coherence)
-    first = metrics._first_iteration(entries)
-    keep = [c for c in ("step", "node_id", "lod", "start", "end", "score") if c in first.column_names]
-    return LabResult(summary=summary, per_step=per_step, entries=first.select(keep))
+    return LabResult(summary=summary, per_step=per_step)
 
 
 def _per_step(steps, swap, osc_events, loc, util, coh) -> pd.DataFrame:
@@ -254,55 +257,3 @@ def replay_name(parent: str, changed: dict) -> str:
     name = re.sub(r"[^A-Za-z0-9_.,=-]+", "", "-".join(parts)).replace(",", "_").replace("=", "")
     name = name.lstrip("._-") or "replay"
     return name[:120]
-
-
-def bin_lod(entries: pa.Table, width: int, height: int, step_range: tuple[int, int], token_range: tuple[int, int],
-            max_lod: int) -> pd.DataFrame:  # fmt: skip
-    """Finest LOD present per (token bin, step bin) cell, like `Run.lod_timeline(..., agg="min")`.
-
-    Bins as `telemetry.reader.Run.span_heatmap`: token p in bin `(p - t0) * w // (t1 - t0)`, step s in
-    `(s - s0) * h // n`. Each entry marks the token bins its span touches through a difference array
-    per level (a +1 where it starts, a -1 after it ends, then a running sum), so the cost is one pass
-    over the rows plus (levels x cells), never one row per token. Columns: x_bin, y_bin, token_lo,
-    token_hi (half-open), step_lo, step_hi (inclusive), value (LOD); empty cells are absent.
-    `attrs["extent"]` = {t0, t1, s0, s1, w, h}, as `app.queries.heatmap` (what `app.charts` reads).
-    """
-    cols = ["x_bin", "y_bin", "token_lo", "token_hi", "step_lo", "step_hi", "value"]
-    (s0, s1), (t0, t1) = (int(v) for v in step_range), (int(v) for v in token_range)
-    if entries.num_rows == 0 or s1 < s0 or t1 <= t0:
-        df = pd.DataFrame(columns=cols)
-        df.attrs["extent"] = {"t0": t0, "t1": t1, "s0": s0, "s1": s1, "w": 0, "h": 0}
-        return df
-    n, span = s1 - s0 + 1, t1 - t0
-    w, h = max(1, min(width, span)), max(1, min(height, n))
-    step, lod = entries.column("step").to_numpy().astype(np.int64), entries.column("lod").to_numpy().astype(np.int64)
-    start = np.maximum(entries.column("start").to_numpy().astype(np.int64), t0)
-    end = np.minimum(entries.column("end").to_numpy().astype(np.int64), t1)
-    ok = (step >= s0) & (step <= s1) & (end > start)
-    step, lod, start, end = step[ok], lod[ok], start[ok], end[ok]
-    yb = (step - s0) * h // n
-    x0, x1 = (start - t0) * w // span, (end - 1 - t0) * w // span
-    best = np.full(h * w, np.iinfo(np.int64).max)
-    for lvl in range(max_lod, -1, -1):  # finer levels last: they overwrite coarser ones
-        m = lod == lvl
-        if not m.any():
-            continue
-        row = yb[m] * (w + 1)
-        diff = np.bincount(row + x0[m], minlength=h * (w + 1)) - np.bincount(row + x1[m] + 1, minlength=h * (w + 1))
-        present = np.cumsum(diff.reshape(h, w + 1), axis=1)[:, :w].reshape(-1) > 0
-        best[present] = lvl
-    cell = np.flatnonzero(best != np.iinfo(np.int64).max)
-    xb, ybin = cell % w, cell // w
-    df = pd.DataFrame(
-        {
-            "x_bin": xb.astype(np.int32),
-            "y_bin": ybin.astype(np.int32),
-            "token_lo": t0 + (xb * span + w - 1) // w,
-            "token_hi": t0 + ((xb + 1) * span + w - 1) // w,
-            "step_lo": (s0 + (ybin * n + h - 1) // h).astype(np.int32),
-            "step_hi": (s0 + ((ybin + 1) * n + h - 1) // h - 1).astype(np.int32),
-            "value": best[cell].astype(np.float32),
-        }
-    )
-    df.attrs["extent"] = {"t0": t0, "t1": t1, "s0": s0, "s1": s1, "w": w, "h": h}
-    return df

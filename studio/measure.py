@@ -26,6 +26,7 @@ from engine import nodes
 from engine.config import RunConfig
 from engine.decisions import ACTIONS, APPLIED, EVICT, EXPAND, OUTCOMES
 from engine.events import DecisionsRecorded, EntriesRecorded, Event, StepRecorded
+from telemetry import binning
 
 # ------------------------------------------------------------------------------------ kernels
 
@@ -103,6 +104,10 @@ def _coherence(cand, nc, d_node, d_action, width, last):
     return hits
 
 
+# `telemetry.binning`'s geometry, compiled as it is: the same formulas as the reader's SQL.
+_bin_of, _bin_start = numba.njit(cache=True)(binning.bin_of), numba.njit(cache=True)(binning.bin_start)
+
+
 @numba.njit(cache=True, nogil=True)
 def _bin_step(yb, lod, start, end, t0, t1, w, span, sums, weights, finest):
     """Spread one step's entries over the token bins of row `yb`, token-weighted (as the reader's SQL):
@@ -111,10 +116,9 @@ def _bin_step(yb, lod, start, end, t0, t1, w, span, sums, weights, finest):
         s, e = max(start[i], t0), min(end[i], t1)
         if e <= s:
             continue
-        x0, x1 = (s - t0) * w // span, (e - 1 - t0) * w // span
+        x0, x1 = _bin_of(s, t0, span, w), _bin_of(e - 1, t0, span, w)
         for xb in range(x0, x1 + 1):
-            lo = t0 + (xb * span + w - 1) // w
-            hi = t0 + ((xb + 1) * span + w - 1) // w
+            lo, hi = _bin_start(xb, t0, span, w), _bin_start(xb + 1, t0, span, w)
             ov = min(e, hi) - max(s, lo)
             if not finest:
                 sums[yb, xb] += lod[i] * ov
@@ -141,15 +145,11 @@ class Timeline:
         step_lo, step_hi, value, weight), in (y_bin, x_bin) order."""
         (s0, s1), (t0, t1) = self.step_range, self.token_range
         h, w = self.sums.shape
-        n, span = s1 - s0 + 1, t1 - t0
         yb, xb = np.nonzero(self.weights)
         return {
             "x_bin": xb.astype(np.int32),
             "y_bin": yb.astype(np.int32),
-            "token_lo": (t0 + (xb * span + w - 1) // w).astype(np.int64),
-            "token_hi": (t0 + ((xb + 1) * span + w - 1) // w).astype(np.int64),
-            "step_lo": (s0 + (yb * n + h - 1) // h).astype(np.int32),
-            "step_hi": (s0 + ((yb + 1) * n + h - 1) // h - 1).astype(np.int32),
+            **binning.cell_edges(xb, yb, t0, t1, s0, s1, w, h),
             "value": (self.sums[yb, xb] / (self.weights[yb, xb] if self.agg == "mean" else 1)).astype(np.float32),
             "weight": self.weights[yb, xb].astype(np.int64),
         }
@@ -235,7 +235,8 @@ class MeasureSink:
         self.n_prev, self.prev_t, self._n = n, ev.step, n
         if self.tl is not None:
             t0, t1, w, span, h, nsteps = self.tl_geom
-            _bin_step(ev.step * h // nsteps, ev.lod, ev.start, ev.end, t0, t1, w, span, self.tl.sums, self.tl.weights,
+            yb = binning.bin_of(ev.step, 0, nsteps, h)
+            _bin_step(yb, ev.lod, ev.start, ev.end, t0, t1, w, span, self.tl.sums, self.tl.weights,
                       self.tl.agg == "min")  # fmt: skip
         if ev.step in self.keep:
             self.entries[ev.step] = ev

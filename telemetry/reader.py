@@ -25,6 +25,7 @@ This module does not write runs and does not compute metrics (it delegates to `t
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -39,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from telemetry import metrics
+from telemetry import binning, metrics
 from telemetry.schema import SCHEMA_VERSION, SCHEMAS, TABLES, SchemaError, check_part_schema
 from telemetry.writer import MANIFEST, PART_RUN_ID, PART_SEQ, PART_TABLE, part_name
 
@@ -506,48 +507,7 @@ class Run:
                 return _HEATMAP.empty_table()
             step_range = step_range or (ext["s0"], ext["s1"])
             token_range = token_range or (ext["t0"], ext["t1"])
-        (s0, s1), (t0, t1) = (int(v) for v in step_range), (int(v) for v in token_range)
-        if s1 < s0 or t1 <= t0:
-            return _HEATMAP.empty_table()
-        n, span = s1 - s0 + 1, t1 - t0
-        w, h = min(width, span), min(height, n)
-        value = {"mean": "sum(v * ov) / sum(ov * c)", "min": "min(v)", "max": "max(v)"}[agg]
-        v_of = {"mean": "sum(v)", "min": "min(v)", "max": "max(v)"}[agg]
-        # r: entries of the same span within one step bin (most of them: a gist stays put for many
-        # steps) are merged first, whatever their values, into a count `c` and their sum (or min, or
-        # max) `v`, so the spreading over token bins below runs once per (step bin, span), not once
-        # per step. A mean is then sum(v * overlap) / sum(overlap * c): exact, not an approximation.
-        q = f"""
-        WITH r AS (
-            SELECT (step - $s0) * $h // $n AS yb, {v_of} AS v, s, e, count(*) AS c
-            FROM (
-                SELECT step, {_quote(column)}::DOUBLE AS v, greatest(start, $t0) AS s, least("end", $t1) AS e
-                FROM {entries}
-                WHERE iteration = $it AND step BETWEEN $s0 AND $s1 AND "end" > $t0 AND start < $t1
-            )
-            GROUP BY yb, s, e
-        ), e AS (
-            SELECT yb, v, c, s, e, (s - $t0) * $w // $span AS x0, (e - 1 - $t0) * $w // $span AS x1 FROM r
-        ), b AS (  -- most entries fall in one token bin: only the others are spread with generate_series
-            SELECT yb, v, c, s, e, x0 AS xb FROM e WHERE x0 = x1
-            UNION ALL
-            SELECT yb, v, c, s, e, unnest(generate_series(x0, x1)) AS xb FROM e WHERE x0 < x1
-        ), o AS (
-            SELECT xb, yb, v, c,
-                least(e, $t0 + ((xb + 1) * $span + $w - 1) // $w)
-                    - greatest(s, $t0 + (xb * $span + $w - 1) // $w) AS ov
-            FROM b
-        )
-        SELECT xb::INTEGER AS x_bin, yb::INTEGER AS y_bin,
-            ($t0 + (xb * $span + $w - 1) // $w)::BIGINT AS token_lo,
-            ($t0 + ((xb + 1) * $span + $w - 1) // $w)::BIGINT AS token_hi,
-            ($s0 + (yb * $n + $h - 1) // $h)::INTEGER AS step_lo,
-            ($s0 + ((yb + 1) * $n + $h - 1) // $h - 1)::INTEGER AS step_hi,
-            ({value})::FLOAT AS value, sum(ov * c)::BIGINT AS weight
-        FROM o GROUP BY xb, yb ORDER BY yb, xb
-        """
-        params = {**base, "s0": s0, "s1": s1, "t0": t0, "t1": t1, "n": n, "span": span, "w": w, "h": h}
-        return self.sql(q, params).cast(_HEATMAP)
+        return _bin_entries(self.sql, entries, base, column, width, height, step_range, token_range, agg)
 
     # -------------------------------------------------------------------------------- metrics
 
@@ -557,6 +517,73 @@ class Run:
 
     def summary(self) -> dict:
         return metrics.summary(self)
+
+
+def _bin_entries(sql, entries: str, base: dict, column: str, width: int, height: int, step_range, token_range,
+                 agg: str) -> pa.Table:  # fmt: skip
+    """The heatmap query of `Run.span_heatmap` over the FROM-item `entries` (its parameters in `base`,
+    `$it` the iteration), run by `sql(query, params)`; ranges given, agg checked."""
+    (s0, s1), (t0, t1) = (int(v) for v in step_range), (int(v) for v in token_range)
+    if s1 < s0 or t1 <= t0:
+        return _HEATMAP.empty_table()
+    n, span = s1 - s0 + 1, t1 - t0
+    w, h = min(width, span), min(height, n)
+    value = {"mean": "sum(v * ov) / sum(ov * c)", "min": "min(v)", "max": "max(v)"}[agg]
+    v_of = {"mean": "sum(v)", "min": "min(v)", "max": "max(v)"}[agg]
+    # r: entries of the same span within one step bin (most of them: a gist stays put for many
+    # steps) are merged first, whatever their values, into a count `c` and their sum (or min, or
+    # max) `v`, so the spreading over token bins below runs once per (step bin, span), not once
+    # per step. A mean is then sum(v * overlap) / sum(overlap * c): exact, not an approximation.
+    # The bin geometry is `telemetry.binning`'s, as SQL: x over tokens [t0, t1), y over steps [s0, s1].
+    x_of = functools.partial(binning.sql_bin_of, lo="$t0", extent="$span", bins="$w")
+    x_start = functools.partial(binning.sql_bin_start, lo="$t0", extent="$span", bins="$w")
+    y_start = functools.partial(binning.sql_bin_start, lo="$s0", extent="$n", bins="$h")
+    q = f"""
+    WITH r AS (
+        SELECT {binning.sql_bin_of("step", "$s0", "$n", "$h")} AS yb, {v_of} AS v, s, e, count(*) AS c
+        FROM (
+            SELECT step, {_quote(column)}::DOUBLE AS v, greatest(start, $t0) AS s, least("end", $t1) AS e
+            FROM {entries}
+            WHERE iteration = $it AND step BETWEEN $s0 AND $s1 AND "end" > $t0 AND start < $t1
+        )
+        GROUP BY yb, s, e
+    ), e AS (
+        SELECT yb, v, c, s, e, {x_of("s")} AS x0, {x_of("e - 1")} AS x1 FROM r
+    ), b AS (  -- most entries fall in one token bin: only the others are spread with generate_series
+        SELECT yb, v, c, s, e, x0 AS xb FROM e WHERE x0 = x1
+        UNION ALL
+        SELECT yb, v, c, s, e, unnest(generate_series(x0, x1)) AS xb FROM e WHERE x0 < x1
+    ), o AS (
+        SELECT xb, yb, v, c,
+            least(e, {x_start("(xb + 1)")}) - greatest(s, {x_start("xb")}) AS ov
+        FROM b
+    )
+    SELECT xb::INTEGER AS x_bin, yb::INTEGER AS y_bin,
+        {x_start("xb")}::BIGINT AS token_lo,
+        {x_start("(xb + 1)")}::BIGINT AS token_hi,
+        {y_start("yb")}::INTEGER AS step_lo,
+        ({y_start("(yb + 1)")} - 1)::INTEGER AS step_hi,
+        ({value})::FLOAT AS value, sum(ov * c)::BIGINT AS weight
+    FROM o GROUP BY xb, yb ORDER BY yb, xb
+    """
+    params = {**base, "s0": s0, "s1": s1, "t0": t0, "t1": t1, "n": n, "span": span, "w": w, "h": h}
+    return sql(q, params).cast(_HEATMAP)
+
+
+def heatmap_of_table(entries: pa.Table, column: str, width: int, height: int, step_range: tuple[int, int],
+                     token_range: tuple[int, int], *, agg: str = "mean", iteration: int = 0) -> pa.Table:  # fmt: skip
+    """`Run.span_heatmap` over an in-memory entries table (e.g. a re-plan's): the same query, so the
+    same cells as a run folder holding those rows."""
+    if agg not in ("mean", "min", "max"):
+        raise ValueError(f"agg must be one of mean, min, max; got {agg!r}")
+    con = duckdb.connect()
+    con.register("_mc_entries", entries)
+    try:
+        run_sql = lambda q, params: con.sql(q, params=params).to_arrow_table()  # noqa: E731
+        return _bin_entries(run_sql, "_mc_entries", {"it": iteration}, column, width, height, step_range,
+                            token_range, agg)  # fmt: skip
+    finally:
+        con.close()
 
 
 @dataclass

@@ -13,7 +13,7 @@ from app import lab
 from studio.replay import load_recording, replay_run
 from telemetry import metrics
 from telemetry.memory import LAB_ENTRIES
-from telemetry.reader import Run
+from telemetry.reader import Run, heatmap_of_table
 from tests.lab_fixtures import REPO, THRASH, record
 
 PAGE = str(REPO / "app" / "views" / "knobs_lab.py")
@@ -155,18 +155,39 @@ def test_save_as_replay_run_writes_a_listed_run(env):
     assert (env / "runs" / "rec-cooldown_steps4-2" / "manifest.json").exists()
 
 
-def test_bin_lod_matches_the_readers_binning(env):
+def test_an_in_memory_table_bins_as_its_run_folder(env):
+    """`heatmap_of_table` (the lab's re-plan of a sparse-entries recording) runs the reader's query on
+    rows in memory: the same cells as the run folder holding them, at several grids."""
     run = Run(env / "src" / "rec")
     entries = run.table("entries", list(LAB_ENTRIES))
     n, tokens = run.n_steps(), int(run.manifest["tokens"])
     for w, h in ((600, 400), (37, 11), (tokens, n)):
-        cells = lab.bin_lod(entries, w, h, (0, n - 1), (0, tokens), 2)
-        ref = run.lod_timeline(w, h, (0, n - 1), (0, tokens), agg="min").to_pandas()
-        assert len(cells) == len(ref) > 0
-        m = cells.merge(ref, on=["x_bin", "y_bin"], suffixes=("", "_r"))
-        assert len(m) == len(ref)
-        for c in ("value", "token_lo", "token_hi", "step_lo", "step_hi"):
-            assert (m[c].to_numpy() == m[c + "_r"].to_numpy()).all(), c
+        for agg in ("min", "mean"):
+            got = heatmap_of_table(entries, "lod", w, h, (0, n - 1), (0, tokens), agg=agg)
+            ref = run.lod_timeline(w, h, (0, n - 1), (0, tokens), agg=agg)
+            assert got.num_rows > 0 and got.equals(ref), (w, h, agg)
+
+
+def test_binning_geometry_is_one_in_numpy_and_sql():
+    """`telemetry.binning`: the SQL forms give what the arithmetic gives, for every value and bin."""
+    import duckdb
+    import numpy as np
+
+    from telemetry import binning
+
+    for lo, extent, bins in ((0, 1000, 37), (5, 7, 7), (100, 1, 1), (3, 999_983, 1000)):
+        p = np.arange(lo, lo + extent, max(1, extent // 500), dtype=np.int64)
+        b = np.arange(bins + 1, dtype=np.int64)
+        q = (f"SELECT {binning.sql_bin_of('p', '$lo', '$ex', '$bins')} AS x FROM unnest($p) t(p)",
+             f"SELECT {binning.sql_bin_start('b', '$lo', '$ex', '$bins')} AS x FROM unnest($b) t(b)")  # fmt: skip
+        prm = {"lo": lo, "ex": extent, "bins": bins}
+        got_of = duckdb.sql(q[0], params={**prm, "p": p.tolist()}).fetchnumpy()["x"]
+        got_start = duckdb.sql(q[1], params={**prm, "b": b.tolist()}).fetchnumpy()["x"]
+        assert np.array_equal(got_of, binning.bin_of(p, lo, extent, bins))
+        assert np.array_equal(got_start, binning.bin_start(b, lo, extent, bins))
+        starts = binning.bin_start(b, lo, extent, bins)
+        assert starts[0] == lo and starts[-1] == lo + extent and np.all(np.diff(starts) >= 1)  # no empty bin
+        assert np.array_equal(binning.bin_of(starts[:-1], lo, extent, bins), b[:-1])  # a bin starts in itself
 
 
 def test_replanned_timeline_cells_are_the_readers_binning_of_the_replay(env, tmp_path):
@@ -219,3 +240,22 @@ def test_lab_widgets_take_bounds_and_help_from_the_knob_declaration():
     assert (knob_widget("allocator.cooldown_steps").kind, knob_widget("allocator.cooldown_steps").lo) == ("int", 0)
     assert knob_widget("allocator.shift_kernel").kind == "pair"
     assert "(left, right)" in knob_widget("allocator.shift_kernel").help
+
+
+def test_a_sparse_entries_recording_replans_with_its_timeline():
+    """A recording with `session.entries_every=2` re-plans through tables; its timeline is binned by
+    the reader's query over those rows (the recorded steps only), so the chart still has cells."""
+    from dataclasses import replace
+
+    from engine.config import apply_overrides
+
+    rec = load_recording(REPO / "tests" / "data" / "replay" / "rec")
+    even = rec.step % 2 == 0
+    cfg = apply_overrides(rec.config, ["session.entries_every=2"])
+    sparse = replace(rec, config=cfg, step=rec.step[even], iteration=rec.iteration[even], node_id=rec.node_id[even],
+                     raw_score=rec.raw_score[even])  # fmt: skip
+    res = lab.replan(sparse, ["allocator.cooldown_steps=3"], grid=(40, 10))
+    n, tokens = int(sparse.tokens_seen.size), int(sparse.tokens_seen[-1])
+    assert res.cells is not None and len(res.cells) > 0
+    assert res.cells.attrs["extent"] == {"t0": 0, "t1": tokens, "s0": 0, "s1": n - 1, "w": 40, "h": 10}
+    assert set(res.cells["step_lo"]) <= set(range(n)) and res.cells["value"].max() <= 2

@@ -48,12 +48,11 @@ def _replanned(path: str, ver: str, sets: tuple[str, ...]):
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
-def _cells(path: str, ver: str, sets: tuple[str, ...] | None, last_step: int, tokens: int, max_lod: int):
-    res = _recorded(path, ver)[0] if sets is None else _replanned(path, ver, sets)
-    if res.cells is not None:
-        return res.cells
+def _cells(path: str, ver: str, sets: tuple[str, ...] | None, last_step: int, tokens: int):
+    if sets is not None:  # binned while re-planning (studio.measure), as the reader bins the recorded side
+        return _replanned(path, ver, sets).cells
     w, h = grid_size(CHART_W, CHART_H, last_step + 1, tokens)
-    return lab.bin_lod(res.entries, w, h, (0, last_step), (0, tokens), max_lod)
+    return q.heatmap(path, ver, "lod", w, h, (0, last_step), (0, tokens), agg="min")
 
 
 def _initial(kind: str, text: str | None, default: object) -> object:
@@ -185,10 +184,10 @@ def main() -> None:
     max_lod = rec.config.tree.max_lod
     left, right = st.columns(2)
     with left:
-        cells = _cells(path, ver, None, last_step, tokens, max_lod)
+        cells = _cells(path, ver, None, last_step, tokens)
         st.plotly_chart(lod_heatmap(cells, title="recorded", max_lod=max_lod, step=step, height=420), key="lab_rec")
     with right:
-        cells = _cells(path, ver, overrides, last_step, tokens, max_lod)
+        cells = _cells(path, ver, overrides, last_step, tokens)
         fig = lod_heatmap(cells, title="re-planned", max_lod=max_lod, step=step, height=420)
         st.plotly_chart(fig, key="lab_new")
     metric = st.selectbox("per-step metric", PER_STEP, key="lab_metric")
