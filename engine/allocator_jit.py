@@ -1,8 +1,10 @@
 """Compiled focus allocator: `plan_jit`, a numba twin of `engine.allocator.plan` giving exactly the same Plan.
 
 Why: the reference `plan` is ~800 small numpy calls, so it costs ~0.4-0.6 ms at 1k entries however
-little work there is, and the knobs lab re-plans whole recordings step by step. Here two `@njit`
-kernels (`_pipeline`: stages 1-2; `_plan`: the rest) do the same work in loops over plain arrays.
+little work there is, and the knobs lab re-plans whole recordings step by step. Here `@njit` kernels
+do the same work in loops over plain arrays: `_pipeline` (stages 1-2), then `_plan`, which runs the
+reference's later stages under the reference's names (`_candidates`, `_hysteresis`, `_budget_round`,
+`_restore_budget`, `_update_state`).
 
 How it stays bitwise identical (checked call by call against `plan` in tests/test_allocator_jit.py):
 - float32 arithmetic is mirrored expression by expression. Under NumPy 2 promotion a Python float
@@ -229,30 +231,28 @@ def _groups(lod, index, score, lv, bs):
     return par[:g], first[:g], cnt[:g], (acc[:g] / cnt[:g]).astype(np.float32)
 
 
+# The stages of `engine.allocator.plan`, compiled, each under the reference's name. `_plan` runs them in
+# order. Candidate tables are fixed-size arrays with their used length beside them (`ne`, `nc`).
+
+
 @njit(cache=True)
-def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, fk, ik):
-    """Stages 4-8, forced collapses, evictions and the state update, on the final scores `s`.
-    fk: float32 thresholds, ik: int64 scalars (one array each: numba types an array faster than 12 ints)."""
-    tau_e, neg_tau_c, thr_e, thr_c = fk[0], fk[1], fk[2], fk[3]
-    bs, max_lod, p0, cost, w_max, evicted_upto, cooldown, hyst_steps, cap, step, horizon = ik
-    n, b1 = s.size, bs - 1
-    pw = np.ones(max_lod + 2, np.int64)  # pw[l] = bs**l; a node at lod l spans pw[max(l, 1)] tokens
-    for lv in range(1, max_lod + 2):
-        pw[lv] = pw[lv - 1] * bs
-    # Stage 4 + 6. Expansions: entries above tau_expand, in WC order; LOD0 cannot expand.
+def _candidates(s, lod, index, pw, bs, max_lod, p0, tau_e, neg_tau_c):
+    """Stages 4 and 6: each entry's start token and the entries' cost; expansion candidates (entries
+    above tau_expand, in WC order; LOD0 cannot expand) and collapse candidates in the reference's part
+    order (LOD0 blocks, sibling groups level by level, max_lod entries), each with its legality
+    outcome. `part[l]:part[l + 1]` are the collapse rows with lod_from l."""
+    n, cost = s.size, 0
     start, ex_first, ex_node = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
     ex_out, ne = np.empty(n, np.int8), 0
     for i in range(n):
         start[i] = index[i] * pw[max(lod[i], 1)]
-        cost += bs if lod[i] == 0 else 1  # cost starts at the tail's length
+        cost += bs if lod[i] == 0 else 1
         if s[i] > tau_e:
             ex_first[ne], ex_node[ne] = i, (np.int64(lod[i]) << LOD_SHIFT) | index[i]
             ex_out[ne], ne = dc.ILLEGAL if lod[i] == 0 else PENDING, ne + 1
-    ex_first, ex_node, ex_out = ex_first[:ne], ex_node[:ne], ex_out[:ne]
-    # Collapses, in the reference's part order: LOD0 blocks, sibling groups level by level, max_lod entries.
     co_node, co_lf, co_score = np.empty(n, np.int64), np.empty(n, np.int8), np.empty(n, np.float32)
     co_first, co_count, co_out = np.empty(n, np.int64), np.ones(n, np.int64), np.empty(n, np.int8)
-    part, nc = np.zeros(max_lod + 2, np.int64), 0  # collapse rows with lod_from l: [part[l], part[l+1])
+    part, nc = np.zeros(max_lod + 2, np.int64), 0
     for lv in range(max_lod + 1):
         part[lv] = nc
         if 0 < lv < max_lod:
@@ -271,16 +271,31 @@ def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, fk,
                 co_out[nc] = dc.ILLEGAL if lv == max_lod else (dc.PROTECTED if start[i] >= p0 else PENDING)
                 nc += 1
     part[max_lod + 1] = nc
-    # Stage 5: a pending candidate that reverses a remembered edit gets cooldown, or hysteresis if weak.
-    bits = np.zeros(4096, np.bool_)  # a presence filter of the remembered edits: most candidates skip the
-    for x in ed_node:  # search (tested inline: a call per candidate would cost more than the search)
+    ex = (ex_first[:ne], ex_node[:ne], ex_out[:ne])
+    return start, cost, ex, co_node, co_lf, co_score, co_first, co_count, co_out, part, nc
+
+
+@njit(cache=True)
+def _edit_filter(ed_node):
+    """A presence filter of the remembered edits: most candidates skip the search for theirs."""
+    bits = np.zeros(4096, np.bool_)
+    for x in ed_node:
         bits[(x ^ (x >> 29)) & 4095] = True
+    return bits
+
+
+@njit(cache=True)
+def _hysteresis(s, ex_first, ex_node, ex_out, co_node, co_score, co_out, nc, bits, ed_node, ed_step, ed_dir, step,
+                cooldown, hyst_steps, thr_e, thr_c):  # fmt: skip
+    """Stage 5, in place: a pending candidate that reverses a remembered edit gets cooldown, or
+    hysteresis if its score is weak (within the threshold plus the margin: `thr_e`, `thr_c`)."""
+    ne = ex_out.size
     for k in range(ne + nc):
         is_ex, r = k < ne, k if k < ne else k - ne
         if (ex_out[r] if is_ex else co_out[r]) != PENDING:
             continue
         q = ex_node[r] if is_ex else co_node[r]
-        if not bits[(q ^ (q >> 29)) & 4095]:
+        if not bits[(q ^ (q >> 29)) & 4095]:  # tested inline: a call per candidate would cost more
             continue
         j = _find(ed_node, q)
         if j < 0 or ed_dir[j] != (-1 if is_ex else 1):
@@ -295,16 +310,22 @@ def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, fk,
             ex_out[r] = verdict
         else:
             co_out[r] = verdict
-    # Stage 7-8 (`_budget_round`): worst collapse / best expansion alternately, up to `cap` edits.
+
+
+@njit(cache=True)
+def _budget_round(s, start, ex_first, ex_out, co_first, co_count, co_score, co_out, nc, cost, w_max, cap, b1):
+    """Stages 7-8, in place: worst collapse / best expansion alternately, up to `cap` edits; what is
+    left pending gets edit_cap. Returns (edits applied, cost after them, expansion seq, collapse seq)."""
+    ne, n = ex_out.size, s.size
     ex_seq, co_seq, zeros = np.full(ne, -1, np.int32), np.full(nc, -1, np.int32), np.zeros(max(ne, nc), np.int8)
     neg, ex_start, co_start = -s[ex_first], start[ex_first], start[co_first[:nc]]
     t = max(min(cap, 16), 0) + 2  # candidates most rounds look at, beyond skips
-    hc, sc_ = _order(np.flatnonzero(co_out[:nc] == PENDING), zeros, co_score, co_start, t)
-    he, se_ = _order(np.flatnonzero(ex_out == PENDING), zeros, neg, ex_start, t)
-    nhc, nhe, used, gone = hc.size, he.size, 0, np.zeros(n, np.bool_)
-    while used < cap and (nhc > 0 or nhe > 0):
-        if nhc > 0:
-            k, nhc = _next(hc, sc_, zeros, co_score, co_start, 1), nhc - 1
+    co_heap, co_state = _order(np.flatnonzero(co_out[:nc] == PENDING), zeros, co_score, co_start, t)
+    ex_heap, ex_state = _order(np.flatnonzero(ex_out == PENDING), zeros, neg, ex_start, t)
+    n_co, n_ex, used, gone = co_heap.size, ex_heap.size, 0, np.zeros(n, np.bool_)
+    while used < cap and (n_co > 0 or n_ex > 0):
+        if n_co > 0:
+            k, n_co = _next(co_heap, co_state, zeros, co_score, co_start, 1), n_co - 1
             f, c = co_first[k], co_count[k]
             if gone[f : f + c].any():
                 co_out[k] = dc.ILLEGAL  # an earlier edit this round already took a member
@@ -314,27 +335,33 @@ def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, fk,
             used, cost = used + 1, cost - b1
             if used >= cap:
                 break
-        if nhe > 0:
-            k = _next(he, se_, zeros, neg, ex_start, 0)
+        if n_ex > 0:
+            k = _next(ex_heap, ex_state, zeros, neg, ex_start, 0)
             if gone[ex_first[k]]:
-                ex_out[k], nhe = dc.ILLEGAL, nhe - 1
-                _next(he, se_, zeros, neg, ex_start, 1)
+                ex_out[k], n_ex = dc.ILLEGAL, n_ex - 1
+                _next(ex_heap, ex_state, zeros, neg, ex_start, 1)
             elif cost + b1 <= w_max:
                 gone[ex_first[k]] = True
                 ex_out[k], ex_seq[k] = APPLIED, used
-                used, cost, nhe = used + 1, cost + b1, nhe - 1
-                _next(he, se_, zeros, neg, ex_start, 1)
-            elif nhc == 0:  # every expansion costs the same: if the best does not fit, none does
-                for j in he[min(se_[0], se_[2]) : se_[2] + se_[1]]:  # the remaining ones
+                used, cost, n_ex = used + 1, cost + b1, n_ex - 1
+                _next(ex_heap, ex_state, zeros, neg, ex_start, 1)
+            elif n_co == 0:  # every expansion costs the same: if the best does not fit, none does
+                for j in ex_heap[min(ex_state[0], ex_state[2]) : ex_state[2] + ex_state[1]]:  # the remaining ones
                     ex_out[j] = dc.ILLEGAL if gone[ex_first[j]] else dc.BUDGET
-                nhe = 0
+                n_ex = 0
     for k in range(ne + nc):
         if k < ne and ex_out[k] == PENDING:
             ex_out[k] = dc.EDIT_CAP
         elif k >= ne and co_out[k - ne] == PENDING:
             co_out[k - ne] = dc.EDIT_CAP
-    # Apply them (disjoint by construction). Each entry keeps its score (0 for new nodes, as `_scores_on`)
-    # and its source position in the input WC (-1 for new nodes), for the state update.
+    return used, cost, ex_seq, co_seq
+
+
+@njit(cache=True)
+def _apply_voluntary(lod, index, s, ex_first, ex_out, co_node, co_first, co_count, co_out, nc, bs):
+    """`apply` for this round's voluntary edits (disjoint by construction): the new WC's entries, each
+    with its score (0 for new nodes, as `_scores_on`) and its position in the input WC (-1 if new)."""
+    n = s.size
     op, op_node = np.zeros(n, np.int8), np.empty(n, np.int64)  # op_* are read only where op == 2
     op_score, op_src = np.empty(n, np.float32), np.empty(n, np.int64)
     for k in range(nc):
@@ -342,12 +369,23 @@ def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, fk,
             op[co_first[k] : co_first[k] + co_count[k]] = 1
             op[co_first[k]], op_node[co_first[k]], op_score[co_first[k]], op_src[co_first[k]] = 2, co_node[k], 0, -1
     op[ex_first[ex_out == APPLIED]] = 3
-    c_lod, c_idx, c_score, c_src = _rebuild(lod, index, s, np.arange(n), op, op_node, op_score, op_src, bs)
-    # `_restore_budget`: forced collapses in batches, lowest score first and recent expansions last.
+    return _rebuild(lod, index, s, np.arange(n), op, op_node, op_score, op_src, bs)
+
+
+@njit(cache=True)
+def _restore_budget(c_lod, c_idx, c_score, c_src, s, ex_node, ex_first, ex_out, co_node, co_out, co_seq, part, nc,
+                    bits, ed_node, ed_step, ed_dir, step, cooldown, cost, w_max, bs, max_lod, p0, pw, seq,
+                    evicted_upto):  # fmt: skip
+    """Forced collapses in batches (lowest score first, recent expansions last), then eviction of the
+    oldest top-level gists, until the cost fits `w_max`. A forced collapse that a voluntary row names
+    (refused for cooldown, edit cap...) turns that row into applied + forced (in place); others are new
+    rows. Returns the WC's entries, cost, evicted_upto, the forced flags of the collapse rows, the new
+    rows' columns and count, and the next seq."""
+    b1 = bs - 1
     co_forced, size = np.zeros(nc, np.bool_), 3 * c_lod.size + 2 if cost > w_max else 0  # bound: see forced rows
     f_node, f_lf, f_lt = np.empty(size, np.int64), np.empty(size, np.int8), np.empty(size, np.int8)
     f_act, f_score, f_seq = np.empty(size, np.int8), np.empty(size, np.float32), np.empty(size, np.int32)
-    nf, seq, vx = 0, used, np.flatnonzero(ex_out == APPLIED)
+    nf, vx = 0, np.flatnonzero(ex_out == APPLIED)
     while cost > w_max:
         m = c_lod.size
         cid, csc, clf = np.empty(m, np.int64), np.empty(m, np.float32), np.empty(m, np.int8)
@@ -402,8 +440,17 @@ def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, fk,
         f_act[nf], f_score[nf], f_seq[nf] = dc.EVICT, c_score[e0], seq
         evicted_upto = max(evicted_upto, (c_idx[e0] + 1) * pw[max_lod])
         nf, e0, seq, cost = nf + 1, e0 + 1, seq + 1, cost - 1
-    c_lod, c_idx, c_src = c_lod[e0:], c_idx[e0:], c_src[e0:]
-    # Decision columns: collapse rows, expansion rows, then the new forced rows; and this round's edits.
+    forced = (f_node, f_lf, f_lt, f_act, f_score, f_seq)
+    return c_lod[e0:], c_idx[e0:], c_src[e0:], cost, evicted_upto, co_forced, forced, nf, seq
+
+
+@njit(cache=True)
+def _decision_columns(s, lod, ex_first, ex_node, ex_out, ex_seq, co_node, co_lf, co_score, co_out, co_forced, co_seq,
+                      nc, forced, nf):  # fmt: skip
+    """The round's decision rows: collapse rows, expansion rows, then the new forced rows. Returns the
+    eight columns and how many applied edits (evictions aside) the state must remember."""
+    f_node, f_lf, f_lt, f_act, f_score, f_seq = forced
+    ne = ex_out.size
     rows = nc + ne + nf
     d_node, d_lf, d_lt = np.empty(rows, np.int64), np.empty(rows, np.int8), np.empty(rows, np.int8)
     d_act, d_score, d_out = np.empty(rows, np.int8), np.empty(rows, np.float32), np.empty(rows, np.int8)
@@ -421,8 +468,17 @@ def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, fk,
             d_node[r], d_lf[r], d_lt[r], d_act[r], d_score[r] = f_node[k], f_lf[k], f_lt[k], f_act[k], f_score[k]
             d_out[r], d_forced[r], d_seq[r] = APPLIED, True, f_seq[k]
         n_new += d_out[r] == APPLIED and d_act[r] != dc.EVICT
-    # State (`_update_state`): entries sorted by node id (= by level, then WC order), with the interpolated
-    # score and entry step of those that were entries of the input WC.
+    return (d_node, d_lf, d_lt, d_act, d_score, d_out, d_forced, d_seq), n_new
+
+
+@njit(cache=True)
+def _update_state(cols, n_new, c_lod, c_idx, c_src, interp, jpos, st_entered, ed_node, ed_step, ed_dir, step,
+                  max_lod, horizon):  # fmt: skip
+    """The allocator's memory after the round: the new WC's entries sorted by node id (= by level, then
+    WC order) with the interpolated score and entry step of those that were entries of the input WC;
+    and the edits, this round's applied ones (row order) replacing older ones of the same node, the
+    ones older than `horizon` forgotten."""
+    d_node, d_act, d_out = cols[0], cols[3], cols[5]
     m, o = c_lod.size, 0
     st_node, st_sprev, st_ent = np.empty(m, np.int64), np.empty(m, np.float32), np.empty(m, np.int32)
     for lv in range(max_lod + 1):
@@ -434,9 +490,8 @@ def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, fk,
                 pe = st_entered[jpos[src]] if src >= 0 and jpos[src] >= 0 else -1
                 st_ent[o] = pe if src >= 0 and not np.isnan(st_sprev[o]) and pe >= 0 else step
                 o += 1
-    # Edits: this round's applied ones (row order) replace older ones of the same node; the too old go.
     new_node, new_dir, k = np.empty(n_new, np.int64), np.empty(n_new, np.int8), 0
-    for r in range(rows):
+    for r in range(d_node.size):
         if d_out[r] == APPLIED and d_act[r] != dc.EVICT:
             new_node[k], new_dir[k], k = d_node[r], 1 if d_act[r] == dc.EXPAND else -1, k + 1
     keep = step - ed_step < horizon
@@ -447,8 +502,62 @@ def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, fk,
     e_step = np.concatenate((ed_step[keep], np.full(n_new, step, np.int32)))
     e_dir = np.concatenate((ed_dir[keep], new_dir))
     srt = np.argsort(e_node, kind="mergesort")  # stable, as the reference's
-    st = (st_node, st_sprev, st_ent, e_node[srt], e_step[srt], e_dir[srt])
-    cols = (d_node, d_lf, d_lt, d_act, d_score, d_out, d_forced, d_seq)
+    return st_node, st_sprev, st_ent, e_node[srt], e_step[srt], e_dir[srt]
+
+
+@njit(cache=True)
+def _plan(s, interp, lod, index, jpos, st_entered, ed_node, ed_step, ed_dir, thresholds, scalars):
+    """Stages 4-8, forced collapses, evictions and the state update, on the final scores `s`. One array
+    each of float32 thresholds and int64 scalars: numba types an array faster than a dozen arguments."""
+    tau_e, neg_tau_c, thr_e, thr_c = thresholds[0], thresholds[1], thresholds[2], thresholds[3]
+    bs, max_lod, p0, tail_len, w_max, evicted_upto, cooldown, hyst_steps, cap, step, horizon = scalars
+    pw = np.ones(max_lod + 2, np.int64)  # pw[l] = bs**l; a node at lod l spans pw[max(l, 1)] tokens
+    for lv in range(1, max_lod + 2):
+        pw[lv] = pw[lv - 1] * bs
+    start, entries_cost, ex, co_node, co_lf, co_score, co_first, co_count, co_out, part, nc = _candidates(
+        s, lod, index, pw, bs, max_lod, p0, tau_e, neg_tau_c
+    )
+    ex_first, ex_node, ex_out = ex
+    bits = _edit_filter(ed_node)
+    _hysteresis(s, ex_first, ex_node, ex_out, co_node, co_score, co_out, nc, bits, ed_node, ed_step, ed_dir, step,
+                cooldown, hyst_steps, thr_e, thr_c)  # fmt: skip
+    used, cost, ex_seq, co_seq = _budget_round(s, start, ex_first, ex_out, co_first, co_count, co_score, co_out, nc,
+                                               tail_len + entries_cost, w_max, cap, bs - 1)  # fmt: skip
+    c_lod, c_idx, c_score, c_src = _apply_voluntary(lod, index, s, ex_first, ex_out, co_node, co_first, co_count,
+                                                    co_out, nc, bs)  # fmt: skip
+    c_lod, c_idx, c_src, cost, evicted_upto, co_forced, forced, nf, seq = _restore_budget(
+        c_lod,
+        c_idx,
+        c_score,
+        c_src,
+        s,
+        ex_node,
+        ex_first,
+        ex_out,
+        co_node,
+        co_out,
+        co_seq,
+        part,
+        nc,
+        bits,
+        ed_node,
+        ed_step,
+        ed_dir,
+        step,
+        cooldown,
+        cost,
+        w_max,
+        bs,
+        max_lod,
+        p0,
+        pw,
+        used,
+        evicted_upto,
+    )
+    cols, n_new = _decision_columns(s, lod, ex_first, ex_node, ex_out, ex_seq, co_node, co_lf, co_score, co_out,
+                                    co_forced, co_seq, nc, forced, nf)  # fmt: skip
+    st = _update_state(cols, n_new, c_lod, c_idx, c_src, interp, jpos, st_entered, ed_node, ed_step, ed_dir, step,
+                       max_lod, horizon)  # fmt: skip
     return cost <= w_max, cols, c_lod, c_idx, evicted_upto, st, used, seq > 0
 
 
@@ -483,7 +592,7 @@ def plan_jit(wc: WorkingContext, raw_scores: np.ndarray, state: AllocatorState, 
     raw = np.asarray(raw_scores, dtype=np.float32)
     if raw.shape != (n,):
         raise ValueError(f"raw_scores has shape {raw.shape}, expected ({n},) for this working context")
-    weak, pipe, thr = _scalars(a)
+    weak, pipe, thresholds = _scalars(a)
     if not weak:
         return ref.plan(wc, raw_scores, state, knobs, step)
     lod, index, sp = _arr(wc.lod, np.int8), _arr(wc.index, np.int64), state
@@ -497,11 +606,11 @@ def plan_jit(wc: WorkingContext, raw_scores: np.ndarray, state: AllocatorState, 
     final = shift.copy() if gamma == 1.0 else (np.sign(shift) * np.abs(shift) ** np.float32(gamma)).astype(np.float32)
     used_before = state.edits_used if state.step == step else 0
     blocks = wc.tokens_seen // bs
-    ik = np.array([bs, wc.max_lod, max(0, (blocks - knobs.protect_blocks) * bs), wc.tokens_seen - blocks * bs,
+    scalars = np.array([bs, wc.max_lod, max(0, (blocks - knobs.protect_blocks) * bs), wc.tokens_seen - blocks * bs,
                    knobs.w_max, wc.evicted_upto, a.cooldown_steps, a.hysteresis_steps, a.max_edits - used_before, step,
                    max(a.cooldown_steps, a.hysteresis_steps)], np.int64)  # fmt: skip
     ok, cols, new_lod, new_index, evicted_upto, st, used, changed = _plan(
-        final, interp, lod, index, jpos, entered, *ed, thr, ik
+        final, interp, lod, index, jpos, entered, *ed, thresholds, scalars
     )
     if not ok:  # the budget cannot be met: the reference raises AllocatorError with its message
         return ref.plan(wc, raw_scores, state, knobs, step)
