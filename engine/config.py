@@ -132,11 +132,14 @@ def _check_types(section: object, prefix: str) -> None:
         _check(spec.admits(value), key, spec.range_text(), value)
 
 
+@functools.cache
+def _specs(cls: type) -> dict[str, Knob]:
+    """Each field's `Knob`, by field name (every section is validated field by field on construction)."""
+    return {f.name: f.metadata["knob"] for f in dataclasses.fields(cls)}
+
+
 def _spec(cls: type, name: str) -> Knob:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f.metadata["knob"]
-    raise KeyError(name)
+    return _specs(cls)[name]
 
 
 def _check_rule(section: object, prefix: str, name: str, ok: bool) -> None:
@@ -148,7 +151,7 @@ def knob_spec(name: str) -> tuple[type, Knob]:
     """(declared type, Knob) of the knob `section.field`; KeyError if there is none."""
     section, _, field_name = name.partition(".")
     cls = _section_type(section)
-    return typing.get_type_hints(cls)[field_name], _spec(cls, field_name)
+    return dict(_field_types(cls))[field_name], _spec(cls, field_name)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ Conventions used throughout:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,10 +82,6 @@ def _rows_in(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
     ids = ids.reshape(-1)
     out[ka] = np.isin(ids[: a[0].shape[0]], ids[a[0].shape[0] :])
     return out
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
 def _applied(decisions: pa.Table, *, drop_evict: bool = False) -> dict[str, np.ndarray]:
@@ -206,9 +201,10 @@ def oscillation_events(decisions: pa.Table, osc_window: int = 5) -> pa.Table:
     ).sort_by([("step", "ascending"), ("node_id", "ascending")])
 
 
-def oscillation(decisions: pa.Table, osc_window: int = 5, top: int = 10) -> dict:
-    """Ping-pongs in all, per applied expand/collapse edit, and the `top` worst nodes (a Table)."""
-    ev = oscillation_events(decisions, osc_window)
+def oscillation(decisions: pa.Table, osc_window: int = 5, top: int = 10, *, events: pa.Table | None = None) -> dict:
+    """Ping-pongs in all, per applied expand/collapse edit, and the `top` worst nodes (a Table).
+    `events`: the `oscillation_events` of these decisions, when the caller has them already."""
+    ev = oscillation_events(decisions, osc_window) if events is None else events
     n_edits = int(_applied(decisions, drop_evict=True)["step"].size)
     node = _col(ev, "node_id")
     ids, counts = np.unique(node, return_counts=True)
@@ -690,7 +686,8 @@ def summarize(steps: pa.Table, decisions: pa.Table, entry_batches, *, block_size
         if "n_entries_start" not in steps.column_names:
             counts.append(_entry_counts(first))
     loc, coh = pa.concat_tables(loc), pa.concat_tables(coh)
-    osc = oscillation(dec, osc_window, top=5)
+    events = oscillation_events(dec, osc_window)
+    osc = oscillation(dec, osc_window, top=5, events=events)
     seq = sequential(dec, block_size)
     res = residency(runs=runs.result())
     dn = delta_nll(steps)
@@ -714,7 +711,7 @@ def summarize(steps: pa.Table, decisions: pa.Table, entry_batches, *, block_size
         "delta_nll_full": _mean(dn, "d_full"),
         "delta_nll_recency": _mean(dn, "d_recency"),
     }
-    return Summary(numbers, swap, oscillation_events(dec, osc_window), loc, util, coh)
+    return Summary(numbers, swap, events, loc, util, coh)
 
 
 def _applied_only(decisions: pa.Table) -> pa.Table:

@@ -354,7 +354,10 @@ class Run:
     def source(self, table: str, *, strict: bool = False) -> tuple[str, dict] | None:
         """A DuckDB FROM-clause item over the table's good parts, cut at `last_step()`, and its
         parameters (named after the table, so two sources can share one query); None if no parts."""
-        files = self.parts(table, strict=strict)
+        return self._source(table, self.parts(table, strict=strict))
+
+    def _source(self, table: str, files: list[Path]) -> tuple[str, dict] | None:
+        """`source` over parts already listed (a caller that has them need not list them again)."""
         if not files:
             return None
         key = f"_mc_{table}"
@@ -435,7 +438,7 @@ class Run:
         for c in columns or ():
             if c not in known:
                 raise ValueError(f"{name}: unknown column {c!r}; known: {', '.join(known)}")
-        src = self.source(name, strict=strict)
+        src = self._source(name, files)
         if src is None:
             empty = SCHEMAS[name].empty_table()
             return empty.select(columns) if columns else empty

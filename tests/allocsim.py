@@ -10,7 +10,7 @@ import numpy as np
 from engine.allocator import AllocatorState, PlanKnobs, plan
 from engine.config import RunConfig, apply_overrides
 from engine.decisions import APPLIED, EVICT, Decisions, apply
-from engine.events import DecisionsRecorded
+from engine.events import DecisionsRecorded, MemorySink
 from engine.refocus import Scores, refocus
 from engine.working_context import WorkingContext, check_invariants
 
@@ -45,17 +45,6 @@ class SimResult:
 ScoreFn = Callable[[int, WorkingContext], np.ndarray]
 
 
-class _Decisions:
-    """A sink that keeps each round's decisions (the allocator tests read nothing else)."""
-
-    def __init__(self) -> None:
-        self.rounds: list[tuple[int, Decisions]] = []
-
-    def emit(self, event) -> None:
-        if isinstance(event, DecisionsRecorded):
-            self.rounds.append((event.step, event.decisions))
-
-
 def simulate(
     cfg: RunConfig,
     score_fn: ScoreFn,
@@ -72,12 +61,13 @@ def simulate(
     per = cfg.session.refocus_every if tokens_per_step is None else tokens_per_step
     wc = wc or WorkingContext.empty(cfg.tree.block_size, cfg.tree.max_lod)
     state = AllocatorState.initial(cfg.tree.max_lod)
-    res, sink = SimResult(wc), _Decisions()
+    res = SimResult(wc)
     for step in range(steps):
         wc = wc.advance(wc.tokens_seen + per)
         if check:
             check_invariants(wc, knobs.w_max, knobs.protect_blocks, after_refocus=False, refocus_every=per)
         seen: list[WorkingContext] = []
+        sink = MemorySink()
 
         def score(w: WorkingContext, _state, _it, step=step, seen=seen) -> Scores:
             seen.append(w)
@@ -86,7 +76,7 @@ def simulate(
         # `plan` is the reference allocator, looked up here so that a test can swap in another one
         r = refocus(wc, state, knobs, step, cfg.allocator.iterations, score, sink, record_entries=False, check=check,
                     planner=plan)  # fmt: skip
-        rounds = sink.rounds[-len(seen) :]
+        rounds = [(e.step, e.decisions) for e in sink.of(DecisionsRecorded)]
         for before, after, (_, d) in zip(seen, [*seen[1:], r.wc], rounds, strict=True):
             assert apply(before, d).same_as(after), "apply() disagrees with plan()"
         res.decisions += rounds
