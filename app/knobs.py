@@ -1,6 +1,6 @@
 """How a page draws a knob: its widget kind, bounds and help, read from the knob's declaration.
 
-A knob's type, range and meaning are declared once, on its config field (`engine.config.knob`);
+A knob's type, range and meaning are declared once, on its config field (`contract.config.knob`);
 this module turns them into what a Streamlit input needs, so that no page restates a range. Pure:
 no streamlit.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
-from engine.config import RunConfig, knob_spec
+from contract.config import RunConfig, knob_spec
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from app.knobs import knob_widget
-from engine.config import RunConfig, apply_overrides, changed_knobs
+from contract.config import RunConfig, apply_overrides, changed_knobs
 from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayError, ReplayStats, replay_fast
 from studio.measure import replan as replan_measured
 from studio.replay import load_recording, replay_run
@@ -31,7 +31,7 @@ from telemetry.memory import LAB_ENTRIES, ArrowSink
 from telemetry.reader import RunReadError, heatmap_of_table
 
 # The knobs the page shows, in this order, by their one name. Type, range and meaning come from the
-# knob's declaration (`engine.config.knob_spec`), not from here.
+# knob's declaration (`contract.config.knob_spec`), not from here.
 LAB_KNOBS: tuple[str, ...] = (
     "allocator.cooldown_steps",
     "allocator.hysteresis_margin",

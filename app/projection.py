@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from app import paths
-from engine import nodes
+from contract import nodes
 
 MAX_POINTS = 50_000  # points sent to the browser (and fed to UMAP)
 UMAP_FILE = "umap.parquet"

@@ -26,8 +26,8 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
 from app import paths, state
-from engine import nodes
-from engine.config import RunConfig
+from contract import nodes
+from contract.config import RunConfig
 from telemetry import metrics
 from telemetry.reader import Run, RunReadError, list_runs, load_manifest
 

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import paths
-from engine.config import SCORER_NAMES, RunConfig, apply_overrides
+from contract.config import SCORER_NAMES, RunConfig, apply_overrides
 from telemetry.reader import RunReadError, derive_status, load_manifest
 
 MAX_INPUT_BYTES = 20 * 1024 * 1024  # the same cap as the upload widget (.streamlit/config.toml maxUploadSize)
 MODELS = ("tiny", "default")  # or a local Hugging Face folder
-# Knobs whose value is a path on the server (engine/config.py): the engine would create folders and files
+# Knobs whose value is a path on the server (contract/config.py): the engine would create folders and files
 # there, outside the run folder, so the app refuses them; the CLI (`python -m engine record --set`) takes them.
 PATH_KNOBS = ("tree.spill_dir",)
 _PROCS: dict[str, subprocess.Popen] = {}  # children of this server process (polled, so none is left a zombie)

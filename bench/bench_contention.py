@@ -99,8 +99,8 @@ def worker(args) -> None:
     import torch
     from bench_refocus import stdlib_text
 
-    from engine.config import RunConfig, apply_overrides
-    from engine.events import NullSink
+    from contract.config import RunConfig, apply_overrides
+    from contract.events import NullSink
     from engine.runtime import build_engine
     from engine.session import Session
     from engine.threads import ThreadGovernor, cpu_sample, other_busy_cores

@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_refocus import stdlib_text  # noqa: E402
-from engine.config import RunConfig, apply_overrides  # noqa: E402
-from engine.events import StepRecorded  # noqa: E402
+from contract.config import RunConfig, apply_overrides  # noqa: E402
+from contract.events import StepRecorded  # noqa: E402
 from engine.materialize import materialize  # noqa: E402
 from engine.runtime import build_engine  # noqa: E402
 from engine.scorers import build_scorer  # noqa: E402

@@ -37,9 +37,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench_telemetry import BS, GROUP, decisions_at, load_average, nodes_at, step_at  # noqa: E402
 
-from engine import nodes  # noqa: E402
-from engine.config import RunConfig, apply_overrides  # noqa: E402
-from engine.events import DecisionsRecorded, EntriesRecorded, RunFinished, RunStarted  # noqa: E402
+from contract import nodes  # noqa: E402
+from contract.config import RunConfig, apply_overrides  # noqa: E402
+from contract.events import DecisionsRecorded, EntriesRecorded, RunFinished, RunStarted  # noqa: E402
 from telemetry.writer import ParquetSink  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

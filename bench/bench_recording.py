@@ -35,8 +35,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_refocus import stdlib_text  # noqa: E402
 
-from engine.config import RunConfig, apply_overrides  # noqa: E402
-from engine.events import MemorySink, NullSink  # noqa: E402
+from contract.config import RunConfig, apply_overrides  # noqa: E402
+from contract.events import MemorySink, NullSink  # noqa: E402
 from engine.runtime import build_engine  # noqa: E402
 from telemetry.writer import ParquetSink  # noqa: E402
 

@@ -21,8 +21,8 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from engine.config import RunConfig, apply_overrides  # noqa: E402
-from engine.events import NullSink, StepRecorded  # noqa: E402
+from contract.config import RunConfig, apply_overrides  # noqa: E402
+from contract.events import NullSink, StepRecorded  # noqa: E402
 from engine.runtime import build_engine  # noqa: E402
 
 

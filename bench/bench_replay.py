@@ -29,7 +29,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_refocus import stdlib_text  # noqa: E402
-from engine.config import apply_overrides  # noqa: E402
+from contract.config import apply_overrides  # noqa: E402
 from engine.replay import replay_fast  # noqa: E402
 from studio.measure import replan  # noqa: E402
 from studio.replay import load_recording  # noqa: E402

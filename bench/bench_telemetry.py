@@ -37,10 +37,10 @@ import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from engine import nodes  # noqa: E402
-from engine.config import RunConfig, apply_overrides  # noqa: E402
-from engine.decisions import APPLIED, BUDGET, COLLAPSE, COOLDOWN, EDIT_CAP, EXPAND, HYSTERESIS, Decisions  # noqa: E402
-from engine.events import (  # noqa: E402
+from contract import nodes  # noqa: E402
+from contract.config import RunConfig, apply_overrides  # noqa: E402
+from contract.decisions import APPLIED, BUDGET, COLLAPSE, COOLDOWN, EDIT_CAP, EXPAND, HYSTERESIS, Decisions  # noqa: E402
+from contract.events import (  # noqa: E402
     DecisionsRecorded,
     EntriesRecorded,
     NodesAdded,

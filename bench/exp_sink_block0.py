@@ -24,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import engine.session as session_module  # noqa: E402
-from engine.config import apply_overrides  # noqa: E402
+from contract.config import apply_overrides  # noqa: E402
 from engine.eval import _weighted, eval_run_config, run_policy  # noqa: E402
 from engine.materialize import Materialized, materialize  # noqa: E402
 from engine.runtime import build_engine  # noqa: E402

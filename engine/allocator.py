@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine import nodes
-from engine.config import AllocatorConfig, RunConfig, protected_blocks
-from engine.decisions import (
+from contract import nodes
+from contract.config import AllocatorConfig, RunConfig, protected_blocks
+from contract.decisions import (
     APPLIED,
     BUDGET,
     COLLAPSE,
@@ -43,9 +43,9 @@ from engine.decisions import (
     ILLEGAL,
     PROTECTED,
     Decisions,
-    apply,
     make_decisions,
 )
+from engine.edits import apply
 from engine.working_context import WorkingContext, protected_from
 
 PENDING = -1

@@ -39,11 +39,11 @@ import functools
 import numpy as np
 from numba import njit
 
+from contract import decisions as dc
+from contract.decisions import APPLIED, Decisions
+from contract.nodes import INDEX_MASK, LOD_SHIFT
 from engine import allocator as ref
-from engine import decisions as dc
 from engine.allocator import PENDING, AllocatorState, Plan, PlanKnobs
-from engine.decisions import APPLIED, Decisions
-from engine.nodes import INDEX_MASK, LOD_SHIFT
 from engine.working_context import WorkingContext
 
 _LIM = np.float32(1.0 + 1e-5)  # the reference's |raw| bound, as its float32 comparison sees it

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.config import SCORER_NAMES, RunConfig, apply_overrides
-from engine.events import RunFinished, StepRecorded
+from contract.config import SCORER_NAMES, RunConfig, apply_overrides
+from contract.events import RunFinished, StepRecorded
 from engine.session import full_context_fits
 
 REFERENCES = ("full", "window")  # rows of the policy table that are not scorers

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from engine.config import RunConfig, apply_overrides
+from contract.config import RunConfig, apply_overrides
 from engine.scenarios import PasskeyCase, PasskeyConfig, passkey_cases
 from engine.train.wc_nll import continuation_scores, wc_scores
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from engine.config import GistNetConfig
+from contract.config import GistNetConfig
 
 
 class MLP(nn.Module):

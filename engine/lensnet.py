@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from engine.config import LensNetConfig
+from contract.config import LensNetConfig
 from engine.gistnet import MLP, load_state, save_state
 from engine.view import ScoreResult, ScoreView
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine import nodes
+from contract import nodes
+from contract.events import DecisionsRecorded, EntriesRecorded, LensAttention, Sink
 from engine.allocator import AllocatorState, PlanKnobs
-from engine.events import DecisionsRecorded, EntriesRecorded, LensAttention, Sink
 from engine.planner import plan
 from engine.working_context import WorkingContext, check_invariants
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from engine import nodes
-from engine.allocator import AllocatorState, PlanKnobs
-from engine.config import RunConfig
-from engine.events import (
+from contract import nodes
+from contract.config import RunConfig
+from contract.events import (
     Sink,
     StepRecorded,
 )
+from engine.allocator import AllocatorState, PlanKnobs
 from engine.refocus import Scores, refocus
 from engine.working_context import WorkingContext
 

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import RunConfig
+from contract.config import RunConfig
 from engine.gistnet import GistNet, read_meta
 from engine.model import BaseModel, ModelLoadError, load_model
 from engine.scorers import build_scorer

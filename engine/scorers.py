@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import nodes
-from engine.config import RunConfig, protected_blocks
+from contract import nodes
+from contract.config import RunConfig, protected_blocks
 from engine.view import ScoreResult, ScoreView
 from engine.working_context import WorkingContext
 

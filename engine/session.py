@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine import nodes
-from engine.allocator import AllocatorState, PlanKnobs
-from engine.config import RunConfig
-from engine.events import (
+from contract import nodes
+from contract.config import RunConfig
+from contract.events import (
     AttentionRecorded,
     GistsRecorded,
     NodesAdded,
@@ -34,6 +33,7 @@ from engine.events import (
     StepRecorded,
     interrupt_reason,
 )
+from engine.allocator import AllocatorState, PlanKnobs
 from engine.materialize import entry_vectors, materialize, query_vectors, recent_gists
 from engine.refocus import Scores, refocus
 from engine.textio import token_chunks

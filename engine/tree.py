@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine import nodes
-from engine.config import TreeConfig
+from contract import nodes
+from contract.config import TreeConfig
 
 # gist_fn(children [bs, d] float32, level) -> [d] float32; embed_fn(token ids int64[k]) -> [k, d] float32
 GistFn = Callable[[np.ndarray, int], np.ndarray]

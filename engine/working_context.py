@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine import nodes
+from contract import nodes
 
 
 class InvariantError(AssertionError):

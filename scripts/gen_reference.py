@@ -6,7 +6,7 @@
 Only the text between `<!-- knobs:begin -->` / `<!-- knobs:end -->` and `<!-- schema:begin -->` /
 `<!-- schema:end -->` is rewritten; the rest of README.md is left byte for byte as it is.
 
-Knobs (`engine/config.py`): one row per field of each section of `RunConfig`, in declaration order,
+Knobs (`contract/config.py`): one row per field of each section of `RunConfig`, in declaration order,
 with its one name `section.field`, its default (read from the dataclass, written as `--set` takes
 it), what it allows and its meaning, both from the `Knob` the field is declared with
 (`knob(default, help, lo=..., hi=..., choices=..., rule=...)`): the same data validation and the
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine import config as config_mod  # noqa: E402  (needs the repo on sys.path first)
+from contract import config as config_mod  # noqa: E402  (needs the repo on sys.path first)
 from telemetry import schema as schema_mod  # noqa: E402
 
 README = REPO / "README.md"

@@ -27,9 +27,9 @@ from collections import Counter
 
 import numpy as np
 
-from engine.config import SCORER_NAMES, RunConfig, apply_overrides, knob_spec
-from engine.decisions import OUTCOMES
-from engine.events import DecisionsRecorded, RunFinished, StepRecorded, interrupt_reason
+from contract.config import SCORER_NAMES, RunConfig, apply_overrides, knob_spec
+from contract.decisions import OUTCOMES
+from contract.events import DecisionsRecorded, RunFinished, StepRecorded, interrupt_reason
 from engine.textio import InputError
 from engine.threads import configure_process
 
@@ -316,7 +316,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_knobs(args) -> int:
-    """Every knob from its declaration (`engine.config.knob`), the source the README table and the
+    """Every knob from its declaration (`contract.config.knob`), the source the README table and the
     app's widgets read too: name, default (as --set takes it), what it allows, meaning."""
     for name, default in RunConfig().flat().items():
         _, spec = knob_spec(name)

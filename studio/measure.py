@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from engine import nodes
-from engine.config import RunConfig
-from engine.decisions import ACTIONS, APPLIED, EVICT, EXPAND, OUTCOMES
-from engine.events import DecisionsRecorded, EntriesRecorded, Event, StepRecorded
+from contract import nodes
+from contract.config import RunConfig
+from contract.decisions import ACTIONS, APPLIED, EVICT, EXPAND, OUTCOMES
+from contract.events import DecisionsRecorded, EntriesRecorded, Event, StepRecorded
 from telemetry import binning
 
 # ------------------------------------------------------------------------------------ kernels

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import RunConfig, apply_overrides, changed_knobs
-from engine.events import GistsRecorded, NodesAdded, RunFinished, RunStarted
+from contract.config import RunConfig, apply_overrides, changed_knobs
+from contract.events import GistsRecorded, NodesAdded, RunFinished, RunStarted
 from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayError, replay_fast
 from telemetry.reader import Run
 from telemetry.writer import MANIFEST, ParquetSink

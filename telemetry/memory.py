@@ -18,8 +18,8 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 
-from engine.decisions import ACTIONS, OUTCOMES
-from engine.events import (
+from contract.decisions import ACTIONS, OUTCOMES
+from contract.events import (
     DecisionsRecorded,
     EntriesRecorded,
     Event,

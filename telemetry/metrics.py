@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import nodes
-from engine.decisions import ACTIONS, APPLIED, EVICT, EXPAND, OUTCOMES
+from contract import nodes
+from contract.decisions import ACTIONS, APPLIED, EVICT, EXPAND, OUTCOMES
 from telemetry.schema import SCHEMAS
 
 

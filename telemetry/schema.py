@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from engine.decisions import ACTIONS, OUTCOMES  # one source of truth for the public names
+from contract.decisions import ACTIONS, OUTCOMES  # one source of truth for the public names
 
 SCHEMA_VERSION = 1
 
@@ -76,7 +76,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         [
             _f("step", i32),
             _f("iteration", i16),
-            _f("node_id", i64),  # the coarse node of the edit (see engine/decisions.py)
+            _f("node_id", i64),  # the coarse node of the edit (see contract/decisions.py)
             _f("lod_from", i8),
             _f("lod_to", i8),  # -1 for an eviction
             _f("action", pa.string()),  # one of ACTIONS

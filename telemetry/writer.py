@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.events import (
+from contract.events import (
     AttentionRecorded,
     DecisionsRecorded,
     EntriesRecorded,

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contract.config import RunConfig, apply_overrides
+from contract.decisions import APPLIED, EVICT, Decisions
+from contract.events import DecisionsRecorded, MemorySink
 from engine.allocator import AllocatorState, PlanKnobs, plan
-from engine.config import RunConfig, apply_overrides
-from engine.decisions import APPLIED, EVICT, Decisions, apply
-from engine.events import DecisionsRecorded, MemorySink
+from engine.edits import apply
 from engine.refocus import Scores, refocus
 from engine.working_context import WorkingContext, check_invariants
 

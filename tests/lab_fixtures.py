@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import nodes
-from engine.events import GistsRecorded
+from contract import nodes
+from contract.events import GistsRecorded
 from tests import telemetry_fixtures as tf
 
 REPO = Path(__file__).resolve().parents[1]

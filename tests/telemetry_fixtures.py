@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine import nodes
-from engine.config import RunConfig
-from engine.decisions import make_decisions
-from engine.events import (
+from contract import nodes
+from contract.config import RunConfig
+from contract.decisions import make_decisions
+from contract.events import (
     AttentionRecorded,
     DecisionsRecorded,
     EntriesRecorded,

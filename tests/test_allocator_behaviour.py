@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import nodes
+from contract import nodes
+from contract.decisions import APPLIED, COLLAPSE, EXPAND, HYSTERESIS
 from engine.allocator import AllocatorState, PlanKnobs, plan
 from engine.allocator_jit import plan_jit
-from engine.decisions import APPLIED, COLLAPSE, EXPAND, HYSTERESIS
 from engine.working_context import WorkingContext
 from tests.allocsim import config
 

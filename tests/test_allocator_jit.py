@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 
 import tests.allocsim as allocsim
 import tests.test_allocator_knobs as knob_tests
+from contract.config import AllocatorConfig
+from contract.decisions import EVICT
 from engine.allocator import AllocatorError, AllocatorState, PlanKnobs, plan
 from engine.allocator_jit import plan_jit
-from engine.config import AllocatorConfig
-from engine.decisions import EVICT, apply
+from engine.edits import apply
 from engine.working_context import WorkingContext, check_invariants
 from tests.allocsim import config, simulate
 from tests.test_allocator_properties import _cfg, _stream, knob_sets

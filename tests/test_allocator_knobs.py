@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import nodes
+from contract import nodes
+from contract.decisions import APPLIED, BUDGET, EDIT_CAP, EXPAND, ILLEGAL, PROTECTED
 from engine.allocator import AllocatorState, PlanKnobs, plan
-from engine.decisions import APPLIED, BUDGET, EDIT_CAP, EXPAND, ILLEGAL, PROTECTED
 from engine.working_context import WorkingContext
 from tests.allocsim import config, simulate
 

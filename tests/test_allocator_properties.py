@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import RunConfig, TreeConfig, WorkingContextConfig, min_w_max
-from engine.decisions import APPLIED, COLLAPSE, EXPAND
+from contract.config import RunConfig, TreeConfig, WorkingContextConfig, min_w_max
+from contract.decisions import APPLIED, COLLAPSE, EXPAND
 from tests.allocsim import config, simulate
 
 

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import projection
-from engine import nodes
+from contract import nodes
 from telemetry.reader import Run
 from tests.lab_fixtures import REPO, plotly_points, stop, synthetic_run
 

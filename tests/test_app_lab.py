@@ -247,7 +247,7 @@ def test_a_sparse_entries_recording_replans_with_its_timeline():
     the reader's query over those rows (the recorded steps only), so the chart still has cells."""
     from dataclasses import replace
 
-    from engine.config import apply_overrides
+    from contract.config import apply_overrides
 
     rec = load_recording(REPO / "tests" / "data" / "replay" / "rec")
     even = rec.step % 2 == 0

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.decisions import OUTCOMES
-from engine.events import AttentionRecorded, DecisionsRecorded, EntriesRecorded, LensAttention
+from contract.decisions import OUTCOMES
+from contract.events import AttentionRecorded, DecisionsRecorded, EntriesRecorded, LensAttention
 from tests.app_fixtures import charts, clean, decode, frame_with, open_page, point_app_at, run_roots, texts
 from tests.telemetry_fixtures import events, record
 

@@ -1,4 +1,4 @@
-"""engine.config refuses knobs of the wrong type or beyond 64 bits, naming the knob, before any model loads."""
+"""contract.config refuses knobs of the wrong type or beyond 64 bits, naming the knob, before any model loads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import INT_MAX, INT_MIN, RunConfig, apply_overrides
+from contract.config import INT_MAX, INT_MIN, RunConfig, apply_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_cli_refuses_a_huge_seed_before_loading_any_model():
 def test_knobs_command_lists_every_knob_from_its_declaration(capsys):
     import json
 
-    from engine.config import RunConfig, apply_overrides, knob_spec
+    from contract.config import RunConfig, apply_overrides, knob_spec
     from studio import cli
 
     assert cli.main(["knobs"]) == 0

@@ -96,7 +96,7 @@ def test_setup_converted_once_and_default_loads_offline():
 
 @pytest.mark.default_model
 def test_nets_trained_for_another_base_model_are_refused(tmp_path, monkeypatch):
-    from engine.config import RunConfig
+    from contract.config import RunConfig
     from engine.gistnet import GistNet
     from engine.runtime import build_engine
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import SCORER_NAMES, apply_overrides
+from contract.config import SCORER_NAMES, apply_overrides
 from engine.eval import EvalConfig, _StepNLL, across_documents, eval_run_config, policy_table
 from engine.runtime import build_engine
 from studio import cli

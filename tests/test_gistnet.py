@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import GistNetConfig
+from contract.config import GistNetConfig
 from engine.gistnet import GistNet
 
 D, BS, MAX_LOD = 32, 8, 2

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import RunConfig, apply_overrides
-from engine.events import MemorySink, StepRecorded
+from contract.config import RunConfig, apply_overrides
+from contract.events import MemorySink, StepRecorded
 from engine.gistnet import GistNet
 from engine.model import load_model
 from engine.runtime import build_engine

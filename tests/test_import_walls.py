@@ -4,7 +4,9 @@
 - `telemetry/` imports no torch, transformers or streamlit (a reader of recordings needs no model);
 - the allocator and the modules under it import no torch: `plan` is a pure numpy function, so a
   recording can be re-planned anywhere;
-- layers import downward only, engine < telemetry < studio < app, checked on the source with `ast`
+- `contract/` imports the standard library and numpy only;
+- packages import downward only, contract < engine, telemetry < studio < app (engine and telemetry
+  never import each other), checked on the source with `ast`
   so that an import inside a function counts too (the one exception: `engine/__main__.py`, the
   entry point of `python -m engine`, runs `studio.cli`).
 
@@ -73,7 +75,7 @@ def _walled(package: str, forbidden: set[str]) -> dict:
 def test_engine_imports_no_ui_stack():
     res = _walled("engine", {"streamlit", "pandas", "plotly", "umap"})
     # Not vacuous: the walk reached the core modules (and the torch-heavy ones, when present).
-    assert {"engine.config", "engine.nodes", "engine.tree", "engine.allocator"} <= set(res["imported"])
+    assert {"engine.edits", "engine.tree", "engine.allocator"} <= set(res["imported"])
 
 
 def test_studio_imports_no_ui_stack():
@@ -87,13 +89,13 @@ def test_telemetry_imports_no_torch_or_ui():
 
 
 @pytest.mark.parametrize(
-    "module", ["engine.config", "engine.nodes", "engine.working_context", "engine.decisions", "engine.allocator"]
+    "module", ["contract.config", "contract.nodes", "engine.working_context", "contract.decisions", "engine.allocator"]
 )
 def test_allocator_stack_imports_without_torch(module):
     res = _probe([module], walk=False)
     assert not res["failed"], res["failed"]
     assert "torch" not in res["loaded"], f"{module} imports torch; the allocator must stay pure numpy"
-    assert "numpy" in res["loaded"] or module == "engine.config"  # the probe really imported the module
+    assert "numpy" in res["loaded"] or module == "contract.config"  # the probe really imported the module
 
 
 def test_telemetry_source_imports_no_ui_stack():
@@ -113,9 +115,18 @@ def test_telemetry_source_imports_no_ui_stack():
             assert not bad, f"{f.name} imports {sorted(bad)}"
 
 
-# Layers, lowest first: a package may import only those below it, at any place in a file (a function-level
-# import is still a dependency; the fresh-interpreter probes above only see import-time ones).
-LAYERS = ("engine", "telemetry", "studio", "app")
+# The project's packages and what each may import of the others (DESIGN section 6: app -> studio ->
+# engine/telemetry -> contract), at any place in a file: a function-level import is still a dependency,
+# and the fresh-interpreter probes above only see import-time ones. engine and telemetry stand side by
+# side on the contract and never import each other.
+PROJECT = ("contract", "engine", "telemetry", "studio", "app")
+MAY_IMPORT = {
+    "contract": set(),
+    "engine": {"contract"},
+    "telemetry": {"contract"},
+    "studio": {"contract", "engine", "telemetry"},
+    "app": {"contract", "engine", "telemetry", "studio"},
+}
 ENTRY_POINTS = {"engine/__main__.py": {"studio"}}  # `python -m engine` runs the CLI that lives above it
 
 
@@ -132,15 +143,26 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("package", LAYERS)
-def test_no_package_imports_a_layer_above_it_even_inside_a_function(package):
-    above = set(LAYERS[LAYERS.index(package) + 1 :])
+@pytest.mark.parametrize("package", PROJECT)
+def test_no_package_imports_one_it_stands_above_or_beside_even_inside_a_function(package):
+    forbidden = set(PROJECT) - MAY_IMPORT[package] - {package}
     files = sorted((REPO / package).rglob("*.py"))
     assert files
     for f in files:
         rel = str(f.relative_to(REPO))
-        bad = (_imports(f) & above) - ENTRY_POINTS.get(rel, set())
-        assert not bad, f"{rel} imports {sorted(bad)}, a layer above {package}/"
+        bad = (_imports(f) & forbidden) - ENTRY_POINTS.get(rel, set())
+        assert not bad, f"{rel} imports {sorted(bad)}, which {package}/ may not import"
+
+
+def test_the_contract_is_numpy_only():
+    """contract/ is what both engine and telemetry stand on: the standard library and numpy, nothing else."""
+    files = sorted((REPO / "contract").glob("*.py"))
+    assert {"config.py", "nodes.py", "decisions.py", "events.py"} <= {f.name for f in files}
+    for f in files:
+        third_party = _imports(f) - set(sys.stdlib_module_names) - {"contract", "numpy"}
+        assert not third_party, f"contract/{f.name} imports {sorted(third_party)}"
+    res = _walled("contract", {"torch", "pyarrow", "duckdb", "numba", "pandas", "streamlit"})
+    assert {"contract.config", "contract.decisions", "contract.events", "contract.nodes"} <= set(res["imported"])
 
 
 def test_the_wall_sees_function_level_imports(tmp_path):

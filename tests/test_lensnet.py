@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import LensNetConfig
+from contract.config import LensNetConfig
 from engine.lensnet import FEATURE_NAMES, N_FEATURES, LensNet, entry_features
 from engine.view import ScoreView
 from engine.working_context import WorkingContext, check_invariants

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.config import apply_overrides
+from contract.config import apply_overrides
 from engine.replay import replay_fast
 from studio.measure import replan
 from studio.replay import load_recording, replay_run

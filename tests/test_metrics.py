@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine import nodes
-from engine.config import RunConfig, apply_overrides
+from contract import nodes
+from contract.config import RunConfig, apply_overrides
 from telemetry import metrics
 from telemetry.reader import Run
 from tests.telemetry_fixtures import events, record

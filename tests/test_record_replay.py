@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine import nodes
+from contract import nodes
 from engine.working_context import WorkingContext, check_invariants
 from telemetry import metrics
 from telemetry.reader import Run

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import AllocatorConfig, RunConfig, apply_overrides, knob_spec
+from contract.config import AllocatorConfig, RunConfig, apply_overrides, knob_spec
 from telemetry.schema import CONTRACT, SCHEMA_VERSION, SCHEMAS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine import nodes
-from engine.config import apply_overrides
-from engine.events import EntriesRecorded, StepRecorded
+from contract import nodes
+from contract.config import apply_overrides
+from contract.events import EntriesRecorded, StepRecorded
 from engine.replay import Recording, replay_fast
 from studio.replay import _sorted_by_step_iteration, load_recording
 from telemetry import metrics

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import SCORER_NAMES
+from contract.config import SCORER_NAMES
 from engine.eval_scenario import fact_lod
 from engine.model import ByteTokenizer
 from engine.scenarios import PasskeyConfig, passkey_cases

@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from engine import nodes
+from contract import nodes
+from contract.config import (
+    SCORER_NAMES,
+    RunConfig,
+    ScorerConfig,
+    WorkingContextConfig,
+    apply_overrides,
+    protected_blocks,
+)
+from contract.decisions import COLLAPSE, EXPAND
+from contract.events import EntriesRecorded, MemorySink, RunFinished, StepRecorded
 from engine.allocator import AllocatorState, PlanKnobs
-from engine.config import SCORER_NAMES, RunConfig, ScorerConfig, WorkingContextConfig, apply_overrides, protected_blocks
-from engine.decisions import COLLAPSE, EXPAND
-from engine.events import EntriesRecorded, MemorySink, RunFinished, StepRecorded
 from engine.planner import plan
 from engine.scorers import (
     AttentionScorer,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import SCORER_NAMES, RunConfig, apply_overrides
-from engine.events import (
+from contract.config import SCORER_NAMES, RunConfig, apply_overrides
+from contract.events import (
     AttentionRecorded,
     DecisionsRecorded,
     EntriesRecorded,

@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import RunConfig, apply_overrides
+from contract.config import RunConfig, apply_overrides
 from telemetry.cli import main
 from telemetry.reader import Run
 from tests.telemetry_fixtures import events, record

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine import nodes
-from engine.events import EntriesRecorded, StepRecorded
+from contract import nodes
+from contract.events import EntriesRecorded, StepRecorded
 from telemetry.reader import Run, RunReadError, list_runs
 from telemetry.writer import ParquetSink
 from tests.telemetry_fixtures import BS, events, per_token_lod, record, started

@@ -11,8 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import engine.decisions
-from engine.events import AttentionRecorded, DecisionsRecorded, EntriesRecorded, LensAttention, NodesAdded, StepRecorded
+import contract.decisions
+from contract.events import (
+    AttentionRecorded,
+    DecisionsRecorded,
+    EntriesRecorded,
+    LensAttention,
+    NodesAdded,
+    StepRecorded,
+)
 from telemetry import schema
 from telemetry.reader import Run
 from telemetry.schema import SCHEMAS, SchemaError, columns_to_arrays, validate
@@ -71,8 +78,8 @@ def test_contract_columns_and_types():
 
 
 def test_enums_are_the_engines():
-    assert schema.ACTIONS is engine.decisions.ACTIONS
-    assert schema.OUTCOMES is engine.decisions.OUTCOMES
+    assert schema.ACTIONS is contract.decisions.ACTIONS
+    assert schema.OUTCOMES is contract.decisions.OUTCOMES
 
 
 def _good(table: str) -> pa.Table:

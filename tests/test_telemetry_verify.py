@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.events import StepRecorded
+from contract.events import StepRecorded
 from telemetry import cli, metrics
 from telemetry.reader import Run, RunReadError, list_runs
 from tests.telemetry_fixtures import events, record

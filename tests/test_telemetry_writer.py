@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import RunConfig
-from engine.decisions import make_decisions
-from engine.events import DecisionsRecorded, RunFinished, StepRecorded
+from contract.config import RunConfig
+from contract.decisions import make_decisions
+from contract.events import DecisionsRecorded, RunFinished, StepRecorded
 from telemetry import writer
 from telemetry.reader import Run
 from telemetry.schema import TABLES, SchemaError

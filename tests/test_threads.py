@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import RunFinished, StepRecorded
+from contract.events import RunFinished, StepRecorded
 from engine.threads import CpuSample, ThreadGovernor, decide_threads, other_busy_cores, read_busy_seconds
 from studio.cli import CountingText, ProgressBar, estimate_total_tokens
 
@@ -280,8 +280,8 @@ class Spy:
 
 
 def test_session_ticks_once_per_step_restores_at_the_end_and_counts_tokens_read():
-    from engine.config import RunConfig, apply_overrides
-    from engine.events import NullSink
+    from contract.config import RunConfig, apply_overrides
+    from contract.events import NullSink
     from engine.runtime import build_engine
     from engine.session import Session
 

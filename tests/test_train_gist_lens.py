@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.config import RunConfig, apply_overrides, protected_blocks
+from contract.config import RunConfig, apply_overrides, protected_blocks
 from engine.gistnet import GistNet
 from engine.lensnet import FEATURE_NAMES, LensNet
 from engine.model import load_model

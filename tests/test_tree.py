@@ -22,8 +22,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import nodes
-from engine.config import GistNetConfig, TreeConfig
+from contract import nodes
+from contract.config import GistNetConfig, TreeConfig
 from engine.gistnet import GistNet
 from engine.tree import GistTree, _Growable
 

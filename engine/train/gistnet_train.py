@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.config import RunConfig, apply_overrides
+from contract.config import RunConfig, apply_overrides
 from engine.gistnet import GistNet
 from engine.train.common import (
     Budget,

@@ -2,7 +2,7 @@
 
 A trainer's config is a flat frozen dataclass; `apply_sets(cfg, ["steps=400", "lr=3e-4"])` returns a
 new config (its `__post_init__` validates). Unknown fields and unparsable values raise one-line
-ValueErrors; values parse as the engine's own `--set` does (`engine.config.parse_value`).
+ValueErrors; values parse as the engine's own `--set` does (`contract.config.parse_value`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from engine.config import parse_value
+from contract.config import parse_value
 
 
 def apply_sets(cfg, sets: list[str] | tuple[str, ...]):

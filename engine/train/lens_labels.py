@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.config import RunConfig, apply_overrides, protected_blocks
+from contract.config import RunConfig, apply_overrides, protected_blocks
 from engine.lensnet import entry_features
 from engine.scorers import attention_utility, build_scorer
 from engine.session import Session

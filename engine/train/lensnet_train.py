@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.config import RunConfig, apply_overrides
+from contract.config import RunConfig, apply_overrides
 from engine.lensnet import FEATURE_NAMES, LensNet
 from engine.train.common import (
     Budget,

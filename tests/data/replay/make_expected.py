@@ -34,7 +34,7 @@ REPO = HERE.parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.config import apply_overrides  # noqa: E402
+from contract.config import apply_overrides  # noqa: E402
 from engine.replay import Recording, replay_fast  # noqa: E402
 from studio.replay import load_recording  # noqa: E402
 from telemetry import metrics  # noqa: E402

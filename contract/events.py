@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.config import RunConfig
-from engine.decisions import Decisions
+from contract.config import RunConfig
+from contract.decisions import Decisions
 
 
 @dataclass(frozen=True)
