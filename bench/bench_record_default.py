@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     if not TEXT.is_file():
-        sys.exit(f"error: {TEXT} is missing; build the corpus first: python -m engine.train corpus")
+        sys.exit(f"error: {TEXT} is missing; build the corpus first: python -m studio.train corpus")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [record(TEXT, args.tokens, 8, pathlib.Path(tmp) / "every8"),
                 record(TEXT, args.every_step_tokens, 1, pathlib.Path(tmp) / "every1")]  # fmt: skip

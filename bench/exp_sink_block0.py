@@ -25,9 +25,9 @@ sys.path.insert(0, str(REPO))
 
 import engine.session as session_module  # noqa: E402
 from contract.config import apply_overrides  # noqa: E402
-from engine.eval import _weighted, eval_run_config, run_policy  # noqa: E402
 from engine.materialize import Materialized, materialize  # noqa: E402
 from engine.runtime import build_engine  # noqa: E402
+from studio.eval import _weighted, eval_run_config, run_policy  # noqa: E402
 
 
 def with_block0(wc, tree, model, position_mode: str = "global") -> Materialized:

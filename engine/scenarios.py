@@ -11,7 +11,7 @@ The question is deliberately about four blocks long (~120 BPE tokens) and names 
 line: a policy refocuses once per block, queries with the newest block, and bringing a LOD2 region
 back to LOD0 takes two expansions (LOD2 -> LOD1 -> LOD0) on two different steps.
 Passkeys are drawn from a seeded numpy generator. This module builds texts only: no model, no
-scoring (see `engine/eval_scenario.py`).
+scoring (see `studio/eval_scenario.py`).
 """
 
 from __future__ import annotations

@@ -51,10 +51,10 @@ case "$PROFILE" in
     ;;
 esac
 mkdir -p "$RUN" "$OUT"
-[ -f "$CORPUS/manifest.json" ] || $NICE $PY -m engine.train corpus --out "$CORPUS" >/dev/null
-$NICE $PY -m engine.train.gistnet_train --model "$MODEL" --device $DEV --corpus "$CORPUS" \
+[ -f "$CORPUS/manifest.json" ] || $NICE $PY -m studio.train corpus --out "$CORPUS" >/dev/null
+$NICE $PY -m studio.train.gistnet_train --model "$MODEL" --device $DEV --corpus "$CORPUS" \
     --run-dir "$RUN/gistnet" --out "$OUT/gistnet.safetensors" "${GIST[@]}" > "$RUN/gistnet.json"
-$NICE $PY -m engine.train.lensnet_train --model "$MODEL" --device $DEV --corpus "$CORPUS" \
+$NICE $PY -m studio.train.lensnet_train --model "$MODEL" --device $DEV --corpus "$CORPUS" \
     --gistnet "$OUT/gistnet.safetensors" --run-dir "$RUN/lensnet" --out "$OUT/lensnet.safetensors" \
     "${LABELS[@]}" "${LENS[@]}" > "$RUN/lensnet.json"
 echo "trained: $OUT/gistnet.safetensors, $OUT/lensnet.safetensors (summaries in $RUN/*.json)" >&2

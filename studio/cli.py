@@ -219,7 +219,7 @@ def cmd_record(args) -> int:
         session = bar.watch(engine.session(Tee(sink, summary, bar), name))
         session.run(texts)
         if case is not None:
-            from engine.eval_scenario import ask
+            from studio.eval_scenario import ask
 
             sink.annotate("scenario", {**sink.manifest["scenario"], "result": ask(engine.model, session, case)})
     except KeyboardInterrupt as e:  # SIGINT, SIGTERM, SIGHUP: flush what was recorded, say why
@@ -268,10 +268,10 @@ def cmd_replay(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from engine.eval import EvalConfig, eval_run_config, format_table, progress, read_inputs
+    from studio.eval import EvalConfig, eval_run_config, format_table, progress, read_inputs
 
     if args.combine:
-        from engine.eval import combine
+        from studio.eval import combine
 
         parts = []
         for path in args.combine:
@@ -301,12 +301,12 @@ def cmd_eval(args) -> int:
     cfg = engine.cfg  # the position mode resolved against the model
     say = (lambda msg: None) if args.quiet else progress
     if args.scenario:
-        from engine.eval_scenario import format_passkey, passkey_eval
+        from studio.eval_scenario import format_passkey, passkey_eval
 
         res = passkey_eval(engine, cfg, ecfg.policies, pcfg, "\n\n".join(t for _, t in texts), log=say)
         table = format_passkey(res)
     else:
-        from engine.eval import evaluate
+        from studio.eval import evaluate
 
         res = evaluate(engine, cfg, ecfg, texts, log=say)
         table = format_table(res)

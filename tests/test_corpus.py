@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.train.corpus import (
+from studio.train.corpus import (
     SPLITS,
     CorpusConfig,
     assign_splits,

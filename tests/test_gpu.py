@@ -19,11 +19,11 @@ from contract.events import MemorySink, StepRecorded
 from engine.gistnet import GistNet
 from engine.model import load_model
 from engine.runtime import build_engine
-from engine.train.gistnet_train import GistTrainConfig, train_gistnet
-from engine.train.lens_labels import LabelConfig, generate_labels
-from engine.train.lensnet_train import LensTrainConfig, train_lensnet
-from engine.train.token_docs import TokenDoc, tokenize_text
 from studio import cli
+from studio.train.gistnet_train import GistTrainConfig, train_gistnet
+from studio.train.lens_labels import LabelConfig, generate_labels
+from studio.train.lensnet_train import LensTrainConfig, train_lensnet
+from studio.train.token_docs import TokenDoc, tokenize_text
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 DATA = Path(__file__).resolve().parent / "data" / "sample.txt"

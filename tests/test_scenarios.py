@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from contract.config import SCORER_NAMES
-from engine.eval_scenario import fact_lod
 from engine.model import ByteTokenizer
 from engine.scenarios import PasskeyConfig, passkey_cases
-from engine.train.token_docs import tokenize_text
 from engine.working_context import WorkingContext
 from studio import cli
+from studio.eval_scenario import fact_lod
+from studio.train.token_docs import tokenize_text
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "sample.txt"
 TEXT = SAMPLE.read_text()

@@ -17,14 +17,14 @@ from engine.lensnet import FEATURE_NAMES, LensNet
 from engine.model import load_model
 from engine.scorers import attention_utility, build_scorer
 from engine.session import Session
-from engine.train import gistnet_train, lensnet_train
-from engine.train.gist_task import horizon_logits, sample_windows
-from engine.train.gistnet_train import GistTrainConfig, train_gistnet
-from engine.train.lens_labels import LabelConfig, _NullSink, _Snapshotting, generate_labels, label_view, run_episode
-from engine.train.lensnet_train import PREV, LensTrainConfig, train_lensnet
-from engine.train.token_docs import TokenDoc, tokenize_text
-from engine.train.wc_nll import wc_scores
 from engine.working_context import protected_from
+from studio.train import gistnet_train, lensnet_train
+from studio.train.gist_task import horizon_logits, sample_windows
+from studio.train.gistnet_train import GistTrainConfig, train_gistnet
+from studio.train.lens_labels import LabelConfig, _NullSink, _Snapshotting, generate_labels, label_view, run_episode
+from studio.train.lensnet_train import PREV, LensTrainConfig, train_lensnet
+from studio.train.token_docs import TokenDoc, tokenize_text
+from studio.train.wc_nll import wc_scores
 
 TEXT = (Path(__file__).resolve().parent / "data" / "sample.txt").read_text()
 ENGINE = apply_overrides(RunConfig(), ["tree.block_size=8", "gistnet.hidden=32"])
@@ -144,7 +144,7 @@ def test_label_is_the_counterfactual_nll_change_per_cost(tiny, lens_docs):
     measured = np.flatnonzero(np.isfinite(u))
     assert measured.size == 8 and (wc.end[measured] <= protected_from(wc, protect)).all()
     assert {0, 1} <= set(wc.lod[measured].tolist())  # both raw blocks and gists are compared
-    from engine.train.lens_labels import one_level_edit
+    from studio.train.lens_labels import one_level_edit
 
     for i in measured[:3]:
         edited, finer = one_level_edit(wc, int(i))
@@ -246,7 +246,7 @@ def test_lensnet_cli_end_to_end_and_missing_gistnet(corpus, tmp_path, capsys):
 
 
 def test_training_code_never_unpickles():
-    root = Path(__file__).resolve().parents[1] / "engine" / "train"
+    root = Path(__file__).resolve().parents[1] / "studio" / "train"
     for name in ("gistnet_train", "lensnet_train", "lens_labels", "gist_task", "wc_nll", "token_docs", "knob_sets"):
         src = (root / f"{name}.py").read_text()
         assert "torch.load" not in src and "pickle" not in src, name

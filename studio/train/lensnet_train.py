@@ -1,6 +1,6 @@
 """Train LensNet on counterfactual ΔNLL labels (DESIGN section 3), resumably, and ship its weights.
 
-Labels come from `engine/train/lens_labels.py` (u = value of one level of detail per position, per
+Labels come from `studio/train/lens_labels.py` (u = value of one level of detail per position, per
 entry, NaN where not measured). Per state the labels are centred on their median (the allocator
 compares entries with one another: collapse the least useful detail, expand the most useful gist)
 and squashed, `y = tanh((u - median) / scale)`, with `scale` one constant for the whole label set
@@ -20,7 +20,7 @@ The run folder holds `labels.safetensors` (resumable per episode), `checkpoint.s
 `state.json`; the finished weights go to `--out` via `LensNet.save`, with the architecture of
 `RunConfig().lensnet`, so `--model <m>` loads them with the default knobs.
 
-    python -m engine.train.lensnet_train --model default --corpus data/corpus --run-dir runs/train/lensnet \
+    python -m studio.train.lensnet_train --model default --corpus data/corpus --run-dir runs/train/lensnet \
         --out models/default/lensnet.safetensors --set steps=600 --set-labels episodes=40
 """
 
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from contract.config import RunConfig, apply_overrides
 from engine.lensnet import FEATURE_NAMES, LensNet
-from engine.train.common import (
+from studio.train.common import (
     Budget,
     Checkpointer,
     ProgressLog,
@@ -222,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     from engine.gistnet import GistNet
     from engine.model import ModelLoadError, load_model
     from engine.runtime import GISTNET_FILE
-    from engine.train.common import CheckpointError
-    from engine.train.knob_sets import apply_sets
-    from engine.train.lens_labels import LabelConfig, generate_labels
-    from engine.train.token_docs import load_token_docs
+    from studio.train.common import CheckpointError
+    from studio.train.knob_sets import apply_sets
+    from studio.train.lens_labels import LabelConfig, generate_labels
+    from studio.train.token_docs import load_token_docs
 
-    ap = argparse.ArgumentParser(prog="python -m engine.train.lensnet_train", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m studio.train.lensnet_train", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default", help="'tiny', 'default' or a local Hugging Face model folder")
-    ap.add_argument("--corpus", required=True, help="corpus folder (engine/train/corpus.py)")
+    ap.add_argument("--corpus", required=True, help="corpus folder (studio/train/corpus.py)")
     ap.add_argument("--run-dir", required=True, help="run folder: labels, checkpoint, state (resumed if present)")
     ap.add_argument("--out", required=True, help="where to write the finished lensnet.safetensors")
     ap.add_argument("--gistnet", default="", help="GistNet weights for the trees (default: beside the model)")

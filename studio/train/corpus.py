@@ -191,7 +191,7 @@ def read_split(corpus_dir: Path, split: str) -> Iterator[tuple[str, str]]:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = Path(corpus_dir) / f"{split}.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"corpus split {path} is missing; build it with `python -m engine.train corpus`")
+        raise FileNotFoundError(f"corpus split {path} is missing; build it with `python -m studio.train corpus`")
     with path.open(encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)

@@ -14,7 +14,7 @@ the value of the finer of the two levels per position it costs:
 
 so positive u = detail helps; LOD0 entries and gists share one scale and can be ranked against each
 other (collapse the least useful detail, expand the most useful gist). Non-candidates and protected
-entries are NaN. Edited WCs of equal cost share batched forwards (`engine/train/wc_nll.py`).
+entries are NaN. Edited WCs of equal cost share batched forwards (`studio/train/wc_nll.py`).
 
 A cheap auxiliary target comes from the same forwards: the attention the H target tokens give each
 entry of the unedited WC (`aux`, every entry, see `engine.scorers.attention_utility`).
@@ -37,11 +37,11 @@ from contract.config import RunConfig, apply_overrides, protected_blocks
 from engine.lensnet import entry_features
 from engine.scorers import attention_utility, build_scorer
 from engine.session import Session
-from engine.train.common import load_tensors, save_tensors, seeded_generator
-from engine.train.token_docs import TokenDoc
-from engine.train.wc_nll import wc_scores
 from engine.view import ScoreView
 from engine.working_context import WorkingContext, protected_from
+from studio.train.common import load_tensors, save_tensors, seeded_generator
+from studio.train.token_docs import TokenDoc
+from studio.train.wc_nll import wc_scores
 
 LABEL_KEYS = ("entry_vecs", "feats", "queries", "label", "aux", "lod", "entry_off", "query_off")
 
@@ -179,7 +179,7 @@ def run_episode(model, gistnet, doc: TokenDoc, cfg: LabelConfig, engine_cfg: Run
     recall = None
     if float(torch.rand((), generator=gen)) < cfg.recall_share:
         from engine.scenarios import recall_text
-        from engine.train.token_docs import tokenize_text
+        from studio.train.token_docs import tokenize_text
 
         rng = np.random.default_rng([cfg.seed, episode])
         recall = recall_text(doc.tokens[: max(0, cfg.max_tokens - 384)], model.tokenize, model.decode, rng)

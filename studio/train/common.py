@@ -11,7 +11,7 @@ A training run lives in one *run folder* holding exactly two files that matter:
 Nothing here is ever unpickled: tensors go through safetensors, everything else through JSON.
 A missing or unreadable checkpoint raises `CheckpointError` with one line naming the file.
 
-Typical loop (see `engine/train/gistnet_train.py`)::
+Typical loop (see `studio/train/gistnet_train.py`)::
 
     gen = seeded_generator(cfg.seed)            # every random draw takes `generator=gen`
     model, opt = ..., ...                       # built in the same parameter order every time

@@ -20,7 +20,7 @@ Output (a contract; NLL in nats per token, token-weighted means):
      "across_documents": {NAME: {"mean": float, "std": float, "documents": int}},
      "lensnet_vs": {NAME: {"mean_diff": float, "std_diff": float, "lower_on": int, "documents": int}},
      "gist": {"gist": float, "drop": float, "mean_pool": float, ...}, ...}
-The recall scenario (`--scenario passkey`) lives in `engine/eval_scenario.py`. This module does not
+The recall scenario (`--scenario passkey`) lives in `studio/eval_scenario.py`. This module does not
 train anything and writes no files.
 """
 
@@ -141,8 +141,8 @@ def gist_quality(model, gistnet, token_docs: list[np.ndarray], cfg: RunConfig, e
     LOD1 always; LOD2 (vs its 32 LOD1 gists, the detail a LOD2 gist replaces) under `lod2` when the
     texts are long enough. Empty dict when no text is long enough for one window.
     """
-    from engine.train.common import seeded_generator
-    from engine.train.gist_task import horizon_logits, sample_windows, token_nll
+    from studio.train.common import seeded_generator
+    from studio.train.gist_task import horizon_logits, sample_windows, token_nll
 
     bs, mode = cfg.tree.block_size, cfg.wc.position_mode
     gen = seeded_generator(ecfg.seed)
@@ -178,7 +178,7 @@ def gist_quality(model, gistnet, token_docs: list[np.ndarray], cfg: RunConfig, e
 def evaluate(engine, cfg: RunConfig, ecfg: EvalConfig, texts: list[tuple[str, str]], log=None) -> dict:
     """The evaluation JSON (see the module docstring) for `texts` = [(name, text)], with `engine` a
     `runtime.Engine` built with scorer `lensnet` (its model, GistNet and LensNet are reused)."""
-    from engine.train.token_docs import tokenize_text
+    from studio.train.token_docs import tokenize_text
 
     say = log or (lambda msg: None)
     rows: dict[str, list] = {}

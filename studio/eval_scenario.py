@@ -21,7 +21,7 @@ import torch
 
 from contract.config import RunConfig, apply_overrides
 from engine.scenarios import PasskeyCase, PasskeyConfig, passkey_cases
-from engine.train.wc_nll import continuation_scores, wc_scores
+from studio.train.wc_nll import continuation_scores, wc_scores
 
 
 class _NullSink:
@@ -60,14 +60,14 @@ def _raw_score(model, ids: np.ndarray, answer: np.ndarray) -> tuple[float, bool]
 
 def passkey_eval(engine, cfg: RunConfig, policies: tuple[str, ...], pcfg: PasskeyConfig, filler: str,
                  log=None) -> dict:  # fmt: skip
-    """The scenario's JSON: per-policy summary and per-case rows. `engine` as for `engine.eval.evaluate`."""
+    """The scenario's JSON: per-policy summary and per-case rows. `engine` as for `studio.eval.evaluate`."""
     model = engine.model
     say = log or (lambda msg: None)
     cases = passkey_cases(filler, model.tokenize, model.decode, pcfg)
     base = apply_overrides(cfg, ["session.compute_nll=false", "session.baselines=false", "session.max_tokens=0"])
     rows = [{"length": c.length, "depth": c.depth, "n_tokens": c.n_tokens, "passkey": c.passkey,
              "fact_span": [c.fact_start, c.fact_end], "results": {}} for c in cases]  # fmt: skip
-    from engine.train.token_docs import tokenize_text
+    from studio.train.token_docs import tokenize_text
 
     for policy in policies:
         t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from engine.textio import token_chunks
-from engine.train.corpus import read_split
+from studio.train.corpus import read_split
 
 
 @dataclass(frozen=True, eq=False)

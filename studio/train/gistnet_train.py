@@ -3,16 +3,16 @@
 Objective: cut a window `[prefix | span | next H]` from a training document, show the base model the
 span as its gist(s) and minimise KL(teacher || student) between its next-token distributions on the
 H tokens, teacher = the span's raw tokens for LOD1 gists, its 32 LOD1 gists for LOD2 gists (see
-`engine/train/gist_task.py`). Each step draws the level (LOD2 with probability `lod2_share`), the
+`studio/train/gist_task.py`). Each step draws the level (LOD2 with probability `lod2_share`), the
 prefix length and how many adjacent blocks are gisted at once from the run's seeded generator, so a
 resumed run draws exactly what an uninterrupted one would.
 
-The run folder holds `checkpoint.safetensors` + `state.json` (engine/train/common.py); the finished
+The run folder holds `checkpoint.safetensors` + `state.json` (studio/train/common.py); the finished
 weights are written with `GistNet.save` to `--out` (normally `models/<m>/gistnet.safetensors`, where
 `--model <m>` loads them). The architecture is `RunConfig().gistnet` (plus `--set-engine`), so the
 shipped file loads with the engine's default knobs. This module does not evaluate policies.
 
-    python -m engine.train.gistnet_train --model default --corpus data/corpus --run-dir runs/train/gistnet \
+    python -m studio.train.gistnet_train --model default --corpus data/corpus --run-dir runs/train/gistnet \
         --out models/default/gistnet.safetensors --set steps=400
 """
 
@@ -30,7 +30,7 @@ import torch
 
 from contract.config import RunConfig, apply_overrides
 from engine.gistnet import GistNet
-from engine.train.common import (
+from studio.train.common import (
     Budget,
     Checkpointer,
     ProgressLog,
@@ -39,7 +39,7 @@ from engine.train.common import (
     seeded_generator,
     training_tensors,
 )
-from engine.train.gist_task import Window, horizon_logits, kl_loss, node_span, sample_windows, token_nll, valid_starts
+from studio.train.gist_task import Window, horizon_logits, kl_loss, node_span, sample_windows, token_nll, valid_starts
 
 
 @dataclass(frozen=True)
@@ -203,13 +203,13 @@ def train_gistnet(
 
 def main(argv: list[str] | None = None) -> int:
     from engine.model import ModelLoadError, load_model
-    from engine.train.common import CheckpointError
-    from engine.train.knob_sets import apply_sets
-    from engine.train.token_docs import load_token_docs
+    from studio.train.common import CheckpointError
+    from studio.train.knob_sets import apply_sets
+    from studio.train.token_docs import load_token_docs
 
-    ap = argparse.ArgumentParser(prog="python -m engine.train.gistnet_train", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m studio.train.gistnet_train", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default", help="'tiny', 'default' or a local Hugging Face model folder")
-    ap.add_argument("--corpus", required=True, help="corpus folder (engine/train/corpus.py) with train/validation")
+    ap.add_argument("--corpus", required=True, help="corpus folder (studio/train/corpus.py) with train/validation")
     ap.add_argument("--run-dir", required=True, help="run folder: checkpoint + state (resumed if present)")
     ap.add_argument("--out", required=True, help="where to write the finished gistnet.safetensors")
     ap.add_argument("--max-chars", type=int, default=4_000_000, help="training text to tokenise (0 = all)")
