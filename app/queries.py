@@ -7,25 +7,21 @@ heartbeat, so a page that follows it sees new data on its next rerun. Heavy work
 scanning entries) runs in DuckDB inside the reader; what comes back here is already screen-sized
 (at most `MAX_CELLS` heatmap cells, at most `MAX_POINTS` points per metric line).
 
-This module draws only two shared bits of page: `require_run`, the guard every page uses to open the
-run named in the URL (a one-line message and `st.stop()` when there is none, a warning naming any
-unreadable part file), and `nav_link`, a link to another page that carries run and step. Queries
-about one step are in `app/queries_step.py`; charts in `app/charts*.py`.
+This module draws nothing: the widgets every page shares (run guard, step scrubber, page links) are
+`app/widgets.py`. Queries about one step are in `app/queries_step.py`; charts in `app/charts*.py`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import streamlit as st
-from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
-from app import paths, state
+from app import paths
 from contract import nodes
 from contract.config import RunConfig
 from telemetry import metrics
@@ -78,22 +74,6 @@ def key(run: Run) -> tuple[str, str]:
     """(path, version): the first two arguments of every cached query."""
     p = str(Path(run.path).resolve())
     return p, version(p)
-
-
-def require_run(name: str = state.RUN, *, what: str = "a run") -> tuple[Run, tuple[str, str]]:
-    """The run named by URL parameter `name` and its cache key; otherwise a one-line message and stop."""
-    if state.param(name) is None:
-        st.info(f"Pick {what} on the **Runs** page first (it sets `?{name}=` in the URL).")
-        st.stop()
-    run = state.open_run(name)  # a bad or refused reference: st.error already said why
-    if run is None:
-        st.stop()
-    run = get_run(run.path)
-    run.tables()  # checks every part's footer once (cached): bad parts are skipped, and named here
-    if run.problems:
-        more = f" (and {len(run.problems) - 1} more)" if len(run.problems) > 1 else ""
-        st.warning(f"Skipped {len(run.problems)} unreadable part file(s) of `{run.name}`: {run.problems[0]}{more}")
-    return run, key(run)
 
 
 # ------------------------------------------------------------------------------------- labels
@@ -368,36 +348,3 @@ def scenario_caption(manifest: dict) -> str:
         got = "recovered" if res.get("recovered") else "not recovered"
         line += f" When asked, the needle was {where}; answer NLL {res.get('answer_nll', float('nan')):.2f}, {got}."
     return line
-
-
-def link(page: str, **params: object) -> str:
-    """A relative URL that opens `page` (its url_path, e.g. `timeline`) on the view named by `params`."""
-    query = urlencode({k: v for k, v in params.items() if v is not None})
-    page = "" if page == "runs" else page  # the default page is served at the root: /runs is "Page not found"
-    return f"./{page}?{query}" if query else f"./{page}"
-
-
-# url_path (as declared in app/streamlit_app.py) -> page file, relative to the entry point
-PAGE_FILES = {
-    "runs": "views/runs.py",
-    "timeline": "views/timeline.py",
-    "step": "views/step_inspector.py",
-    "metrics": "views/metrics.py",
-    "compare": "views/compare.py",
-    "live": "views/live.py",
-}
-
-
-def nav_link(label: str, page: str, **params: object) -> None:
-    """A link to another page on the view named by `params` (run, step, ...).
-
-    Under the app's navigation this is `st.page_link` with query parameters: the page switches in
-    place and keeps them (a plain markdown link to `./timeline?...` is handled as a page switch by
-    the front end and loses its query). A page run on its own (tests, `streamlit run` of one file)
-    has no such page registered, so it gets the plain link, which a person can still copy.
-    """
-    query = {k: str(v) for k, v in params.items() if v is not None}
-    try:
-        st.page_link(PAGE_FILES[page], label=label, query_params=query)
-    except (StreamlitAPIException, StreamlitPageNotFoundError):
-        st.markdown(f"[{label}]({link(page, **params)})")

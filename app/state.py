@@ -6,16 +6,13 @@ Query parameters (the contract every page uses):
 - `k.<section>.<field>`: a knob override for the Knobs lab, in `--set` syntax (`k.allocator.cooldown_steps=4`).
 The page itself is the URL path (`st.navigation`).
 
-Pages call these helpers instead of touching `st.query_params` directly. This module holds no
-data and draws only the shared widgets (run picker error line, step scrubber).
+Pages call these helpers instead of touching `st.query_params` directly. This module holds no data
+and draws nothing: the widgets bound to this state are `app/widgets.py`.
 """
 
 from __future__ import annotations
 
 import streamlit as st
-
-from app import paths
-from telemetry.reader import Run, RunReadError
 
 RUN, RUN2, STEP, KNOB_PREFIX = "run", "run2", "step", "k."
 
@@ -41,41 +38,6 @@ def int_param(name: str, default: int, lo: int, hi: int) -> int:
     except ValueError:
         v = default
     return max(lo, min(hi, v))
-
-
-def open_run(name: str = RUN) -> Run | None:
-    """The run named by URL parameter `name`, or None (with a one-line error if it could not open)."""
-    ref = param(name)
-    if ref is None:
-        return None
-    try:
-        return Run(paths.resolve_run(ref))
-    except (paths.PathRefused, RunReadError) as e:
-        st.error(f"Cannot open run {ref!r}: {e}")
-        return None
-
-
-def step_scrubber(n_steps: int, *, label: str = "step", key: str = "step_scrubber") -> int:
-    """The shared step slider, bound to the URL's `step`. Returns the selected step (0 if no steps)."""
-    if n_steps <= 0:
-        return 0
-    hi = n_steps - 1
-    current = int_param(STEP, hi, 0, hi)
-    if hi == 0:
-        set_param(STEP, 0)
-        return 0
-    if key in st.session_state and st.session_state[key] != current and st.session_state.get(f"{key}_url") != current:
-        # The URL moved (another page, a link, play/pause): the widget follows it.
-        st.session_state[key] = current
-    if key in st.session_state:
-        # Set through the Session State API: passing `value=` too would log a warning on every move.
-        st.session_state[key] = max(0, min(hi, int(st.session_state[key])))
-        step = st.slider(label, 0, hi, key=key)
-    else:
-        step = st.slider(label, 0, hi, value=current, key=key)
-    st.session_state[f"{key}_url"] = step
-    set_param(STEP, step)
-    return int(step)
 
 
 def knob_overrides() -> list[str]:

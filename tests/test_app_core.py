@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app import charts, charts_metrics, charts_step, export
+from app import charts, charts_metrics, charts_step, export, widgets
 from app import queries as q
 from app import queries_step as qs
 from tests.app_fixtures import PAGES, clean, decode, point_app_at, run_roots
@@ -126,8 +126,8 @@ def test_version_changes_when_a_live_run_writes(roots):
 
 def test_labels_links_nearest_and_compare_table():
     assert q.node_labels(np.array([0, (1 << 40) | 12, (2 << 40) | 3, -1])) == ["L0 #0", "L1 #12", "L2 #3", "tail"]
-    assert q.link("timeline", run="runs/a b", step=3) == "./timeline?run=runs%2Fa+b&step=3"
-    assert q.link("live") == "./live"
+    assert widgets.link("timeline", run="runs/a b", step=3) == "./timeline?run=runs%2Fa+b&step=3"
+    assert widgets.link("live") == "./live"
     assert qs.nearest(np.array([0, 2, 4, 6]), 3) == 2 and qs.nearest(np.array([0, 2, 4, 6]), 9) == 6
     assert qs.nearest(np.zeros(0, np.int64), 3) is None
     t = q.compare_table({"swap_rate": 0.5, "steps": 8}, {"swap_rate": 0.25, "steps": 8}, ("a", "b")).set_index("metric")

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import recorder
-from app.queries import link
+from app.widgets import link
 from telemetry.reader import Run
 from tests.lab_fixtures import REPO, SAMPLE
 

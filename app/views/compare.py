@@ -11,13 +11,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, charts_metrics, export, state
+from app import charts, charts_metrics, export, state, widgets
 from app import queries as q
 from app import queries_step as qs
 
 st.title("Compare")
-run_a, (path_a, ver_a) = q.require_run(state.RUN, what="a first run")
-run_b, (path_b, ver_b) = q.require_run(state.RUN2, what="a second run to compare with")
+run_a, (path_a, ver_a) = widgets.require_run(state.RUN, what="a first run")
+run_b, (path_b, ver_b) = widgets.require_run(state.RUN2, what="a second run to compare with")
 ov_a, ov_b = q.overview(path_a, ver_a), q.overview(path_b, ver_b)
 ref_a, ref_b = state.param(state.RUN), state.param(state.RUN2)
 if ref_a == ref_b:
@@ -26,7 +26,7 @@ n = max(ov_a["n_steps"], ov_b["n_steps"])
 if n == 0:
     st.info("Neither run has recorded steps yet.")
     st.stop()
-step = state.step_scrubber(n)
+step = widgets.step_scrubber(n)
 
 budget = q.MAX_CELLS // 2  # two heatmaps on one page share the page's budget
 sides = ((run_a, path_a, ver_a, ov_a, ref_a, "a"), (run_b, path_b, ver_b, ov_b, ref_b, "b"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import projection
+from app import projection, widgets
 from app import queries as q
 from app.charts_lab import gist_scatter
 
@@ -67,7 +67,7 @@ def _umap(path: str, points, total: int, colour: str) -> None:
 
 def main() -> None:
     st.title("Gist map")
-    run, (path, ver) = q.require_run()
+    run, (path, ver) = widgets.require_run()
     try:
         got = _points(path, ver)
     except (q.RunReadError, ValueError, OSError) as e:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import lab, paths, state
+from app import lab, paths, state, widgets
 from app import queries as q
 from app.charts import lod_heatmap
 from app.charts_lab import metric_over_steps
 from app.knobs import KnobWidget, knob_widget
-from app.queries import grid_size, link
+from app.queries import grid_size
+from app.widgets import link
 
 CHART_W, CHART_H = 600, 400  # bins per LOD timeline, each side (grid_size keeps it under the cell budget)
 PER_STEP = ("swap_rate", "ping_pongs", "locality", "utilization", "coherence")
@@ -131,7 +132,7 @@ def _save(run, sets: list[str], changed: dict) -> None:
 
 def main() -> None:
     st.title("Knobs lab")
-    run, (path, ver) = q.require_run()
+    run, (path, ver) = widgets.require_run()
     ref = state.param(state.RUN)
     try:
         lab.check_size(run)  # before anything is loaded: the server's memory is everyone's
@@ -180,7 +181,7 @@ def main() -> None:
         column_config={c: st.column_config.NumberColumn(format="%.4g") for c in ("recorded", "re-planned", "delta")},
     )
 
-    step = state.step_scrubber(last_step + 1)
+    step = widgets.step_scrubber(last_step + 1)
     max_lod = rec.config.tree.max_lod
     left, right = st.columns(2)
     with left:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, charts_metrics, state
+from app import charts, charts_metrics, state, widgets
 from app import queries as q
 from app import queries_step as qs
 
@@ -28,7 +28,7 @@ if state.param(state.RUN) is None:
     pick = st.selectbox("recording now", live, key="live_pick")
     state.set_param(state.RUN, pick)
 
-run, _ = q.require_run()
+run, _ = widgets.require_run()
 ref = state.param(state.RUN)
 status = run.status
 if status != "recording":
@@ -38,7 +38,7 @@ if status != "recording":
         st.warning(f"`{ref}` was interrupted: its recorder stopped without finishing. What it wrote is readable.")
     else:
         st.error(f"`{ref}` failed: {run.manifest.get('error') or 'no reason recorded'}. What it wrote is readable.")
-    q.nav_link("Open its timeline", "timeline", run=ref)
+    widgets.nav_link("Open its timeline", "timeline", run=ref)
     st.stop()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts_metrics, export, state
+from app import charts_metrics, export, state, widgets
 from app import queries as q
 
 LINES, NAMES = q.LINES, q.LINE_NAMES  # what each chart draws, from the one metric registry
@@ -22,7 +22,7 @@ def _fmt(v: object, digits: int = 3) -> str:
 
 
 st.title("Metrics")
-run, (path, ver) = q.require_run()
+run, (path, ver) = widgets.require_run()
 if q.overview(path, ver)["n_steps"] == 0:
     st.info(f"Run `{run.name}` has no recorded steps yet.")
     st.stop()
@@ -74,5 +74,5 @@ else:
     ref = state.param(state.RUN)
     for r in worst.itertuples():
         label = f"{r.node}: {r.ping_pongs} ping-pongs, first at step {r.first_step}, tokens [{r.start:,}, {r.end:,})"
-        q.nav_link(label, "timeline", run=ref, step=int(r.first_step))
+        widgets.nav_link(label, "timeline", run=ref, step=int(r.first_step))
     export.download_buttons(worst, f"{run.name}-worst-nodes", key="m_worst_dl")

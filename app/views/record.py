@@ -13,7 +13,7 @@ import streamlit as st
 
 from app import paths, recorder
 from app.knobs import choices, defaults, knob_widget
-from app.queries import link
+from app.widgets import link
 
 SOURCES = ("file path", "paste text", "upload a file")
 # Knobs offered as inputs (one name each); any other goes in the free-form box.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import paths, state
+from app import paths, state, widgets
 from app import queries as q
 
 NONE = "(none)"
@@ -91,7 +91,7 @@ info = runs[runs["ref"] == run_ref].iloc[0]
 status = info["status"]
 if status == "recording":
     st.info(f"`{run_ref}` is still recording: the Live page follows it.")
-    q.nav_link("Follow it live", "live", run=run_ref)
+    widgets.nav_link("Follow it live", "live", run=run_ref)
 elif status == "interrupted":
     st.warning(f"`{run_ref}` was interrupted (its recorder stopped without finishing): what it wrote is readable.")
 elif status == "failed":
@@ -109,4 +109,4 @@ if run2 != NONE:
     targets.append((f"Compare with {run2}", "compare", {"run": run_ref, "run2": run2, "step": step}))
 for col, (label, page, params) in zip(st.columns(len(targets)), targets, strict=True):
     with col:
-        q.nav_link(label, page, **params)
+        widgets.nav_link(label, page, **params)

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts_step, export, state
+from app import charts_step, export, state, widgets
 from app import queries as q
 from app import queries_step as qs
 
 ENTRY_COLUMNS = ["position", "node", "lod", "start", "end", "cost", "preview", *q.SCORE_COLUMNS, "node_id"]
 
 st.title("Step inspector")
-run, (path, ver) = q.require_run()
+run, (path, ver) = widgets.require_run()
 ov = q.overview(path, ver)
 steps = q.step_list(path, ver)
 if steps.size == 0:
     st.info(f"Run `{run.name}` has no recorded steps yet.")
     st.stop()
-step = state.step_scrubber(int(steps.max()) + 1)
+step = widgets.step_scrubber(int(steps.max()) + 1)
 row = qs.step_row(path, ver, step)
 if row:
     c = st.columns(5)

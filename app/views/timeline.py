@@ -12,7 +12,7 @@ import time
 
 import streamlit as st
 
-from app import charts, export, state
+from app import charts, export, state, widgets
 from app import queries as q
 from app import queries_step as qs
 
@@ -22,7 +22,7 @@ OVERLAYS = {"none": None, "final score": "score", "raw score": "raw_score"}
 AGGS = {"mean LOD": "mean", "finest present": "min", "coarsest present": "max"}
 
 st.title("Timeline")
-run, (path, ver) = q.require_run()
+run, (path, ver) = widgets.require_run()
 ov = q.overview(path, ver)
 if ov["n_steps"] == 0 or ov["s1"] < ov["s0"]:
     live = " It is still recording: the **Live** page follows it." if run.status == "recording" else ""
@@ -30,7 +30,7 @@ if ov["n_steps"] == 0 or ov["s1"] < ov["s0"]:
     st.stop()
 
 n_steps = int(q.step_list(path, ver).max()) + 1
-step = state.step_scrubber(n_steps)
+step = widgets.step_scrubber(n_steps)
 
 
 def _toggle_play() -> None:

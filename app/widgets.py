@@ -1,0 +1,101 @@
+"""The widgets every page shares: the run guard, the step scrubber and links to other pages.
+
+Each is bound to the URL state of `app/state.py` (run, second run, step), so that a page opened
+from a link, the sidebar or another page shows the same view. This module draws; it computes
+nothing about a run (that is `app/queries.py`).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import streamlit as st
+from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
+
+from app import paths, state
+from app.queries import get_run, key
+from telemetry.reader import Run, RunReadError
+
+
+def open_run(name: str = state.RUN) -> Run | None:
+    """The run named by URL parameter `name`, or None (with a one-line error if it could not open)."""
+    ref = state.param(name)
+    if ref is None:
+        return None
+    try:
+        return Run(paths.resolve_run(ref))
+    except (paths.PathRefused, RunReadError) as e:
+        st.error(f"Cannot open run {ref!r}: {e}")
+        return None
+
+
+def require_run(name: str = state.RUN, *, what: str = "a run") -> tuple[Run, tuple[str, str]]:
+    """The run named by URL parameter `name` and its cache key; otherwise a one-line message and stop."""
+    if state.param(name) is None:
+        st.info(f"Pick {what} on the **Runs** page first (it sets `?{name}=` in the URL).")
+        st.stop()
+    run = open_run(name)  # a bad or refused reference: st.error already said why
+    if run is None:
+        st.stop()
+    run = get_run(run.path)
+    run.tables()  # checks every part's footer once (cached): bad parts are skipped, and named here
+    if run.problems:
+        more = f" (and {len(run.problems) - 1} more)" if len(run.problems) > 1 else ""
+        st.warning(f"Skipped {len(run.problems)} unreadable part file(s) of `{run.name}`: {run.problems[0]}{more}")
+    return run, key(run)
+
+
+def step_scrubber(n_steps: int, *, label: str = "step", key: str = "step_scrubber") -> int:
+    """The shared step slider, bound to the URL's `step`. Returns the selected step (0 if no steps)."""
+    if n_steps <= 0:
+        return 0
+    hi = n_steps - 1
+    current = state.int_param(state.STEP, hi, 0, hi)
+    if hi == 0:
+        state.set_param(state.STEP, 0)
+        return 0
+    if key in st.session_state and st.session_state[key] != current and st.session_state.get(f"{key}_url") != current:
+        # The URL moved (another page, a link, play/pause): the widget follows it.
+        st.session_state[key] = current
+    if key in st.session_state:
+        # Set through the Session State API: passing `value=` too would log a warning on every move.
+        st.session_state[key] = max(0, min(hi, int(st.session_state[key])))
+        step = st.slider(label, 0, hi, key=key)
+    else:
+        step = st.slider(label, 0, hi, value=current, key=key)
+    st.session_state[f"{key}_url"] = step
+    state.set_param(state.STEP, step)
+    return int(step)
+
+
+def link(page: str, **params: object) -> str:
+    """A relative URL that opens `page` (its url_path, e.g. `timeline`) on the view named by `params`."""
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    page = "" if page == "runs" else page  # the default page is served at the root: /runs is "Page not found"
+    return f"./{page}?{query}" if query else f"./{page}"
+
+
+# url_path (as declared in app/streamlit_app.py) -> page file, relative to the entry point
+PAGE_FILES = {
+    "runs": "views/runs.py",
+    "timeline": "views/timeline.py",
+    "step": "views/step_inspector.py",
+    "metrics": "views/metrics.py",
+    "compare": "views/compare.py",
+    "live": "views/live.py",
+}
+
+
+def nav_link(label: str, page: str, **params: object) -> None:
+    """A link to another page on the view named by `params` (run, step, ...).
+
+    Under the app's navigation this is `st.page_link` with query parameters: the page switches in
+    place and keeps them (a plain markdown link to `./timeline?...` is handled as a page switch by
+    the front end and loses its query). A page run on its own (tests, `streamlit run` of one file)
+    has no such page registered, so it gets the plain link, which a person can still copy.
+    """
+    query = {k: str(v) for k, v in params.items() if v is not None}
+    try:
+        st.page_link(PAGE_FILES[page], label=label, query_params=query)
+    except (StreamlitAPIException, StreamlitPageNotFoundError):
+        st.markdown(f"[{label}]({link(page, **params)})")
