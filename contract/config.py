@@ -26,7 +26,7 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # every integer knob fits int64 (manifes
 class Knob:
     """What one knob means and allows. `lo`/`hi` bound a number (each element of a tuple), open
     when `lo_open`/`hi_open`; `choices` lists a string's values; `length` fixes a tuple's length;
-    `rule` states a condition on other knobs that the section checks in code (`_check_rule`)."""
+    `rule` states a condition on other knobs that the section checks in code (`check_rule`)."""
 
     help: str
     lo: float | None = None
@@ -110,7 +110,7 @@ def _is_a(value: object, typ: object) -> bool:
     return True
 
 
-def _check_types(section: object, prefix: str) -> None:
+def check_knobs(section: object, prefix: str) -> None:
     """Every field of a config section has its declared type, every integer fits int64, and every
     value is within its `Knob`'s range and choices (rules on other knobs are the section's own).
 
@@ -142,7 +142,7 @@ def _spec(cls: type, name: str) -> Knob:
     return _specs(cls)[name]
 
 
-def _check_rule(section: object, prefix: str, name: str, ok: bool) -> None:
+def check_rule(section: object, prefix: str, name: str, ok: bool) -> None:
     """A rule of a knob on other knobs (its `Knob.rule`, stated once, on the field)."""
     _check(ok, f"{prefix}.{name}", _spec(type(section), name).rule, getattr(section, name))
 
@@ -161,7 +161,7 @@ class TreeConfig:
     spill_dir: str = knob("", 'folder for memory-mapped gist storage; "" keeps gists in host RAM')
 
     def __post_init__(self) -> None:
-        _check_types(self, "tree")
+        check_knobs(self, "tree")
 
 
 POSITION_MODES = ("auto", "global", "compact")
@@ -179,7 +179,7 @@ class WorkingContextConfig:
                               choices=POSITION_MODES)  # fmt: skip
 
     def __post_init__(self) -> None:
-        _check_types(self, "wc")
+        check_knobs(self, "wc")
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class AllocatorConfig:
     iterations: int = knob(1, "scorer/allocator rounds per refocus step", lo=1, hi=16)
 
     def __post_init__(self) -> None:
-        _check_types(self, "allocator")
+        check_knobs(self, "allocator")
 
 
 SCORER_NAMES = ("lensnet", "recency", "compressive", "retrieval", "hopfield", "attention", "sink", "random")
@@ -218,9 +218,9 @@ class ScorerConfig:
                             lo=1, hi=64)  # fmt: skip
 
     def __post_init__(self) -> None:
-        _check_types(self, "scorer")
+        check_knobs(self, "scorer")
         ok = self.compressive_lod1_share < 1.0 - self.compressive_raw_share
-        _check_rule(self, "scorer", "compressive_lod1_share", ok)
+        check_rule(self, "scorer", "compressive_lod1_share", ok)
 
 
 @dataclass(frozen=True)
@@ -232,8 +232,8 @@ class GistNetConfig:
                         choices=("mean", "query"))  # fmt: skip
 
     def __post_init__(self) -> None:
-        _check_types(self, "gistnet")
-        _check_rule(self, "gistnet", "heads", self.hidden % self.heads == 0)
+        check_knobs(self, "gistnet")
+        check_rule(self, "gistnet", "heads", self.hidden % self.heads == 0)
 
 
 @dataclass(frozen=True)
@@ -244,8 +244,8 @@ class LensNetConfig:
     query_gists: int = knob(4, "newest gists that join the tail block as query vectors", lo=0, hi=64)
 
     def __post_init__(self) -> None:
-        _check_types(self, "lensnet")
-        _check_rule(self, "lensnet", "heads", self.hidden % self.heads == 0)
+        check_knobs(self, "lensnet")
+        check_rule(self, "lensnet", "heads", self.hidden % self.heads == 0)
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ class SessionConfig:
     max_tokens: int = knob(0, "stop after this many tokens; 0 = read the whole input", lo=0)
 
     def __post_init__(self) -> None:
-        _check_types(self, "session")
+        check_knobs(self, "session")
 
 
 def protected_blocks(tree: TreeConfig, wc: WorkingContextConfig) -> int:

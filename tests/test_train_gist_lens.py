@@ -3,6 +3,7 @@ shipped weights reload identically, errors are one line, and nothing is ever unp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -201,6 +202,29 @@ def test_configs_refuse_bad_values():
         LabelConfig(policies=("lensnet",))
     with pytest.raises(ValueError, match="scale_quantile"):
         LensTrainConfig(scale_quantile=1.0)
+
+
+@pytest.mark.parametrize(
+    ("cls", "bad", "line"),
+    [
+        (GistTrainConfig, {"steps": 0}, "gistnet_train.steps must be >= 1, got 0"),
+        (GistTrainConfig, {"lr": "a"}, "gistnet_train.lr must be a number, got 'a'"),
+        (
+            GistTrainConfig,
+            {"position_mode": "x"},
+            "gistnet_train.position_mode must be one of global, compact, got 'x'",
+        ),
+        (LensTrainConfig, {"scale_quantile": 1.0}, "lensnet_train.scale_quantile must be in (0, 1), got 1.0"),
+        (LabelConfig, {"w_max_min": 2000}, "lens_labels.w_max_max must be >= w_max_min, got 1536"),
+    ],
+)
+def test_training_knobs_are_declared_like_the_engine_s_and_named_in_one_line(cls, bad, line):
+    """The trainers' configs declare range and help on each field (contract.config.knob), so their
+    errors read like the engine's: the knob's full name, what it allows, the value refused."""
+    with pytest.raises(ValueError) as e:
+        cls(**bad)
+    assert str(e.value) == line
+    assert all("knob" in f.metadata and f.metadata["knob"].help for f in dataclasses.fields(cls))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contract.config import RunConfig, apply_overrides
+from contract.config import RunConfig, apply_overrides, check_knobs, knob
 from engine.gistnet import GistNet
 from studio.train.common import (
     Budget,
@@ -44,43 +44,26 @@ from studio.train.gist_task import Window, horizon_logits, kl_loss, node_span, s
 
 @dataclass(frozen=True)
 class GistTrainConfig:
-    steps: int = 400  # optimizer steps in total, across resumes
-    max_seconds: float = 0.0  # wall-clock cap on training, across resumes (0 = none)
-    batch_size: int = 16  # windows per step
-    lr: float = 2e-3  # peak AdamW learning rate (warmup, then cosine decay)
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
-    grad_clip: float = 1.0  # max global gradient norm
-    horizon: int = 64  # H: tokens after the span whose distributions are matched
-    prefix_blocks_max: int = 8  # raw prefix before the span: 1..this many blocks, drawn per step
-    max_gisted: int = 2  # LOD1 steps gist 1..this many adjacent blocks at once
-    lod2_share: float = 0.2  # share of steps that train LOD2 gists (when documents are long enough)
-    position_mode: str = "compact"  # positions as the engine will use them: "global" or "compact"
-    val_windows: int = 32  # held-out windows per level for the validation numbers
-    log_every: int = 10  # steps between progress lines (and validation points: every 5th line)
-    save_every_s: float = 60.0  # seconds between checkpoints (and one at the end)
-    seed: int = 0  # GistNet's initial weights and every draw of the run
+    steps: int = knob(400, "optimizer steps in total, across resumes", lo=1)
+    max_seconds: float = knob(0.0, "wall-clock cap on training, across resumes (0 = none)", lo=0)
+    batch_size: int = knob(16, "windows per step", lo=1)
+    lr: float = knob(2e-3, "peak AdamW learning rate (warmup, then cosine decay)", lo=0, lo_open=True)
+    weight_decay: float = knob(0.01, "AdamW decoupled weight decay", lo=0)
+    grad_clip: float = knob(1.0, "max global gradient norm", lo=0, lo_open=True)
+    horizon: int = knob(64, "H: tokens after the span whose distributions are matched", lo=2)
+    prefix_blocks_max: int = knob(8, "raw prefix before the span: 1..this many blocks, drawn per step", lo=1)
+    max_gisted: int = knob(2, "LOD1 steps gist 1..this many adjacent blocks at once", lo=1)
+    lod2_share: float = knob(0.2, "share of steps that train LOD2 gists (when documents are long enough)", lo=0, hi=1)
+    position_mode: str = knob(
+        "compact", 'positions as the engine will use them: "global" or "compact"', choices=("global", "compact")
+    )
+    val_windows: int = knob(32, "held-out windows per level for the validation numbers", lo=1)
+    log_every: int = knob(10, "steps between progress lines (and validation points: every 5th line)", lo=1)
+    save_every_s: float = knob(60.0, "seconds between checkpoints (and one at the end)", lo=0, lo_open=True)
+    seed: int = knob(0, "GistNet's initial weights and every draw of the run", lo=0)
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.steps >= 1, "steps >= 1"),
-            (self.max_seconds >= 0, "max_seconds >= 0"),
-            (self.batch_size >= 1, "batch_size >= 1"),
-            (self.lr > 0, "lr > 0"),
-            (self.weight_decay >= 0, "weight_decay >= 0"),
-            (self.grad_clip > 0, "grad_clip > 0"),
-            (self.horizon >= 2, "horizon >= 2"),
-            (self.prefix_blocks_max >= 1, "prefix_blocks_max >= 1"),
-            (self.max_gisted >= 1, "max_gisted >= 1"),
-            (0.0 <= self.lod2_share <= 1.0, "lod2_share in [0, 1]"),
-            (self.position_mode in ("global", "compact"), "position_mode one of 'global', 'compact'"),
-            (self.val_windows >= 1, "val_windows >= 1"),
-            (self.log_every >= 1, "log_every >= 1"),
-            (self.save_every_s > 0, "save_every_s > 0"),
-            (self.seed >= 0, "seed >= 0"),
-        ]
-        for ok, rule in checks:
-            if not ok:
-                raise ValueError(f"gistnet training: {rule} is required")
+        check_knobs(self, "gistnet_train")
 
 
 def _draw_task(cfg: GistTrainConfig, gen: torch.Generator, lod2_ok: bool) -> tuple[int, int, int]:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contract.config import RunConfig, apply_overrides, protected_blocks
+from contract.config import RunConfig, apply_overrides, check_knobs, check_rule, knob, protected_blocks
 from engine.lensnet import entry_features
 from engine.scorers import attention_utility, build_scorer
 from engine.session import Session
@@ -48,40 +48,33 @@ LABEL_KEYS = ("entry_vecs", "feats", "queries", "label", "aux", "lod", "entry_of
 
 @dataclass(frozen=True)
 class LabelConfig:
-    episodes: int = 40  # sessions run; each is one document, one budget, one policy
-    states_per_episode: int = 8  # WC snapshots labelled per episode
-    candidates: int = 16  # entries per snapshot whose one-level edit is measured
-    horizon: int = 32  # H: next tokens whose NLL the edit changes
-    w_max_min: int = 512  # budgets are drawn uniformly (in blocks) from [w_max_min, w_max_max]
-    w_max_max: int = 1536  # keep w_max + block_size + horizon within the base model's trained context
-    max_tokens: int = 6144  # a document is read at most this far
-    policies: tuple[str, ...] = ("recency", "compressive", "random", "retrieval", "hopfield", "sink")  # state makers
-    recall_share: float = 0.25  # episodes that plant a fact and ask for it later (engine/scenarios.recall_text)
-    position_mode: str = "compact"  # positions as the engine will use them
-    batch: int = 8  # edited WCs per base-model forward
-    max_seconds: float = 0.0  # wall-clock cap across resumes: no new episode starts after it (0 = none)
-    save_every_s: float = 60.0  # seconds between saves of the label file (and one at the end)
-    seed: int = 0  # episode e draws from a generator seeded by (seed, e)
+    episodes: int = knob(40, "sessions run; each is one document, one budget, one policy", lo=1)
+    states_per_episode: int = knob(8, "WC snapshots labelled per episode", lo=1)
+    candidates: int = knob(16, "entries per snapshot whose one-level edit is measured", lo=2)
+    horizon: int = knob(32, "H: next tokens whose NLL the edit changes", lo=1)
+    w_max_min: int = knob(512, "budgets are drawn uniformly (in blocks) from [w_max_min, w_max_max]", lo=1)
+    w_max_max: int = knob(
+        1536, "keep w_max + block_size + horizon within the base model's trained context", lo=1, rule=">= w_max_min"
+    )
+    max_tokens: int = knob(6144, "a document is read at most this far", lo=1)
+    policies: tuple[str, ...] = knob(
+        ("recency", "compressive", "random", "retrieval", "hopfield", "sink"),
+        "state makers",
+        rule="baseline policies only (not lensnet), at least one",
+    )
+    recall_share: float = knob(
+        0.25, "episodes that plant a fact and ask for it later (engine/scenarios.recall_text)", lo=0, hi=1
+    )
+    position_mode: str = knob("compact", "positions as the engine will use them", choices=("global", "compact"))
+    batch: int = knob(8, "edited WCs per base-model forward", lo=1)
+    max_seconds: float = knob(0.0, "wall-clock cap across resumes: no new episode starts after it (0 = none)", lo=0)
+    save_every_s: float = knob(60.0, "seconds between saves of the label file (and one at the end)", lo=0, lo_open=True)
+    seed: int = knob(0, "episode e draws from a generator seeded by (seed, e)", lo=0)
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.episodes >= 1, "episodes >= 1"),
-            (self.states_per_episode >= 1, "states_per_episode >= 1"),
-            (self.candidates >= 2, "candidates >= 2"),
-            (self.horizon >= 1, "horizon >= 1"),
-            (1 <= self.w_max_min <= self.w_max_max, "1 <= w_max_min <= w_max_max"),
-            (self.max_tokens >= 1, "max_tokens >= 1"),
-            (len(self.policies) >= 1 and all(p != "lensnet" for p in self.policies), "baseline policies only"),
-            (self.position_mode in ("global", "compact"), "position_mode one of 'global', 'compact'"),
-            (self.batch >= 1, "batch >= 1"),
-            (0.0 <= self.recall_share <= 1.0, "recall_share in [0, 1]"),
-            (self.max_seconds >= 0, "max_seconds >= 0"),
-            (self.save_every_s > 0, "save_every_s > 0"),
-            (self.seed >= 0, "seed >= 0"),
-        ]
-        for ok, rule in checks:
-            if not ok:
-                raise ValueError(f"lensnet labels: {rule} is required")
+        check_knobs(self, "lens_labels")
+        check_rule(self, "lens_labels", "w_max_max", self.w_max_min <= self.w_max_max)
+        check_rule(self, "lens_labels", "policies", len(self.policies) >= 1 and "lensnet" not in self.policies)
 
 
 class _NullSink:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from contract.config import RunConfig, apply_overrides
+from contract.config import RunConfig, apply_overrides, check_knobs, knob
 from engine.lensnet import FEATURE_NAMES, LensNet
 from studio.train.common import (
     Budget,
@@ -54,43 +54,33 @@ PREV = FEATURE_NAMES.index("prev_score")
 
 @dataclass(frozen=True)
 class LensTrainConfig:
-    steps: int = 600  # optimizer steps in total, across resumes
-    max_seconds: float = 0.0  # wall-clock cap on training, across resumes (0 = none)
-    states_per_step: int = 8  # labelled WC states per optimizer step
-    lr: float = 1e-3  # peak AdamW learning rate (warmup, then cosine decay)
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
-    grad_clip: float = 1.0  # max global gradient norm
-    rank_weight: float = 1.0  # weight of the pairwise ranking term
-    rank_sharpness: float = 5.0  # RankNet slope on score differences (scores live in [-1, 1])
-    rank_margin: float = 0.5  # rank only pairs whose labels differ by more than this many label scales
-    aux_weight: float = 0.3  # weight of the auxiliary target: the base model's attention utility of every entry
-    scale_quantile: float = 0.8  # label scale = this quantile of |u - state median| over the training set
-    val_share: float = 0.15  # share of states (the last ones) held out for validation
-    log_every: int = 20  # steps between progress lines (validation every 5th line)
-    save_every_s: float = 60.0  # seconds between checkpoints (and one at the end)
-    seed: int = 0  # LensNet's initial weights and every draw of the run
+    steps: int = knob(600, "optimizer steps in total, across resumes", lo=1)
+    max_seconds: float = knob(0.0, "wall-clock cap on training, across resumes (0 = none)", lo=0)
+    states_per_step: int = knob(8, "labelled WC states per optimizer step", lo=1)
+    lr: float = knob(1e-3, "peak AdamW learning rate (warmup, then cosine decay)", lo=0, lo_open=True)
+    weight_decay: float = knob(0.01, "AdamW decoupled weight decay", lo=0)
+    grad_clip: float = knob(1.0, "max global gradient norm", lo=0, lo_open=True)
+    rank_weight: float = knob(1.0, "weight of the pairwise ranking term", lo=0)
+    rank_sharpness: float = knob(5.0, "RankNet slope on score differences (scores live in [-1, 1])", lo=0, lo_open=True)
+    rank_margin: float = knob(0.5, "rank only pairs whose labels differ by more than this many label scales", lo=0)
+    aux_weight: float = knob(
+        0.3, "weight of the auxiliary target: the base model's attention utility of every entry", lo=0
+    )
+    scale_quantile: float = knob(
+        0.8,
+        "label scale = this quantile of |u - state median| over the training set",
+        lo=0,
+        hi=1,
+        lo_open=True,
+        hi_open=True,
+    )
+    val_share: float = knob(0.15, "share of states (the last ones) held out for validation", lo=0, hi=1, hi_open=True)
+    log_every: int = knob(20, "steps between progress lines (validation every 5th line)", lo=1)
+    save_every_s: float = knob(60.0, "seconds between checkpoints (and one at the end)", lo=0, lo_open=True)
+    seed: int = knob(0, "LensNet's initial weights and every draw of the run", lo=0)
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.steps >= 1, "steps >= 1"),
-            (self.max_seconds >= 0, "max_seconds >= 0"),
-            (self.states_per_step >= 1, "states_per_step >= 1"),
-            (self.lr > 0, "lr > 0"),
-            (self.weight_decay >= 0, "weight_decay >= 0"),
-            (self.grad_clip > 0, "grad_clip > 0"),
-            (self.rank_weight >= 0, "rank_weight >= 0"),
-            (self.rank_sharpness > 0, "rank_sharpness > 0"),
-            (self.rank_margin >= 0, "rank_margin >= 0"),
-            (self.aux_weight >= 0, "aux_weight >= 0"),
-            (0.0 < self.scale_quantile < 1.0, "scale_quantile in (0, 1)"),
-            (0.0 <= self.val_share < 1.0, "val_share in [0, 1)"),
-            (self.log_every >= 1, "log_every >= 1"),
-            (self.save_every_s > 0, "save_every_s > 0"),
-            (self.seed >= 0, "seed >= 0"),
-        ]
-        for ok, rule in checks:
-            if not ok:
-                raise ValueError(f"lensnet training: {rule} is required")
+        check_knobs(self, "lensnet_train")
 
 
 def usable(states: list[dict]) -> list[dict]:
