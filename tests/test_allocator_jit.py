@@ -191,7 +191,7 @@ def test_numpy_scalar_knobs_fall_back_to_the_reference():
 
 
 def test_read_only_inputs_share_the_one_compiled_specialisation():
-    from engine.allocator_jit import _pipeline, _plan
+    from engine.allocator_jit_stages import _pipeline, _plan
 
     wc = WorkingContext.empty(32, 2).advance(30 * 32 + 5)
     raw, lod, index = _uniform(5)(0, wc), wc.lod.copy(), wc.index.copy()
