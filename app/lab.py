@@ -5,7 +5,8 @@ raw scores) measured as it runs by `studio.measure.replan`, which computes the m
 binned LOD timeline step by step without building per-entry tables (the same numbers as
 `telemetry.metrics` on the replay's tables; tests hold them equal). `measure(steps, entries,
 decisions, block_size, tau)` computes the recorded side from the recorded tables with
-`telemetry.metrics`, so identical knobs give identical numbers. `LAB_KNOBS` lists the page's knobs.
+`telemetry.run_metrics.summarize`, so identical knobs give identical numbers.
+`LAB_KNOBS` lists the page's knobs.
 
 Pure: no streamlit, no files (saving a replay run is `studio.replay.replay_run`).
 """
@@ -26,9 +27,10 @@ from contract.config import RunConfig, apply_overrides, changed_knobs
 from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayError, ReplayStats, replay_fast
 from studio.measure import replan as replan_measured
 from studio.replay import load_recording, replay_run
-from telemetry import metrics
+from telemetry import registry, run_metrics
+from telemetry.heatmap import heatmap_of_table
 from telemetry.memory import LAB_ENTRIES, ArrowSink
-from telemetry.reader import RunReadError, heatmap_of_table
+from telemetry.runs import RunReadError
 
 # The knobs the page shows, in this order, by their one name. Type, range and meaning come from the
 # knob's declaration (`contract.config.knob_spec`), not from here.
@@ -49,7 +51,7 @@ LAB_KNOBS: tuple[str, ...] = (
 
 # Metric rows of the comparison table: (summary key, label), from the one registry. A fast re-plan has
 # no base model, so the metrics that need its NLL are left out.
-SUMMARY_METRICS: tuple[tuple[str, str], ...] = tuple((m.key, m.title) for m in metrics.METRICS if not m.nll)
+SUMMARY_METRICS: tuple[tuple[str, str], ...] = tuple((m.key, m.title) for m in registry.METRICS if not m.nll)
 
 # Columns of the decisions table the metrics read (the metrics count applied edits only).
 _DECISION_COLS = ("step", "iteration", "node_id", "lod_from", "lod_to", "action", "outcome", "seq")
@@ -145,9 +147,9 @@ def _series(t: pa.Table, col: str) -> np.ndarray:
 
 
 def measure(steps: pa.Table, entries: pa.Table, decisions: pa.Table, block_size: int, tau: float) -> LabResult:
-    """The lab's metrics over one side's tables: `telemetry.metrics.summarize`, the code behind the
+    """The lab's metrics over one side's tables: `telemetry.run_metrics.summarize`, the code behind the
     CLI's and the Metrics page's `summary`, so the same run gives the same numbers everywhere."""
-    s = metrics.summarize(steps, decisions, [entries], block_size=block_size, tau=tau)
+    s = run_metrics.summarize(steps, decisions, [entries], block_size=block_size, tau=tau)
     summary = {key: s.numbers[key] for key, _ in SUMMARY_METRICS}
     per_step = _per_step(steps, s.swap_rate, s.oscillation_events, s.locality, s.utilization, s.coherence)
     return LabResult(summary=summary, per_step=per_step)

@@ -24,8 +24,9 @@ import streamlit as st
 from app import paths
 from contract import nodes
 from contract.config import RunConfig
-from telemetry import metrics
-from telemetry.reader import Run, RunReadError, list_runs, load_manifest
+from telemetry import metrics, registry, run_metrics
+from telemetry.reader import Run
+from telemetry.runs import RunReadError, list_runs, load_manifest
 
 MAX_CELLS = 250_000  # heatmap cells sent to the browser, all traces of a figure together
 MAX_POINTS = 2_000  # points per metric line: more than a screen shows
@@ -155,8 +156,8 @@ _RUN_COLUMNS = (
     "path",
 )
 # The metric registry as pages read it (pages import the query layer, not telemetry).
-HEADLINE = metrics.HEADLINE  # the Runs table's metric columns
-METRICS, LINES, LINE_NAMES = metrics.METRICS, metrics.LINES, metrics.LINE_NAMES
+HEADLINE = registry.HEADLINE  # the Runs table's metric columns
+METRICS, LINES, LINE_NAMES = registry.METRICS, registry.LINES, registry.LINE_NAMES
 
 
 @st.cache_resource(show_spinner=False)
@@ -167,12 +168,12 @@ def _summaries() -> dict:
 
 
 def summary(path: str, ver: str) -> dict:
-    """`telemetry.metrics.summary` of the run (headline numbers, worst nodes as a list of dicts), cached."""
+    """`telemetry.run_metrics.summary` of the run (headline numbers, worst nodes as a list of dicts), cached."""
     known = _summaries()
     if (path, ver) not in known:
         if len(known) >= 128:  # a live run makes a new version every few seconds: forget the oldest
             known.pop(next(iter(known)))
-        known[(path, ver)] = metrics.summary(get_run(path))
+        known[(path, ver)] = run_metrics.summary(get_run(path))
     return known[(path, ver)]
 
 
@@ -273,8 +274,8 @@ def _thin(df: pd.DataFrame, max_points: int) -> pd.DataFrame:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def series(path: str, ver: str, name: str, max_points: int = MAX_POINTS) -> pd.DataFrame:
-    """`telemetry.metrics.series(run, name)` as a DataFrame thinned to `max_points` rows."""
-    df = _df(metrics.series(get_run(path), name))
+    """`telemetry.run_metrics.series(run, name)` as a DataFrame thinned to `max_points` rows."""
+    df = _df(run_metrics.series(get_run(path), name))
     if name == "sequential" and not df.empty:
         # One row per consecutive pair of expansions: the share per step is what a line can show.
         df = df.groupby("step", as_index=False)["sequential"].mean()
@@ -302,7 +303,7 @@ def worst_nodes(path: str, ver: str, top: int = 10, osc_window: int = 5) -> pd.D
 @st.cache_data(max_entries=64, show_spinner=False)
 def residency_lengths(path: str, ver: str) -> pd.DataFrame:
     """How many closed residency runs last each number of steps (a histogram's data)."""
-    runs = _df(metrics.residency_runs_of(get_run(path)))  # batch by batch: bounded memory on long runs
+    runs = _df(run_metrics.residency_runs_of(get_run(path)))  # batch by batch: bounded memory on long runs
     closed = runs[~runs["open"]] if not runs.empty else runs
     if closed.empty:
         return pd.DataFrame({"length": pd.Series(dtype="int64"), "runs": pd.Series(dtype="int64")})
@@ -314,8 +315,8 @@ def compare_table(a: dict, b: dict, names: tuple[str, str]) -> pd.DataFrame:
     """Every metric of the registry (and the step count) for two runs side by side: `b - a`, and
     which run is better where the metric has a better direction and the two differ."""
     rows = []
-    for key in ("steps", *(m.key for m in metrics.METRICS)):
-        m = metrics.METRIC.get(key)
+    for key in ("steps", *(m.key for m in registry.METRICS)):
+        m = registry.METRIC.get(key)
         va, vb = a.get(key), b.get(key)
         delta = vb - va if isinstance(va, int | float) and isinstance(vb, int | float) else None
         better = ""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from app import paths
 from contract.config import SCORER_NAMES, RunConfig, apply_overrides
-from telemetry.reader import RunReadError, derive_status, load_manifest
+from telemetry.runs import RunReadError, derive_status, load_manifest
 
 MAX_INPUT_BYTES = 20 * 1024 * 1024  # the same cap as the upload widget (.streamlit/config.toml maxUploadSize)
 MODELS = ("tiny", "default")  # or a local Hugging Face folder

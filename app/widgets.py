@@ -14,7 +14,8 @@ from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
 from app import paths, state
 from app.queries import get_run, key
-from telemetry.reader import Run, RunReadError
+from telemetry.reader import Run
+from telemetry.runs import RunReadError
 
 
 def open_run(name: str = state.RUN) -> Run | None:

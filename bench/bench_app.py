@@ -170,7 +170,7 @@ def main() -> None:
         "other_pages": others,
         "targets": {"timeline_open_warm_s": 2.0, "scrubber_redraw_s": 0.5, "max_cells": 250_000},
         "method": "streamlit.testing.v1.AppTest, in-process; warm = best of 3 fresh sessions with hot caches",
-        "notes": "metrics cold is almost all telemetry.metrics.summary and the series on the full entries table "
+        "notes": "metrics cold is almost all telemetry.run_metrics.summary and the series on the full entries table "
         "(adjacency and residency over every entry row); it is computed once per run and cached. The machine is "
         "shared: see the load average.",
     }

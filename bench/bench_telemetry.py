@@ -9,7 +9,7 @@ timed; the time reported is the sink's alone (conversion, schema checks, Parquet
 
 (b) Times on that run, each with a fresh `Run` (cold: every part footer is checked once) and then
 again on the same `Run` (warm, the best of `--repeat`): the LOD timeline binned at 1000x400 and
-1920x1080, every metric series of `telemetry.metrics.SERIES`, the summary, and `python -m
+1920x1080, every metric series of `telemetry.run_metrics.SERIES`, the summary, and `python -m
 telemetry metrics` end to end. Target: at most 1 s each.
 
 The run is generated once into `--run-dir` (default: a folder under the temp dir) and reused while
@@ -48,7 +48,7 @@ from contract.events import (  # noqa: E402
     RunStarted,
     StepRecorded,
 )
-from telemetry import metrics  # noqa: E402
+from telemetry import run_metrics  # noqa: E402
 from telemetry.reader import Run  # noqa: E402
 from telemetry.writer import ParquetSink  # noqa: E402
 
@@ -246,9 +246,9 @@ def read_ops() -> dict:
         "lod_timeline 1000x400": lambda r: r.lod_timeline(1000, 400),
         "lod_timeline 1920x1080": lambda r: r.lod_timeline(1920, 1080),
     }
-    for name in metrics.SERIES:
-        ops[f"series {name}"] = lambda r, n=name: metrics.series(r, n)
-    ops["summary"] = lambda r: metrics.summary(r)
+    for name in run_metrics.SERIES:
+        ops[f"series {name}"] = lambda r, n=name: run_metrics.series(r, n)
+    ops["summary"] = lambda r: run_metrics.summary(r)
     return ops
 
 

@@ -8,7 +8,7 @@ into `bins` bins, `bins <= extent`:
 - bin `b` covers `[bin_start(b), bin_start(b + 1))`, where `bin_start(b) = lo + ceil(b * extent / bins)`.
 
 So every bin holds at least one value, and with `bins == extent` each value is its own bin. The LOD
-timeline's three binners use this module: the reader's SQL (`telemetry.reader.Run.span_heatmap`),
+timeline's three binners use this module: the reader's SQL (`telemetry.heatmap`, behind `Run.span_heatmap`),
 the Knobs lab's one-pass measure (`studio.measure`, compiled) and every cell table's edges.
 """
 

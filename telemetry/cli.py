@@ -11,8 +11,9 @@ copy, a symbolic link: see `telemetry.reader.Run.parts`) is reported as a `warni
 line on stderr (and, for `metrics`, under the `problems` key), and `metrics` and `export` then exit
 with 3: the output is written, but from part of the run.
 
-This module only parses arguments and formats output: reading is `telemetry.reader`, the numbers
-are `telemetry.metrics`. Like the rest of `telemetry/` it never imports torch, so it starts fast.
+This module only parses arguments and formats output: reading is `telemetry.reader` (a folder of
+runs: `telemetry.runs`), the numbers are `telemetry.run_metrics`. Like the rest of `telemetry/` it
+never imports torch, so it starts fast.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from telemetry import metrics
-from telemetry.reader import Run, RunReadError, list_runs
+from telemetry import run_metrics
+from telemetry.reader import Run
+from telemetry.runs import RunReadError, list_runs
 from telemetry.schema import TABLES, SchemaError
 from telemetry.writer import MANIFEST
 
@@ -76,7 +78,7 @@ def cmd_metrics(args) -> int:
     if args.osc_window < 1:
         raise UsageError(f"--osc-window must be >= 1, got {args.osc_window}")
     run = Run(args.run_dir)
-    summary = metrics.summary(run, osc_window=args.osc_window)
+    summary = run_metrics.summary(run, osc_window=args.osc_window)
     summary["problems"] = list(run.problems)
     _warn(run)
     print(json.dumps(_jsonable(summary), indent=args.indent))

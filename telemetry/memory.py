@@ -1,10 +1,10 @@
 """`ArrowSink`: collect a session's (or a replay's) events as in-memory Arrow tables.
 
 The same typed columns as a run folder, without files: the knobs lab re-plans a recording with
-new knobs into an `ArrowSink` and hands its tables straight to `telemetry.metrics`. Events are
-buffered as numpy arrays and converted once per column when a table is asked for (thousands of
-small conversions cost more than the re-planning itself); the conversion applies the schema, so a
-value that does not fit its column still raises. Nodes, gists and lifecycle events are ignored.
+new knobs into an `ArrowSink` and hands its tables straight to `telemetry.run_metrics.summarize`.
+Events are buffered as numpy arrays and converted once per column when a table is asked for
+(thousands of small conversions cost more than the re-planning itself); the conversion applies the
+schema, so a value that does not fit its column still raises. Nodes, gists and lifecycle events are ignored.
 
 `columns` keeps only some columns of a table (e.g. the knobs lab needs only what the metrics read:
 `ArrowSink(columns={"entries": LAB_ENTRIES})`); the table then has just those, in schema order, with
@@ -29,8 +29,8 @@ from contract.events import (
     RunStarted,
     StepRecorded,
 )
+from telemetry.event_columns import _columns
 from telemetry.schema import SCHEMAS, field_array, numpy_dtype
-from telemetry.writer import _columns
 
 KEPT = ("steps", "entries", "decisions", "attention", "lens_attention")
 LAB_ENTRIES = ("step", "iteration", "node_id", "lod", "start", "end", "score")  # what telemetry.metrics reads

@@ -1,4 +1,4 @@
-"""Read recorded runs: list a folder of runs, query a run's tables with DuckDB, bin heatmaps server-side.
+"""`Run`: read one recorded run's tables with DuckDB, and bin its heatmaps server-side.
 
 Queries run in an in-memory DuckDB over `read_parquet([...], union_by_name=true)`. The part files
 are enumerated here, never globbed by DuckDB: only `*.parquet` files inside a table folder are read,
@@ -10,7 +10,8 @@ against the public contract (`schema.check_part_schema`) and against its run: it
 this run's id, its table and the number in its file name (see `Run.parts`). A part that is not
 Parquet, is truncated, is some other table's or run's file, a copy, or a symbolic link is skipped
 and its one-line reason (naming the file) is added to `run.problems`, so the rest of the run stays
-readable; `strict=True` raises `RunReadError` instead. Listing never follows a symbolic link.
+readable; `strict=True` raises `RunReadError` instead. Listing never follows a symbolic link. The
+checks of one part file are `telemetry.parts`; `Run` applies them, caches them and keeps the list.
 
 The cut: every table other than `steps` is read up to `Run.last_step()`, the last step with a steps
 row, so that a recorder stopped between two part writes (or mid-step) leaves no orphan rows in any
@@ -19,20 +20,16 @@ join (docs/SCHEMA.md, "A stopped run"). `Run.source(table)` gives that cut FROM-
 Memory: DuckDB runs under `DUCKDB_MEMORY` (spilling to a temporary folder beyond it) and
 `Run.batches` streams a table in whole steps, so reading a run of any length stays bounded.
 
-This module does not write runs and does not compute metrics (it delegates to `telemetry.metrics`).
+This module does not list a folder of runs nor check a manifest (`telemetry.runs`), does not build
+the heatmap SQL (`telemetry.heatmap`), does not write runs and does not compute metrics (it delegates
+to `telemetry.run_metrics`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-import json
 import os
-import re
-import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -40,182 +37,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from telemetry import binning, metrics
-from telemetry.schema import SCHEMA_VERSION, SCHEMAS, TABLES, SchemaError, check_part_schema
-from telemetry.writer import MANIFEST, PART_RUN_ID, PART_SEQ, PART_TABLE, part_name
+from telemetry import run_metrics
+from telemetry.heatmap import _HEATMAP, _bin_entries, _quote
+from telemetry.parts import _PART, _foreign, _max_step, _missing, _Part, _part_key, _read_columns
+from telemetry.runs import STALE_AFTER_S, RunReadError, derive_status, load_manifest
+from telemetry.schema import SCHEMAS, TABLES, SchemaError, check_part_schema
 
 DUCKDB_MEMORY = "1GB"  # per open run; the app holds a few, the CLI one
-STALE_AFTER_S = 30.0  # a recording whose heartbeat is older than this is reported as interrupted
-_PART = re.compile(r"part-(\d+)\.parquet")
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Range = tuple[int, int] | None  # (first, last) step inclusive; (start, end) tokens half-open
-
-
-class RunReadError(Exception):
-    """A run (or one of its files) cannot be read; the one-line message names the file and why."""
-
-
-def load_manifest(run_dir: str | os.PathLike) -> dict:
-    """The run's manifest, or RunReadError saying what is wrong with the folder (one line naming the
-    file, and the field when one field is wrong)."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise RunReadError(f"{path}: not a run folder (no such directory)")
-    mpath = path / MANIFEST
-    if not mpath.exists():
-        if not any(path.iterdir()):
-            raise RunReadError(f"{path}: empty folder, not a run (no {MANIFEST})")
-        raise RunReadError(f"{path}: not a run (no {MANIFEST})")
-    if mpath.is_symlink():
-        raise RunReadError(f"{mpath}: a symbolic link, not followed")
-    try:
-        m = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise RunReadError(f"{mpath}: unreadable ({type(e).__name__})") from None
-    except json.JSONDecodeError as e:
-        raise RunReadError(f"{mpath}: corrupt JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(m, dict) or type(m.get("schema_version")) is not int:
-        raise RunReadError(f"{mpath}: no integer schema_version, not a MegaContext run manifest")
-    if m["schema_version"] > SCHEMA_VERSION:
-        raise RunReadError(
-            f"{mpath}: schema_version {m['schema_version']} is newer than this reader's {SCHEMA_VERSION}; "
-            "upgrade MegaContext Studio to read it"
-        )
-    if m["schema_version"] < 1:
-        raise RunReadError(f"{mpath}: schema_version {m['schema_version']} is not a version (1 to {SCHEMA_VERSION})")
-    for name, (types, what) in _FIELDS.items():
-        v = m.get(name)
-        if v is not None and (type(v) not in types or (int in types and v < 0)):
-            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
-            raise RunReadError(f"{mpath}: field {name!r} is {shown}, expected {what}")
-    if m.get("status") not in STATUSES:
-        raise RunReadError(f"{mpath}: field 'status' is {m.get('status')!r}, expected one of {', '.join(STATUSES)}")
-    return m
-
-
-STATUSES = ("recording", "complete", "failed")  # as written; `interrupted` is derived by the reader
-# Manifest fields a reader relies on: their JSON types (absent or null is allowed: older writers).
-_TEXT = ((str,), "text")
-_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "tokens": ((int,), "a whole number >= 0"),
-    "steps": ((int,), "a whole number >= 0"),
-    "run_id": _TEXT,
-    "scorer": _TEXT,
-    "input": _TEXT,
-    "created_at": _TEXT,
-    "updated_at": _TEXT,
-    "heartbeat_at": _TEXT,
-    "error": _TEXT,
-    "parent": _TEXT,
-    "config": ((dict,), "an object"),
-    "config_flat": ((dict,), "an object"),
-    "model": ((dict,), "an object"),
-    "tables": ((dict,), "an object"),
-    "timings": ((dict,), "an object"),
-}
 
 
 def _duckdb_temp() -> str:
     return os.path.join(tempfile.gettempdir(), f"megacontext-duckdb-{os.getuid()}")
-
-
-def derive_status(manifest: dict, stale_after: float = STALE_AFTER_S, now: dt.datetime | None = None) -> str:
-    """`recording` turns into `interrupted` when the heartbeat is older than `stale_after` seconds."""
-    status = manifest.get("status", "invalid")
-    if status != "recording":
-        return status
-    stamp = manifest.get("heartbeat_at") or manifest.get("updated_at") or manifest.get("created_at")
-    try:
-        beat = dt.datetime.fromisoformat(stamp)
-    except (TypeError, ValueError):
-        return "interrupted"  # a recording with no readable heartbeat cannot be shown as live
-    if beat.tzinfo is None:
-        beat = beat.replace(tzinfo=dt.UTC)
-    age = ((now or dt.datetime.now(dt.UTC)) - beat).total_seconds()
-    return "interrupted" if age > stale_after else "recording"
-
-
-def _folder_bytes(path: Path) -> int:
-    """Bytes of the files under `path`; symbolic links are neither followed nor counted."""
-    total = 0
-    for root, _, files in os.walk(path):  # os.walk does not descend into linked folders
-        for f in files:
-            try:
-                st = os.lstat(os.path.join(root, f))
-            except OSError:  # a staging file moved away while we walked
-                continue
-            if not stat.S_ISLNK(st.st_mode):
-                total += st.st_size
-    return total
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    name: str
-    path: Path
-    status: str  # recording | complete | failed | interrupted | invalid
-    problem: str | None = None  # one line, for invalid runs
-    size_bytes: int = 0
-    scorer: str | None = None
-    tokens: int = 0
-    steps: int = 0
-    created_at: str | None = None
-    heartbeat_at: str | None = None
-    error: str | None = None
-    parent: str | None = None
-    config_flat: dict = field(default_factory=dict)
-
-
-def list_runs(root: str | os.PathLike, *, stale_after: float = STALE_AFTER_S) -> list[RunInfo]:
-    """Every sub-folder of `root` as a RunInfo, sorted by name; bad ones are `invalid` with a `problem`.
-
-    Each run is read on its own: a bad manifest (or a bad field in one) marks that run invalid and
-    names the file, the others are listed as usual. A symbolic link is listed as invalid and not
-    followed (neither to list nor to size it), whatever it points to."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    out = []
-    for path in sorted(p for p in root.iterdir() if not p.name.startswith((".", "_"))):
-        if path.is_symlink():
-            out.append(RunInfo(path.name, path, "invalid", problem=f"{path}: a symbolic link, not followed"))
-            continue
-        if not path.is_dir():
-            continue
-        size = _folder_bytes(path)
-        try:
-            m = load_manifest(path)
-        except RunReadError as e:
-            out.append(RunInfo(path.name, path, "invalid", problem=str(e), size_bytes=size))
-            continue
-        out.append(
-            RunInfo(
-                name=path.name,
-                path=path,
-                status=derive_status(m, stale_after),
-                size_bytes=size,
-                scorer=m.get("scorer"),
-                tokens=m.get("tokens") or 0,
-                steps=m.get("steps") or 0,
-                created_at=m.get("created_at"),
-                heartbeat_at=m.get("heartbeat_at"),
-                error=m.get("error"),
-                parent=m.get("parent"),
-                config_flat=dict(m.get("config_flat") or {}),
-            )
-        )
-    return out
-
-
-def _part_key(p: Path) -> tuple:
-    m = _PART.fullmatch(p.name)
-    return (0, int(m.group(1)), "") if m else (1, 0, p.name)
-
-
-def _quote(name: str) -> str:
-    if not _IDENT.fullmatch(name):
-        raise ValueError(f"bad column name {name!r}")
-    return f'"{name}"'
 
 
 class Run:
@@ -515,167 +348,11 @@ class Run:
     # -------------------------------------------------------------------------------- metrics
 
     def metric_series(self, name: str, **kwargs) -> pa.Table:
-        """A per-step metric table (see `telemetry.metrics.SERIES`)."""
-        return metrics.series(self, name, **kwargs)
+        """A per-step metric table (see `telemetry.run_metrics.SERIES`)."""
+        return run_metrics.series(self, name, **kwargs)
 
     def summary(self) -> dict:
-        return metrics.summary(self)
-
-
-def _bin_entries(sql, entries: str, base: dict, column: str, width: int, height: int, step_range, token_range,
-                 agg: str) -> pa.Table:  # fmt: skip
-    """The heatmap query of `Run.span_heatmap` over the FROM-item `entries` (its parameters in `base`,
-    `$it` the iteration), run by `sql(query, params)`; ranges given, agg checked."""
-    (s0, s1), (t0, t1) = (int(v) for v in step_range), (int(v) for v in token_range)
-    if s1 < s0 or t1 <= t0:
-        return _HEATMAP.empty_table()
-    n, span = s1 - s0 + 1, t1 - t0
-    w, h = min(width, span), min(height, n)
-    value = {"mean": "sum(v * ov) / sum(ov * c)", "min": "min(v)", "max": "max(v)"}[agg]
-    v_of = {"mean": "sum(v)", "min": "min(v)", "max": "max(v)"}[agg]
-    # r: entries of the same span within one step bin (most of them: a gist stays put for many
-    # steps) are merged first, whatever their values, into a count `c` and their sum (or min, or
-    # max) `v`, so the spreading over token bins below runs once per (step bin, span), not once
-    # per step. A mean is then sum(v * overlap) / sum(overlap * c): exact, not an approximation.
-    # The bin geometry is `telemetry.binning`'s, as SQL: x over tokens [t0, t1), y over steps [s0, s1].
-    x_of = functools.partial(binning.sql_bin_of, lo="$t0", extent="$span", bins="$w")
-    x_start = functools.partial(binning.sql_bin_start, lo="$t0", extent="$span", bins="$w")
-    y_start = functools.partial(binning.sql_bin_start, lo="$s0", extent="$n", bins="$h")
-    q = f"""
-    WITH r AS (
-        SELECT {binning.sql_bin_of("step", "$s0", "$n", "$h")} AS yb, {v_of} AS v, s, e, count(*) AS c
-        FROM (
-            SELECT step, {_quote(column)}::DOUBLE AS v, greatest(start, $t0) AS s, least("end", $t1) AS e
-            FROM {entries}
-            WHERE iteration = $it AND step BETWEEN $s0 AND $s1 AND "end" > $t0 AND start < $t1
-        )
-        GROUP BY yb, s, e
-    ), e AS (
-        SELECT yb, v, c, s, e, {x_of("s")} AS x0, {x_of("e - 1")} AS x1 FROM r
-    ), b AS (  -- most entries fall in one token bin: only the others are spread with generate_series
-        SELECT yb, v, c, s, e, x0 AS xb FROM e WHERE x0 = x1
-        UNION ALL
-        SELECT yb, v, c, s, e, unnest(generate_series(x0, x1)) AS xb FROM e WHERE x0 < x1
-    ), o AS (
-        SELECT xb, yb, v, c,
-            least(e, {x_start("(xb + 1)")}) - greatest(s, {x_start("xb")}) AS ov
-        FROM b
-    )
-    SELECT xb::INTEGER AS x_bin, yb::INTEGER AS y_bin,
-        {x_start("xb")}::BIGINT AS token_lo,
-        {x_start("(xb + 1)")}::BIGINT AS token_hi,
-        {y_start("yb")}::INTEGER AS step_lo,
-        ({y_start("(yb + 1)")} - 1)::INTEGER AS step_hi,
-        ({value})::FLOAT AS value, sum(ov * c)::BIGINT AS weight
-    FROM o GROUP BY xb, yb ORDER BY yb, xb
-    """
-    params = {**base, "s0": s0, "s1": s1, "t0": t0, "t1": t1, "n": n, "span": span, "w": w, "h": h}
-    return sql(q, params).cast(_HEATMAP)
-
-
-def heatmap_of_table(entries: pa.Table, column: str, width: int, height: int, step_range: tuple[int, int],
-                     token_range: tuple[int, int], *, agg: str = "mean", iteration: int = 0) -> pa.Table:  # fmt: skip
-    """`Run.span_heatmap` over an in-memory entries table (e.g. a re-plan's): the same query, so the
-    same cells as a run folder holding those rows."""
-    if agg not in ("mean", "min", "max"):
-        raise ValueError(f"agg must be one of mean, min, max; got {agg!r}")
-    con = duckdb.connect()
-    con.register("_mc_entries", entries)
-    try:
-        run_sql = lambda q, params: con.sql(q, params=params).to_arrow_table()  # noqa: E731
-        return _bin_entries(run_sql, "_mc_entries", {"it": iteration}, column, width, height, step_range,
-                            token_range, agg)  # fmt: skip
-    finally:
-        con.close()
-
-
-@dataclass
-class _Part:
-    """What one check of a part file found (cached per path, by size and mtime)."""
-
-    key: tuple[int, int]
-    problem: str | None
-    schema: pa.Schema | None
-    rows: int
-    max_step: int | None  # from the footer's statistics; None if it has none
-
-
-def _foreign(path: Path, table: str, meta: dict, manifest: dict, schema: pa.Schema) -> str | None:
-    """Why a readable part of `table` does not belong to this run, or None. Runs recorded before
-    parts carried a run id (no `run_id` in the manifest) are not checked."""
-    run_id = manifest.get("run_id")
-    if not run_id:
-        return None
-    got = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in meta.items()}
-    rid, tab, seq = got.get(PART_RUN_ID), got.get(PART_TABLE), got.get(PART_SEQ)
-    if rid is None:
-        return f"{path}: not written by this run's recorder (no run id in its metadata)"
-    if rid != run_id:
-        return f"{path}: a part of another run (run id {rid[:12]}, this run's is {run_id[:12]})"
-    if tab != table:
-        return f"{path}: a part of the {tab} table, not of {table}"
-    number = int(_PART.fullmatch(path.name).group(1))
-    if seq != str(number):
-        return f"{path}: holds part {seq} of {table}, not part {number} (a copy or a renamed part)"
-    written = ((manifest.get("tables") or {}).get(table) or {}).get("columns")
-    if isinstance(written, list):
-        extra = [n for n in schema.names if n not in written]
-        if extra:
-            return f"{path}: has column {extra[0]!r}, which this run's recorder did not write"
-    return None
-
-
-def _missing(folder: Path, found: list[Path], manifest: dict) -> list[str]:
-    """One line naming the parts a recorder wrote that are not in `folder` (empty if none): it numbers
-    parts 1, 2, ... and records the count in the manifest after writing them, so every number up to
-    that count must be there. Only for runs with a run id."""
-    recorded = ((manifest.get("tables") or {}).get(folder.name) or {}).get("parts")
-    if not manifest.get("run_id") or type(recorded) is not int:
-        return []
-    have = {int(m.group(1)) for p in found if (m := _PART.fullmatch(p.name))}
-    gone = [k for k in range(1, recorded + 1) if k not in have]
-    if not gone:
-        return []
-    names = ", ".join(part_name(k) for k in gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
-    return [f"{folder}: missing {names} (the recorder wrote parts 1 to {recorded})"]
-
-
-def _max_step(meta: pq.FileMetaData, schema: pa.Schema) -> int | None:
-    """The largest `step` in a part, from its row groups' statistics (None if any lacks them)."""
-    idx = schema.get_field_index("step")
-    if meta.num_rows == 0:
-        return -1
-    top = None
-    for g in range(meta.num_row_groups):
-        st = meta.row_group(g).column(idx).statistics
-        if st is None or not st.has_min_max:
-            return None
-        top = st.max if top is None else max(top, st.max)
-    return top
-
-
-def _read_columns(path: Path, schema: pa.Schema) -> pa.Table:
-    """`schema`'s columns of one part file; a column the file lacks reads as nulls."""
-    f = pq.ParquetFile(path)
-    have = [n for n in schema.names if f.schema_arrow.get_field_index(n) >= 0]
-    t = f.read(columns=have)
-    cols = [t.column(n).cast(fl.type) if n in have else pa.nulls(t.num_rows, fl.type) for n, fl in
-            zip(schema.names, schema, strict=True)]  # fmt: skip
-    return pa.Table.from_arrays(cols, schema=schema.with_metadata(None))
-
-
-_HEATMAP = pa.schema(
-    [
-        ("x_bin", pa.int32()),
-        ("y_bin", pa.int32()),
-        ("token_lo", pa.int64()),
-        ("token_hi", pa.int64()),
-        ("step_lo", pa.int32()),
-        ("step_hi", pa.int32()),
-        ("value", pa.float32()),
-        ("weight", pa.int64()),
-    ]
-)
+        return run_metrics.summary(self)
 
 
 def _conform(table: str, data: pa.Table) -> pa.Table:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from telemetry import metrics
+from telemetry import run_metrics
 from telemetry.reader import Run
 from tests.app_fixtures import charts, clean, decode, frame_with, open_page, point_app_at, run_roots, texts
 from tests.telemetry_fixtures import per_token_lod
@@ -46,8 +46,8 @@ def test_metric_table_deltas(roots):
     at = open_page("compare", run="samples/small", run2="samples/replay", step=1)
     clean(at)
     t = frame_with(at, "metric", "delta").set_index("metric")
-    a = metrics.summary(Run(roots["samples"] / "small"))
-    b = metrics.summary(Run(roots["samples"] / "replay"))
+    a = run_metrics.summary(Run(roots["samples"] / "small"))
+    b = run_metrics.summary(Run(roots["samples"] / "replay"))
     for m in ("swap_rate", "utilization", "ping_pongs_per_edit", "applied_edits"):
         assert t.loc[m, "samples/small"] == pytest.approx(a[m])
         assert t.loc[m, "delta"] == pytest.approx(b[m] - a[m])

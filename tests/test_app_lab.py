@@ -11,9 +11,10 @@ from streamlit.testing.v1 import AppTest
 
 from app import lab
 from studio.replay import load_recording, replay_run
-from telemetry import metrics
+from telemetry import run_metrics
+from telemetry.heatmap import heatmap_of_table
 from telemetry.memory import LAB_ENTRIES
-from telemetry.reader import Run, heatmap_of_table
+from telemetry.reader import Run
 from tests.lab_fixtures import REPO, THRASH, record
 
 PAGE = str(REPO / "app" / "views" / "knobs_lab.py")
@@ -69,7 +70,7 @@ def test_recorded_knobs_give_zero_deltas_and_the_recorded_metrics(env):
     df = table(at)
     assert len(df) == len(lab.SUMMARY_METRICS)
     assert all(d == 0 for d in df["delta"].dropna()) and df["delta"].notna().sum() >= 8
-    s = metrics.summary(Run(env / "src" / "rec"))  # the metrics module's own numbers for the recording
+    s = run_metrics.summary(Run(env / "src" / "rec"))  # the metrics module's own numbers for the recording
     labels = dict(lab.SUMMARY_METRICS)
     for key in ("swap_rate", "ping_pongs_per_edit", "locality", "sequential_score", "residency_mean", "utilization",
                 "coherence", "adjacent_share"):  # fmt: skip
@@ -89,7 +90,7 @@ def test_moving_cooldown_and_tau_replans_like_engine_replay(env, tmp_path):
     # Independently: the engine's replay into a run folder, then the metrics module on that folder.
     out = tmp_path / "direct"
     replay_run(env / "src" / "rec", out, ["allocator.cooldown_steps=6", "allocator.tau_expand=0.5"])
-    want = metrics.summary(Run(out))
+    want = run_metrics.summary(Run(out))
     for key, _ in lab.SUMMARY_METRICS:
         assert same(got[key], want[key]), (key, got[key], want[key])
     df = table(at)

@@ -1,4 +1,4 @@
-"""Metrics page (AppTest): every line is `telemetry.metrics.series` of the run, the tiles are its
+"""Metrics page (AppTest): every line is `telemetry.run_metrics.series` of the run, the tiles are its
 summary, and the worst-oscillating nodes link to the Timeline at their first ping-pong step."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from telemetry import metrics
+from telemetry import metrics, registry, run_metrics
 from telemetry.reader import Run
 from tests.app_fixtures import charts, clean, decode, open_page, point_app_at, run_roots, texts
 
@@ -38,13 +38,13 @@ def test_lines_are_the_metric_series(roots):
         ("Oscillation", "oscillation", "ping_pongs"),
         ("Locality", "locality", "locality"),
     ):
-        want = metrics.series(run, name)
+        want = run_metrics.series(run, name)
         tr = figs[title]["data"][0]
         assert decode(tr["x"]).tolist() == want.column("step").to_pylist(), title
         got = decode(tr["y"]).astype(float)
         exp = np.array([np.nan if v is None else v for v in want.column(col).to_pylist()], float)
         np.testing.assert_allclose(got, exp, rtol=1e-6, err_msg=title)
-    dn = metrics.series(run, "delta_nll")
+    dn = run_metrics.series(run, "delta_nll")
     tr = {t["name"]: t for t in figs["ΔNLL"]["data"]}
     exp = np.array([np.nan if v is None else v for v in dn.column("d_full").to_pylist()], float)
     np.testing.assert_allclose(decode(tr["vs full context"]["y"]).astype(float), exp, rtol=1e-6)
@@ -53,11 +53,11 @@ def test_lines_are_the_metric_series(roots):
 
 def test_tiles_are_the_summary(roots):
     at = open_page("metrics", run="samples/small")
-    s = metrics.summary(Run(roots["samples"] / "small"))
+    s = run_metrics.summary(Run(roots["samples"] / "small"))
     tiles = {m.label: m.value for m in at.metric}
     assert tiles["swap rate"] == f"{s['swap_rate']:.3f}"
     assert tiles["ping-pongs per edit"] == f"{s['ping_pongs_per_edit']:.3f}"  # labels are the registry's
-    assert set(tiles) - {"residency mean / p95"} <= {m.label for m in metrics.METRICS}
+    assert set(tiles) - {"residency mean / p95"} <= {m.label for m in registry.METRICS}
     assert tiles["utilization"] == f"{s['utilization']:.3f}"
     assert f"{s['applied_edits']} applied edits, {s['ping_pongs']} ping-pongs" in texts(at.caption)
 

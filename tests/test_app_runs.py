@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from telemetry import metrics
+from telemetry import run_metrics
 from telemetry.reader import Run
 from tests.app_fixtures import clean, frame_with, heartbeat, open_page, point_app_at, run_roots, texts
 
@@ -40,7 +40,7 @@ def test_lists_every_run_with_status_problem_lineage_and_metrics(roots):
     assert t.loc["samples/replay", "changed_knobs"] == "allocator.cooldown_steps=4"
     assert t.loc["samples/small", "steps"] == 8 and t.loc["samples/small", "scorer"] == "recency"
     assert t.loc["samples/small", "size_mb"] > 0
-    s = metrics.summary(Run(roots["samples"] / "small"))
+    s = run_metrics.summary(Run(roots["samples"] / "small"))
     assert t.loc["samples/small", "swap_rate"] == pytest.approx(s["swap_rate"])
     assert t.loc["samples/small", "ping_pongs_per_edit"] == pytest.approx(s["ping_pongs_per_edit"])
     assert t.loc["samples/live", "swap_rate"] is None or t["swap_rate"].isna()["samples/live"]  # live: not summarised

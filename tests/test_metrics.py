@@ -10,7 +10,8 @@ import pytest
 
 from contract import nodes
 from contract.config import RunConfig, apply_overrides
-from telemetry import metrics
+from telemetry import metrics, registry, run_metrics
+from telemetry.arrays import _first_iteration
 from telemetry.reader import Run
 from tests.telemetry_fixtures import events, record
 
@@ -249,7 +250,7 @@ def test_series_and_summary_on_a_recorded_run(tmp_path):
     assert s["delta_nll_full"] == pytest.approx(0.5, abs=1e-5) and s["delta_nll_recency"] == pytest.approx(-0.25)
     assert 0 < s["utilization"] < 1 and 0 <= s["locality"] <= 1 and s["residency_mean"] >= 1
     assert 0 < s["sequential_score"] <= 1 and 0 < s["adjacent_share"] <= 1
-    for name in metrics.SERIES:
+    for name in run_metrics.SERIES:
         assert run.metric_series(name).num_rows > 0, name
     with pytest.raises(ValueError, match="unknown metric"):
         run.metric_series("bogus")
@@ -262,18 +263,18 @@ def test_batched_metrics_equal_whole_table_metrics(tmp_path):
     record(tmp_path / "run", events(12, config=cfg), flush_rows=30)
     run = Run(tmp_path / "run")
     whole = run.table("entries")
-    first = metrics._first_iteration(whole)
+    first = _first_iteration(whole)
     dec = run.table("decisions")
     assert len(run.parts("entries")) > 3
     want = metrics.residency_runs(first)
     for rows in (1, 5, 17, 10**9):
-        got = metrics.residency_runs_of(run, rows=rows)
+        got = run_metrics.residency_runs_of(run, rows=rows)
         assert got.to_pylist() == want.to_pylist(), rows
-        assert metrics.summary(run, rows=rows) == metrics.summary(run, rows=10**9), rows
-    assert metrics.summary(run)["adjacent_share"] == metrics.adjacency(whole, dec)["share"]
-    assert metrics.summary(run)["residency_mean"] == metrics.residency(first)["mean"]
-    assert metrics.series(run, "locality").to_pylist() == metrics.locality(first).to_pylist()
-    assert metrics.series(run, "coherence").equals(metrics.coherence(first, dec, 0.05))
+        assert run_metrics.summary(run, rows=rows) == run_metrics.summary(run, rows=10**9), rows
+    assert run_metrics.summary(run)["adjacent_share"] == metrics.adjacency(whole, dec)["share"]
+    assert run_metrics.summary(run)["residency_mean"] == metrics.residency(first)["mean"]
+    assert run_metrics.series(run, "locality").to_pylist() == metrics.locality(first).to_pylist()
+    assert run_metrics.series(run, "coherence").equals(metrics.coherence(first, dec, 0.05))
 
 
 def test_the_registry_names_every_summary_number_and_series(tmp_path):
@@ -281,11 +282,11 @@ def test_the_registry_names_every_summary_number_and_series(tmp_path):
     pages and the Knobs lab: each key is a summary number, each line a series with those columns."""
     record(tmp_path / "run", events(6), flush_rows=50)
     run = Run(tmp_path / "run")
-    s = metrics.summary(run)
-    keys = [m.key for m in metrics.METRICS]
+    s = run_metrics.summary(run)
+    keys = [m.key for m in registry.METRICS]
     assert len(set(keys)) == len(keys) and set(keys) <= set(s)
-    assert all(m.better in ("lower", "higher", "") for m in metrics.METRICS)
-    assert metrics.HEADLINE == tuple(m.key for m in metrics.METRICS if m.headline)
-    for line in metrics.LINES:
-        assert line.series in metrics.SERIES
-        assert set(line.columns) <= set(metrics.series(run, line.series).column_names), line.series
+    assert all(m.better in ("lower", "higher", "") for m in registry.METRICS)
+    assert registry.HEADLINE == tuple(m.key for m in registry.METRICS if m.headline)
+    for line in registry.LINES:
+        assert line.series in run_metrics.SERIES
+        assert set(line.columns) <= set(run_metrics.series(run, line.series).column_names), line.series

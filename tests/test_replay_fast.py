@@ -21,8 +21,8 @@ from contract.events import EntriesRecorded, StepRecorded
 from engine.replay import Recording, replay_fast
 from studio.replay import _sorted_by_step_iteration, load_recording
 from telemetry import metrics
+from telemetry.arrays import _col, _per_step, _unique
 from telemetry.memory import LAB_ENTRIES, ArrowSink
-from telemetry.metrics import _col
 from telemetry.reader import Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,8 +169,8 @@ def test_per_step_sums_match(lab_tables):
     vals = (_col(ent, "lod") == 0).astype(np.float64)
     for steps in (np.unique(step), np.unique(step)[::2], np.unique(step)[5:-5], np.arange(0, 10_000)):
         want = np.array([vals[step == s].sum() for s in steps])  # the definition, one step at a time
-        assert np.array_equal(metrics._per_step(step, vals, steps), want)
-    assert np.array_equal(metrics._unique(step[::-1].copy()), np.unique(step))
+        assert np.array_equal(_per_step(step, vals, steps), want)
+    assert np.array_equal(_unique(step[::-1].copy()), np.unique(step))
 
 
 # ------------------------------------------------------------------------------------------ loading

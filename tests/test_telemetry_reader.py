@@ -15,7 +15,8 @@ import pytest
 
 from contract import nodes
 from contract.events import EntriesRecorded, StepRecorded
-from telemetry.reader import Run, RunReadError, list_runs
+from telemetry.reader import Run
+from telemetry.runs import RunReadError, list_runs
 from telemetry.writer import ParquetSink
 from tests.telemetry_fixtures import BS, events, per_token_lod, record, started
 

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from contract.events import StepRecorded
-from telemetry import cli, metrics
-from telemetry.reader import Run, RunReadError, list_runs
+from telemetry import cli, run_metrics
+from telemetry.reader import Run
+from telemetry.runs import RunReadError, list_runs
 from tests.telemetry_fixtures import events, record
 
 N = 8
@@ -119,7 +120,7 @@ def test_a_truncated_steps_part_is_named_and_the_tables_are_cut_at_the_gap(runs,
     assert top == max(steps["step"].to_pylist())
     for table in ("entries", "decisions", "nodes", "gists", "lens_attention"):
         assert max(run.table(table, ["step"])["step"].to_pylist()) <= top, table
-    assert metrics.summary(run)["steps"] == steps.num_rows
+    assert run_metrics.summary(run)["steps"] == steps.num_rows
 
 
 def test_symlinked_parts_and_table_folders_are_not_followed(runs, tmp_path):
@@ -206,7 +207,7 @@ def test_a_stopped_run_ends_every_table_at_the_last_steps_row(tmp_path):
     chunks = list(run.batches("entries", ["step", "lod"], rows=1))
     seen = [sorted(set(c["step"].to_pylist())) for c in chunks]
     assert sum(seen, []) == list(range(N - 1))  # whole steps, in order, cut at the last steps row
-    assert metrics.summary(run)["steps"] == N - 1
+    assert run_metrics.summary(run)["steps"] == N - 1
 
 
 def test_batches_hold_whole_steps_and_equal_the_table(runs):

@@ -1,6 +1,6 @@
 """Metrics page: a run's focus metrics (DESIGN section 4) over time, and its worst-oscillating nodes.
 
-Headline numbers come from `telemetry.metrics.summary`, the lines from `telemetry.metrics.series`
+Headline numbers come from `telemetry.run_metrics.summary`, the lines from `telemetry.run_metrics.series`
 (thinned to what a screen shows), both cached in `app/queries.py`. Each worst node links to the
 Timeline at its first ping-pong step (`?run=...&step=...`), so the link can also be shared. The
 selected step of the URL, if any, is marked on every line.

@@ -2,7 +2,7 @@
 
 Lists each run folder with its status (recording, complete, failed, interrupted, or invalid with the
 reason), size, scorer, tokens, steps, parent and changed knobs, plus headline metrics (cached
-`telemetry.metrics.summary`). Picking a run sets `?run=`; a second one sets `?run2=` for Compare.
+`telemetry.run_metrics.summary`). Picking a run sets `?run=`; a second one sets `?run2=` for Compare.
 Listing and metrics come from `app/queries.py`; this page only lays them out.
 """
 
