@@ -19,6 +19,10 @@ identical inputs give identical decisions. Its pipeline (DESIGN section 3), each
 
 Outcome precedence for a candidate that fails several stages: illegal, protected, cooldown,
 hysteresis, then budget / edit_cap. Every expand/collapse moves the cost by +/-(block_size - 1).
+
+This module holds the stages only: the types they read and return (`PlanKnobs`, `AllocatorState`,
+`Plan`, `AllocatorError`) are in `engine/allocator_types.py`, the compiled twin in
+`engine/allocator_jit.py`, the choice between the two in `engine/planner.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract import nodes
-from contract.config import AllocatorConfig, RunConfig, protected_blocks
+from contract.config import AllocatorConfig
 from contract.decisions import (
     APPLIED,
     BUDGET,
@@ -45,71 +49,9 @@ from contract.decisions import (
     Decisions,
     make_decisions,
 )
+from engine.allocator_types import PENDING, AllocatorError, AllocatorState, Plan, PlanKnobs, _lookup
 from engine.edits import apply
 from engine.working_context import WorkingContext, protected_from
-
-PENDING = -1
-
-
-class AllocatorError(RuntimeError):
-    """The budget cannot be met even after every collapse and eviction (a config the checks missed)."""
-
-
-@dataclass(frozen=True)
-class PlanKnobs:
-    allocator: AllocatorConfig
-    w_max: int  # wc.w_max
-    protect_blocks: int  # newest complete blocks kept at LOD0
-
-    @staticmethod
-    def from_config(cfg: RunConfig) -> PlanKnobs:
-        return PlanKnobs(cfg.allocator, cfg.wc.w_max, protected_blocks(cfg.tree, cfg.wc))
-
-
-# ---------------------------------------------------------------------------------------------
-# Memory: sized by the working context, never by the history. The allocator remembers scores and
-# entry ages only for the current entries, and edits only while they can still matter (within
-# max(cooldown_steps, hysteresis_steps)), so a step costs the same at 4k or 1M tokens read.
-
-
-@dataclass(frozen=True, eq=False)
-class AllocatorState:
-    node: np.ndarray  # int64[m] sorted: the WC's entries after the last round
-    s_prev: np.ndarray  # float32[m] each one's interpolated score at that round; NaN if not scored yet
-    entered: np.ndarray  # int32[m] step each one became an entry at its current LOD
-    edit_node: np.ndarray  # int64[k] sorted: coarse nodes edited within the memory horizon
-    edit_step: np.ndarray  # int32[k] step of that edit
-    edit_dir: np.ndarray  # int8[k] +1 expanded, -1 collapsed into
-    step: int = -1  # step of the latest plan call
-    edits_used: int = 0  # voluntary edits applied so far in `step` (iterations share max_edits)
-
-    @staticmethod
-    def initial(max_lod: int = 0) -> AllocatorState:
-        i64, i32, i8 = np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int8)
-        return AllocatorState(i64, np.zeros(0, np.float32), i32, i64, i32, i8)
-
-    def prev_score(self, wc: WorkingContext) -> np.ndarray:
-        """float32[n]: each entry's last interpolated score, 0 where it was never scored."""
-        return np.nan_to_num(_lookup(self.node, self.s_prev, wc.node_id, np.nan), nan=0.0).astype(np.float32)
-
-    def age_steps(self, wc: WorkingContext, step: int) -> np.ndarray:
-        """int32[n]: steps since each entry took its current LOD (0 if first seen now)."""
-        ent = _lookup(self.node, self.entered, wc.node_id, -1)
-        return np.where(ent < 0, 0, step - ent).astype(np.int32)
-
-    def last_edit(self, coarse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(direction int8, step int64) of each coarse node's last remembered edit; (0, -1) if none."""
-        return _lookup(self.edit_node, self.edit_dir, coarse, 0), _lookup(self.edit_node, self.edit_step, coarse, -1)
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray, default) -> np.ndarray:
-    """values[keys == q] for each q in query (keys sorted, unique), else `default`. Binary search."""
-    dtype = np.result_type(values.dtype, np.min_scalar_type(default) if default == default else np.float32)
-    if keys.size == 0:
-        return np.full(query.shape[0], default, dtype)
-    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
-    return np.where(keys[pos] == query, values[pos], default).astype(dtype, copy=False)
-
 
 # ---------------------------------------------------------------------------------------------
 # Stages 1-3: the score pipeline.
@@ -217,15 +159,6 @@ def _hysteresis(c: _Cands, direction: int, state: AllocatorState, a: AllocatorCo
 
 # ---------------------------------------------------------------------------------------------
 # The plan.
-
-
-@dataclass(frozen=True, eq=False)
-class Plan:
-    decisions: Decisions  # one row per candidate and per forced edit
-    state: AllocatorState  # the allocator's memory after this round
-    stages: dict[str, np.ndarray]  # raw, interp, shift, final: float32[n] over the input WC's entries
-    wc: WorkingContext  # the WC after the applied decisions (= apply(input wc, decisions))
-    compiled: bool = False  # made by the compiled twin (`engine.allocator_jit`), not by this reference
 
 
 def plan(wc: WorkingContext, raw_scores: np.ndarray, state: AllocatorState, knobs: PlanKnobs, step: int) -> Plan:

@@ -20,8 +20,8 @@ from numba import njit
 from contract import decisions as dc
 from contract.decisions import APPLIED
 from contract.nodes import LOD_SHIFT
-from engine.allocator import PENDING
 from engine.allocator_jit_primitives import _edit_filter, _find, _groups, _lookup_ids, _next, _order, _rebuild
+from engine.allocator_types import PENDING
 
 
 @njit(cache=True)

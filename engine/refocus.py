@@ -17,7 +17,7 @@ import numpy as np
 
 from contract import nodes
 from contract.events import DecisionsRecorded, EntriesRecorded, LensAttention, Sink
-from engine.allocator import AllocatorState, PlanKnobs
+from engine.allocator_types import AllocatorState, PlanKnobs
 from engine.planner import plan
 from engine.working_context import WorkingContext, check_invariants
 

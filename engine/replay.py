@@ -25,7 +25,7 @@ from contract.events import (
     Sink,
     StepRecorded,
 )
-from engine.allocator import AllocatorState, PlanKnobs
+from engine.allocator_types import AllocatorState, PlanKnobs
 from engine.refocus import Scores, refocus
 from engine.working_context import WorkingContext
 

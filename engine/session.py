@@ -33,7 +33,7 @@ from contract.events import (
     StepRecorded,
     interrupt_reason,
 )
-from engine.allocator import AllocatorState, PlanKnobs
+from engine.allocator_types import AllocatorState, PlanKnobs
 from engine.materialize import entry_vectors, materialize, query_vectors, recent_gists
 from engine.refocus import Scores, refocus
 from engine.textio import token_chunks

@@ -10,7 +10,8 @@ import numpy as np
 from contract.config import RunConfig, apply_overrides
 from contract.decisions import APPLIED, EVICT, Decisions
 from contract.events import DecisionsRecorded, MemorySink
-from engine.allocator import AllocatorState, PlanKnobs, plan
+from engine.allocator import plan
+from engine.allocator_types import AllocatorState, PlanKnobs
 from engine.edits import apply
 from engine.refocus import Scores, refocus
 from engine.working_context import WorkingContext, check_invariants

@@ -14,8 +14,9 @@ import pytest
 
 from contract import nodes
 from contract.decisions import APPLIED, COLLAPSE, EXPAND, HYSTERESIS
-from engine.allocator import AllocatorState, PlanKnobs, plan
+from engine.allocator import plan
 from engine.allocator_jit import plan_jit
+from engine.allocator_types import AllocatorState, PlanKnobs
 from engine.working_context import WorkingContext
 from tests.allocsim import config
 

@@ -17,8 +17,9 @@ import tests.allocsim as allocsim
 import tests.test_allocator_knobs as knob_tests
 from contract.config import AllocatorConfig
 from contract.decisions import EVICT
-from engine.allocator import AllocatorError, AllocatorState, PlanKnobs, plan
+from engine.allocator import plan
 from engine.allocator_jit import plan_jit
+from engine.allocator_types import AllocatorError, AllocatorState, PlanKnobs
 from engine.edits import apply
 from engine.working_context import WorkingContext, check_invariants
 from tests.allocsim import config, simulate

@@ -7,7 +7,8 @@ import pytest
 
 from contract import nodes
 from contract.decisions import APPLIED, BUDGET, EDIT_CAP, EXPAND, ILLEGAL, PROTECTED
-from engine.allocator import AllocatorState, PlanKnobs, plan
+from engine.allocator import plan
+from engine.allocator_types import AllocatorState, PlanKnobs
 from engine.working_context import WorkingContext
 from tests.allocsim import config, simulate
 

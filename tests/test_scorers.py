@@ -20,7 +20,7 @@ from contract.config import (
 )
 from contract.decisions import COLLAPSE, EXPAND
 from contract.events import EntriesRecorded, MemorySink, RunFinished, StepRecorded
-from engine.allocator import AllocatorState, PlanKnobs
+from engine.allocator_types import AllocatorState, PlanKnobs
 from engine.planner import plan
 from engine.scorers import (
     AttentionScorer,
