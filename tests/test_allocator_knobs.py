@@ -180,7 +180,7 @@ def test_forced_collapses_restore_the_budget_after_appends():
 
 
 def test_expand_then_recency_window_is_exact():
-    from engine.scorers import RecencyScorer, window_blocks
+    from engine.structure_scorers import RecencyScorer, window_blocks
     from engine.view import ScoreView
 
     cfg = config("wc.w_max=700")

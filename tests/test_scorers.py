@@ -1,4 +1,5 @@
-"""Tests for engine/scorers.py: the shared contract of every scorer, then each policy's behaviour."""
+"""Tests for the scorers (engine/scorers.py, structure_scorers.py, vector_scorers.py): the shared contract of every
+scorer, then each policy's behaviour."""
 
 from __future__ import annotations
 
@@ -22,19 +23,17 @@ from contract.decisions import COLLAPSE, EXPAND
 from contract.events import EntriesRecorded, MemorySink, RunFinished, StepRecorded
 from engine.allocator_types import AllocatorState, PlanKnobs
 from engine.planner import plan
-from engine.scorers import (
+from engine.scorers import build_scorer
+from engine.structure_scorers import (
     AttentionScorer,
     CompressiveScorer,
-    HopfieldScorer,
-    LensNetScorer,
     RandomScorer,
     RecencyScorer,
-    RetrievalScorer,
     SinkScorer,
-    build_scorer,
     prefix_cost,
     window_blocks,
 )
+from engine.vector_scorers import HopfieldScorer, LensNetScorer, RetrievalScorer
 from engine.view import ScoreResult, ScoreView
 from engine.working_context import WorkingContext, check_invariants
 

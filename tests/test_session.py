@@ -25,8 +25,8 @@ from contract.events import (
 )
 from engine.materialize import materialize
 from engine.runtime import build_engine
-from engine.scorers import window_blocks
 from engine.session import FULL_CONTEXT_MAX
+from engine.structure_scorers import window_blocks
 from engine.textio import InputError, read_text, token_chunks
 
 REPO = Path(__file__).resolve().parents[1]

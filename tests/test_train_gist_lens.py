@@ -16,8 +16,9 @@ from contract.config import RunConfig, apply_overrides, protected_blocks
 from engine.gistnet import GistNet
 from engine.lensnet import FEATURE_NAMES, LensNet
 from engine.model import load_model
-from engine.scorers import attention_utility, build_scorer
+from engine.scorers import build_scorer
 from engine.session import Session
+from engine.structure_scorers import attention_utility
 from engine.working_context import protected_from
 from studio.train import gistnet_train, lensnet_train
 from studio.train.gist_task import horizon_logits, sample_windows

@@ -17,7 +17,7 @@ other (collapse the least useful detail, expand the most useful gist). Non-candi
 entries are NaN. Edited WCs of equal cost share batched forwards (`studio/train/wc_nll.py`).
 
 A cheap auxiliary target comes from the same forwards: the attention the H target tokens give each
-entry of the unedited WC (`aux`, every entry, see `engine.scorers.attention_utility`).
+entry of the unedited WC (`aux`, every entry, see `engine.structure_scorers.attention_utility`).
 
 A label set is one safetensors file of concatenated per-state tensors with offsets; generation is
 resumable per episode (episode e draws from its own generator, seeded by (seed, e)). This module
@@ -35,8 +35,9 @@ import torch
 
 from contract.config import RunConfig, apply_overrides, check_knobs, check_rule, knob, protected_blocks
 from engine.lensnet import entry_features
-from engine.scorers import attention_utility, build_scorer
+from engine.scorers import build_scorer
 from engine.session import Session
+from engine.structure_scorers import attention_utility
 from engine.view import ScoreView
 from engine.working_context import WorkingContext, protected_from
 from studio.train.common import load_tensors, save_tensors, seeded_generator
