@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.model import REPO_ROOT, ModelLoadError
+from engine.model_loader import REPO_ROOT, ModelLoadError
 
 CACHE_DIR = REPO_ROOT / ".cache" / "models" / "smollm2-135m-instruct"  # the converted HF folder
 NETS_DIR = REPO_ROOT / "models" / "default"  # GistNet + LensNet trained against it (shipped)

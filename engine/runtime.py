@@ -19,7 +19,8 @@ from pathlib import Path
 
 from contract.config import RunConfig
 from engine.gistnet import GistNet, read_meta
-from engine.model import BaseModel, ModelLoadError, load_model
+from engine.model import BaseModel
+from engine.model_loader import ModelLoadError, load_model
 from engine.scorers import build_scorer
 from engine.session import Session
 

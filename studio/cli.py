@@ -424,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         user_errors: tuple[type, ...] = (ValueError, InputError, OSError)
         if "telemetry.reader" in sys.modules:
             user_errors += (sys.modules["telemetry.reader"].RunReadError,)
-        if "engine.model" in sys.modules:  # only loaded once the input passed; importing it costs seconds
-            user_errors += (sys.modules["engine.model"].ModelLoadError,)
+        if "engine.model_loader" in sys.modules:  # only loaded once the input passed; importing it costs seconds
+            user_errors += (sys.modules["engine.model_loader"].ModelLoadError,)
         if isinstance(e, user_errors):
             print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
             return 2

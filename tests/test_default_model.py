@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import save_file
 
 import engine.default_model as dm
-from engine.model import ModelLoadError
+from engine.model_loader import ModelLoadError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "sample.txt"

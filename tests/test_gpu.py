@@ -17,7 +17,7 @@ import torch
 from contract.config import RunConfig, apply_overrides
 from contract.events import MemorySink, StepRecorded
 from engine.gistnet import GistNet
-from engine.model import load_model
+from engine.model_loader import load_model
 from engine.runtime import build_engine
 from studio import cli
 from studio.train.gistnet_train import GistTrainConfig, train_gistnet

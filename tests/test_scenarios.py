@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from contract.config import SCORER_NAMES
-from engine.model import ByteTokenizer
+from engine.model_loader import ByteTokenizer
 from engine.scenarios import PasskeyConfig, passkey_cases
 from engine.working_context import WorkingContext
 from studio import cli

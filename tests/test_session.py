@@ -157,7 +157,7 @@ def test_materialize_global_and_compact_positions():
 def test_streaming_tokenisation_matches_whole(tmp_path):
     p = tmp_path / "t.txt"
     p.write_text(TEXT * 3)
-    from engine.model import ByteTokenizer
+    from engine.model_loader import ByteTokenizer
 
     tok = ByteTokenizer()
     pieces = list(token_chunks(read_text(str(p), chunk_bytes=97), tok.encode))

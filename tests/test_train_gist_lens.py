@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from contract.config import RunConfig, apply_overrides, protected_blocks
 from engine.gistnet import GistNet
 from engine.lensnet import FEATURE_NAMES, LensNet
-from engine.model import load_model
+from engine.model_loader import load_model
 from engine.scorers import build_scorer
 from engine.session import Session
 from engine.structure_scorers import attention_utility

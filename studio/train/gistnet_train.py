@@ -185,7 +185,7 @@ def train_gistnet(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.model import ModelLoadError, load_model
+    from engine.model_loader import ModelLoadError, load_model
     from studio.train.common import CheckpointError
     from studio.train.knob_sets import apply_sets
     from studio.train.token_docs import load_token_docs

@@ -210,7 +210,7 @@ def train_lensnet(
 
 def main(argv: list[str] | None = None) -> int:
     from engine.gistnet import GistNet
-    from engine.model import ModelLoadError, load_model
+    from engine.model_loader import ModelLoadError, load_model
     from engine.runtime import GISTNET_FILE
     from studio.train.common import CheckpointError
     from studio.train.knob_sets import apply_sets
