@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from studio import cli
+from studio.cli_record import EXIT_SKIPPED
 from telemetry.reader import Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_skipped_parts_are_warned_recorded_and_exit_3(source, tmp_path, capsys):
     bad = parts[i]
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # a truncated part, as a full disk leaves
     code, out, err = replay(capsys, source, "--out", tmp_path / "out")
-    assert code == cli.EXIT_SKIPPED == 3
+    assert code == EXIT_SKIPPED == 3
     warnings = [ln for ln in err.splitlines() if ln.startswith("warning: skipped ")]
     assert len(warnings) == 1 and str(bad) in warnings[0], err
     summary, man = json.loads(out), Run(tmp_path / "out").manifest

@@ -16,7 +16,7 @@ import pytest
 
 from contract.events import RunFinished, StepRecorded
 from engine.threads import CpuSample, ThreadGovernor, decide_threads, other_busy_cores, read_busy_seconds
-from studio.cli import CountingText, ProgressBar, estimate_total_tokens
+from studio.cli_record import CountingText, ProgressBar, estimate_total_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 
