@@ -4,8 +4,8 @@ Why: the reference `plan` is ~800 small numpy calls, so it costs ~0.4-0.6 ms at 
 little work there is, and the knobs lab re-plans whole recordings step by step. `@njit` kernels do
 the same work in loops over plain arrays: `_pipeline` (stages 1-2), then `_plan`, which runs the
 reference's later stages under the reference's names (`_candidates`, `_hysteresis`, `_budget_round`,
-`_restore_budget`, `_update_state`); they live in `engine/allocator_jit_stages.py`, over the lookup,
-order and rebuild helpers of `engine/allocator_jit_primitives.py`. This module is the planner-facing
+`_restore_budget`, `_update_state`); they live in `engine/allocator_jit_stages.py` with the lookup,
+order and rebuild helpers they share (one file, for numba's cache). This module is the planner-facing
 wrapper: it checks and normalises the inputs, packs the knobs into kernel scalars, calls the two
 kernels and builds the `Plan` (`compiled=True`), or hands the call to the reference.
 
@@ -31,8 +31,7 @@ append goes through them at every step. What falls back to the reference `plan` 
 and calls with numpy-scalar float knobs. A valid working context is assumed (DESIGN section 2). The
 module keeps no state: the knobs' kernel scalars are memoised by value (`_scalars`).
 
-The first call compiles the kernels (~10 s; then cached in engine/__pycache__, ~0.2 s to load; an edit
-to the primitives needs the stages recompiled, see `engine/allocator_jit_primitives.py`). Inputs
+The first call compiles the kernels (~10 s; then cached in engine/__pycache__, ~0.2 s to load). Inputs
 are normalised to C-contiguous writeable arrays (`_arr`), so one compiled specialisation serves all.
 """
 

@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + (e.signum if isinstance(e, Stopped) else signal.SIGINT)
     except Exception as e:  # user-caused errors have one-line messages by contract
         user_errors: tuple[type, ...] = (ValueError, InputError, OSError)
-        if "telemetry.reader" in sys.modules:
-            user_errors += (sys.modules["telemetry.reader"].RunReadError,)
+        if "telemetry.runs" in sys.modules:
+            user_errors += (sys.modules["telemetry.runs"].RunReadError,)
         if "engine.model_loader" in sys.modules:  # only loaded once the input passed; importing it costs seconds
             user_errors += (sys.modules["engine.model_loader"].ModelLoadError,)
         if isinstance(e, user_errors):

@@ -159,7 +159,7 @@ class Timeline:
 class Measured:
     """What `replan` returns: per-step series (numpy columns), headline numbers, the timeline."""
 
-    series: dict[str, dict[str, np.ndarray]]  # name -> columns, as telemetry.metrics.series
+    series: dict[str, dict[str, np.ndarray]]  # name -> columns, as telemetry.run_metrics.series
     summary: dict
     timeline: Timeline | None
     applied: dict[str, np.ndarray]  # applied decisions: step, iteration, node_id, lod_from, lod_to, action, seq
