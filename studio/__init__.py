@@ -1,3 +1,31 @@
 """Orchestration above the engine and the telemetry: the command line (`studio.cli`, run as
-`python -m engine`), replay from and into run folders (`studio.replay`) and the Knobs lab's one-pass
-re-plan and measure (`studio.measure`). It may import `engine` and `telemetry`; neither imports it."""
+`python -m engine`), replay from and into run folders (`studio.replay`), the Knobs lab's one-pass
+re-plan and measure (`studio.measure`), evaluation (`studio.eval`) and training (`studio.train`).
+It may import `engine` and `telemetry`; neither imports it. Public names are below, each imported
+from its module on first use.
+"""
+
+from contract.exports import exports
+
+PUBLIC = {
+    # studio.cli_record
+    "CountingText": "studio.cli_record",
+    "EXIT_SKIPPED": "studio.cli_record",
+    "ProgressBar": "studio.cli_record",
+    "estimate_total_tokens": "studio.cli_record",
+    # studio.eval
+    "EvalConfig": "studio.eval",
+    "across_documents": "studio.eval",
+    "eval_run_config": "studio.eval",
+    "policy_table": "studio.eval",
+    "run_policy": "studio.eval",
+    # studio.eval_scenario
+    "fact_lod": "studio.eval_scenario",
+    # studio.measure
+    "replan": "studio.measure",
+    # studio.replay
+    "load_recording": "studio.replay",
+    "replay_run": "studio.replay",
+}
+
+__all__, __getattr__, __dir__ = exports(__name__, PUBLIC)

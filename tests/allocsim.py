@@ -7,14 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from contract.config import RunConfig, apply_overrides
-from contract.decisions import APPLIED, EVICT, Decisions
-from contract.events import DecisionsRecorded, MemorySink
+from contract import APPLIED, EVICT, Decisions, DecisionsRecorded, MemorySink, RunConfig, apply_overrides
+from engine import AllocatorState, PlanKnobs, Scores, WorkingContext, apply, check_invariants
 from engine.allocator import plan
-from engine.allocator_types import AllocatorState, PlanKnobs
-from engine.edits import apply
-from engine.refocus import Scores, refocus
-from engine.working_context import WorkingContext, check_invariants
+from engine.refocus import refocus
 
 
 @dataclass

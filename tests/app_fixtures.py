@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.events import AttentionRecorded, DecisionsRecorded
+from contract import AttentionRecorded, DecisionsRecorded
 from tests.telemetry_fixtures import events, record
 
 N_STEPS = 8

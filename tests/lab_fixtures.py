@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract import nodes
-from contract.events import GistsRecorded
+from contract import GistsRecorded, nodes
 from tests import telemetry_fixtures as tf
 
 REPO = Path(__file__).resolve().parents[1]

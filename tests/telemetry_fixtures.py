@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from contract import nodes
-from contract.config import RunConfig
-from contract.decisions import make_decisions
-from contract.events import (
+from contract import (
     AttentionRecorded,
     DecisionsRecorded,
     EntriesRecorded,
     GistsRecorded,
     LensAttention,
     NodesAdded,
+    RunConfig,
     RunFinished,
     RunStarted,
     StepRecorded,
+    make_decisions,
+    nodes,
 )
 
 BS = 32
@@ -131,7 +131,7 @@ def events(n_steps: int = 6, *, with_nll: bool = True, finish: bool = True, conf
 
 
 def record(run_dir, evs, **sink_kwargs):
-    from telemetry.writer import ParquetSink
+    from telemetry import ParquetSink
 
     sink = ParquetSink(run_dir, **sink_kwargs)
     try:

@@ -12,12 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contract import nodes
-from contract.decisions import APPLIED, COLLAPSE, EXPAND, HYSTERESIS
+from contract import APPLIED, COLLAPSE, EXPAND, HYSTERESIS, nodes
+from engine import AllocatorState, PlanKnobs, WorkingContext, plan_jit
 from engine.allocator import plan
-from engine.allocator_jit import plan_jit
-from engine.allocator_types import AllocatorState, PlanKnobs
-from engine.working_context import WorkingContext
 from tests.allocsim import config
 
 BS = 32

@@ -15,13 +15,9 @@ from hypothesis import strategies as st
 
 import tests.allocsim as allocsim
 import tests.test_allocator_knobs as knob_tests
-from contract.config import AllocatorConfig
-from contract.decisions import EVICT
+from contract import EVICT, AllocatorConfig
+from engine import AllocatorError, AllocatorState, PlanKnobs, WorkingContext, apply, check_invariants, plan_jit
 from engine.allocator import plan
-from engine.allocator_jit import plan_jit
-from engine.allocator_types import AllocatorError, AllocatorState, PlanKnobs
-from engine.edits import apply
-from engine.working_context import WorkingContext, check_invariants
 from tests.allocsim import config, simulate
 from tests.test_allocator_properties import _cfg, _stream, knob_sets
 

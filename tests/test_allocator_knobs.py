@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contract import nodes
-from contract.decisions import APPLIED, BUDGET, EDIT_CAP, EXPAND, ILLEGAL, PROTECTED
+from contract import APPLIED, BUDGET, EDIT_CAP, EXPAND, ILLEGAL, PROTECTED, nodes
+from engine import AllocatorState, PlanKnobs, WorkingContext
 from engine.allocator import plan
-from engine.allocator_types import AllocatorState, PlanKnobs
-from engine.working_context import WorkingContext
 from tests.allocsim import config, simulate
 
 BS = 32
@@ -180,8 +178,7 @@ def test_forced_collapses_restore_the_budget_after_appends():
 
 
 def test_expand_then_recency_window_is_exact():
-    from engine.structure_scorers import RecencyScorer, window_blocks
-    from engine.view import ScoreView
+    from engine import RecencyScorer, ScoreView, window_blocks
 
     cfg = config("wc.w_max=700")
     scorer, state = RecencyScorer(cfg), AllocatorState.initial(2)

@@ -6,8 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract.config import RunConfig, TreeConfig, WorkingContextConfig, min_w_max
-from contract.decisions import APPLIED, COLLAPSE, EXPAND
+from contract import APPLIED, COLLAPSE, EXPAND, RunConfig, TreeConfig, WorkingContextConfig, min_w_max
 from tests.allocsim import config, simulate
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from telemetry import run_metrics
-from telemetry.reader import Run
+from telemetry import Run, run_metrics
 from tests.app_fixtures import charts, clean, decode, frame_with, open_page, point_app_at, run_roots, texts
 from tests.telemetry_fixtures import per_token_lod
 

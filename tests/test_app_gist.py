@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import projection
 from contract import nodes
-from telemetry.reader import Run
+from telemetry import Run
 from tests.lab_fixtures import REPO, plotly_points, stop, synthetic_run
 
 PAGE = str(REPO / "app" / "views" / "gist_map.py")

@@ -10,11 +10,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import lab
-from studio.replay import load_recording, replay_run
-from telemetry import run_metrics
-from telemetry.heatmap import heatmap_of_table
-from telemetry.memory import LAB_ENTRIES
-from telemetry.reader import Run
+from studio import load_recording, replay_run
+from telemetry import LAB_ENTRIES, Run, heatmap_of_table, run_metrics
 from tests.lab_fixtures import REPO, THRASH, record
 
 PAGE = str(REPO / "app" / "views" / "knobs_lab.py")
@@ -248,7 +245,7 @@ def test_a_sparse_entries_recording_replans_with_its_timeline():
     the reader's query over those rows (the recorded steps only), so the chart still has cells."""
     from dataclasses import replace
 
-    from contract.config import apply_overrides
+    from contract import apply_overrides
 
     rec = load_recording(REPO / "tests" / "data" / "replay" / "rec")
     even = rec.step % 2 == 0

@@ -26,7 +26,7 @@ def _metrics(at) -> dict:
 
 
 def test_follows_a_recording_run_as_it_grows(roots):
-    from telemetry.writer import ParquetSink
+    from telemetry import ParquetSink
 
     run_dir = roots["mine"] / "growing"
     evs = events(6, finish=False)

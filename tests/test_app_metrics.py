@@ -8,8 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from telemetry import metrics, registry, run_metrics
-from telemetry.reader import Run
+from telemetry import Run, metrics, registry, run_metrics
 from tests.app_fixtures import charts, clean, decode, open_page, point_app_at, run_roots, texts
 
 

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import recorder
 from app.widgets import link
-from telemetry.reader import Run
+from telemetry import Run
 from tests.lab_fixtures import REPO, SAMPLE
 
 PAGE = str(REPO / "app" / "views" / "record.py")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from telemetry import run_metrics
-from telemetry.reader import Run
+from telemetry import Run, run_metrics
 from tests.app_fixtures import clean, frame_with, heartbeat, open_page, point_app_at, run_roots, texts
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contract.decisions import OUTCOMES
-from contract.events import AttentionRecorded, DecisionsRecorded, EntriesRecorded, LensAttention
+from contract import OUTCOMES, AttentionRecorded, DecisionsRecorded, EntriesRecorded, LensAttention
 from tests.app_fixtures import charts, clean, decode, frame_with, open_page, point_app_at, run_roots, texts
 from tests.telemetry_fixtures import events, record
 

@@ -9,8 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from contract.decisions import ACTIONS, OUTCOMES
-from contract.events import DecisionsRecorded, EntriesRecorded
+from contract import ACTIONS, OUTCOMES, DecisionsRecorded, EntriesRecorded
 from tests.app_fixtures import charts, clean, decode, frame_with, heartbeat, open_page, point_app_at, run_roots, texts
 from tests.telemetry_fixtures import per_token_lod
 

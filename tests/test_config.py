@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from contract.config import INT_MAX, INT_MIN, RunConfig, apply_overrides
+from contract import INT_MAX, INT_MIN, RunConfig, apply_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_cli_refuses_a_huge_seed_before_loading_any_model():
 def test_knobs_command_lists_every_knob_from_its_declaration(capsys):
     import json
 
-    from contract.config import RunConfig, apply_overrides, knob_spec
+    from contract import RunConfig, apply_overrides, knob_spec
     from studio import cli
 
     assert cli.main(["knobs"]) == 0

@@ -6,15 +6,7 @@ import json
 
 import pytest
 
-from studio.train.corpus import (
-    SPLITS,
-    CorpusConfig,
-    assign_splits,
-    build_corpus,
-    hash_unit,
-    iter_documents,
-    read_split,
-)
+from studio.train import SPLITS, CorpusConfig, assign_splits, build_corpus, hash_unit, iter_documents, read_split
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import save_file
 
 import engine.default_model as dm
-from engine.model_loader import ModelLoadError
+from engine import ModelLoadError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "sample.txt"
@@ -96,9 +96,8 @@ def test_setup_converted_once_and_default_loads_offline():
 
 @pytest.mark.default_model
 def test_nets_trained_for_another_base_model_are_refused(tmp_path, monkeypatch):
-    from contract.config import RunConfig
-    from engine.gistnet import GistNet
-    from engine.runtime import build_engine
+    from contract import RunConfig
+    from engine import GistNet, build_engine
 
     nets = tmp_path / "nets"
     nets.mkdir()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from contract.config import SCORER_NAMES, apply_overrides
-from engine.runtime import build_engine
-from studio import cli
-from studio.eval import EvalConfig, _StepNLL, across_documents, eval_run_config, policy_table
+from contract import SCORER_NAMES, apply_overrides
+from engine import build_engine
+from studio import EvalConfig, across_documents, cli, eval_run_config, policy_table
+from studio.eval import _StepNLL
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "sample.txt"
 TEXT = SAMPLE.read_text()

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contract.config import GistNetConfig
-from engine.gistnet import GistNet
+from contract import GistNetConfig
+from engine import GistNet
 
 D, BS, MAX_LOD = 32, 8, 2
 CFG = GistNetConfig(hidden=32, layers=2, heads=4, pooling="query")

@@ -14,16 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from contract.config import RunConfig, apply_overrides
-from contract.events import MemorySink, StepRecorded
-from engine.gistnet import GistNet
-from engine.model_loader import load_model
-from engine.runtime import build_engine
+from contract import MemorySink, RunConfig, StepRecorded, apply_overrides
+from engine import GistNet, build_engine, load_model
 from studio import cli
-from studio.train.gistnet_train import GistTrainConfig, train_gistnet
-from studio.train.lens_labels import LabelConfig, generate_labels
-from studio.train.lensnet_train import LensTrainConfig, train_lensnet
-from studio.train.token_docs import TokenDoc, tokenize_text
+from studio.train import (
+    GistTrainConfig,
+    LabelConfig,
+    LensTrainConfig,
+    TokenDoc,
+    generate_labels,
+    tokenize_text,
+    train_gistnet,
+    train_lensnet,
+)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 DATA = Path(__file__).resolve().parent / "data" / "sample.txt"
@@ -94,7 +97,7 @@ def test_gpu_benchmark_smoke():
 
 
 def _converted() -> bool:
-    from engine.default_model import CACHE_DIR
+    from engine import CACHE_DIR
 
     return (CACHE_DIR / "conversion.json").is_file()
 

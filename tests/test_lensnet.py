@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from contract.config import LensNetConfig
-from engine.lensnet import FEATURE_NAMES, N_FEATURES, LensNet, entry_features
-from engine.view import ScoreView
-from engine.working_context import WorkingContext, check_invariants
+from contract import LensNetConfig
+from engine import FEATURE_NAMES, N_FEATURES, LensNet, ScoreView, WorkingContext, check_invariants, entry_features
 
 D = 32
 CFG = LensNetConfig(hidden=32, layers=2, heads=4, query_gists=2)

@@ -11,13 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from contract.config import apply_overrides
-from engine.replay import replay_fast
-from studio.measure import replan
-from studio.replay import load_recording, replay_run
-from telemetry import metrics
-from telemetry.memory import ArrowSink
-from telemetry.reader import Run
+from contract import apply_overrides
+from engine import replay_fast
+from studio import load_recording, replan, replay_run
+from telemetry import ArrowSink, Run, metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "sample.txt"

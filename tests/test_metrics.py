@@ -8,11 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from contract import nodes
-from contract.config import RunConfig, apply_overrides
-from telemetry import metrics, registry, run_metrics
+from contract import RunConfig, apply_overrides, nodes
+from telemetry import Run, metrics, registry, run_metrics
 from telemetry.arrays import _first_iteration
-from telemetry.reader import Run
 from tests.telemetry_fixtures import events, record
 
 BS = 32

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from engine.model import BaseModel
-from engine.model_loader import ByteTokenizer, ModelLoadError, build_tiny, load_model
+from engine import BaseModel, ByteTokenizer, ModelLoadError, build_tiny, load_model
 
 TEXTS = ["the cat sat on the mat", "hello world, hello gists", "a long context needs a small working set"]
 
@@ -155,7 +154,7 @@ def test_load_local_folder(hf_dir):
 
 
 def test_auto_dtype_is_bf16_on_a_bf16_cpu_except_for_tiny(hf_dir):
-    from engine.model_loader import cpu_has_bf16, resolve_device
+    from engine import cpu_has_bf16, resolve_device
 
     want = torch.bfloat16 if cpu_has_bf16() else torch.float32
     assert load_model(str(hf_dir), device="cpu").dtype == want

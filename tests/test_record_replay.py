@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from contract import nodes
-from engine.working_context import WorkingContext, check_invariants
-from telemetry import metrics
-from telemetry.reader import Run
+from engine import WorkingContext, check_invariants
+from telemetry import Run, metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "sample.txt"

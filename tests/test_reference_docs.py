@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from contract.config import AllocatorConfig, RunConfig, apply_overrides, knob_spec
-from telemetry.schema import CONTRACT, SCHEMA_VERSION, SCHEMAS
+from contract import AllocatorConfig, RunConfig, apply_overrides, knob_spec
+from telemetry import CONTRACT, SCHEMA_VERSION, SCHEMAS
 
 REPO = Path(__file__).resolve().parents[1]
 

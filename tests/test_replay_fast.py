@@ -15,15 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contract import nodes
-from contract.config import apply_overrides
-from contract.events import EntriesRecorded, StepRecorded
-from engine.replay import Recording, replay_fast
-from studio.replay import _sorted_by_step_iteration, load_recording
-from telemetry import metrics
+from contract import EntriesRecorded, StepRecorded, apply_overrides, nodes
+from engine import Recording, replay_fast
+from studio import load_recording
+from studio.replay import _sorted_by_step_iteration
+from telemetry import LAB_ENTRIES, ArrowSink, Run, metrics
 from telemetry.arrays import _col, _per_step, _unique
-from telemetry.memory import LAB_ENTRIES, ArrowSink
-from telemetry.reader import Run
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "data" / "replay"

@@ -13,9 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from studio import cli
-from studio.cli_record import EXIT_SKIPPED
-from telemetry.reader import Run
+from studio import EXIT_SKIPPED, cli
+from telemetry import Run
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "sample.txt"

@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from contract.config import SCORER_NAMES
-from engine.model_loader import ByteTokenizer
-from engine.scenarios import PasskeyConfig, passkey_cases
-from engine.working_context import WorkingContext
-from studio import cli
-from studio.eval_scenario import fact_lod
-from studio.train.token_docs import tokenize_text
+from contract import SCORER_NAMES
+from engine import ByteTokenizer, PasskeyConfig, WorkingContext, passkey_cases
+from studio import cli, fact_lod
+from studio.train import tokenize_text
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "sample.txt"
 TEXT = SAMPLE.read_text()
@@ -62,7 +59,7 @@ def test_short_filler_is_repeated_and_bad_configs_are_refused():
 
 
 def test_fact_lod_reads_the_entries_over_the_fact():
-    from engine.scenarios import PasskeyCase
+    from engine import PasskeyCase
 
     case = PasskeyCase("", "", "1", 0, 0.0, 0, fact_start=40, fact_end=70)
     # blocks of 32: [0,32) LOD1, [32,64) LOD0, [64,96) LOD1, tail 96..100

@@ -10,32 +10,41 @@ import numpy as np
 import pytest
 import torch
 
-from contract import nodes
-from contract.config import (
+from contract import (
+    COLLAPSE,
+    EXPAND,
     SCORER_NAMES,
+    EntriesRecorded,
+    MemorySink,
     RunConfig,
+    RunFinished,
     ScorerConfig,
+    StepRecorded,
     WorkingContextConfig,
     apply_overrides,
+    nodes,
     protected_blocks,
 )
-from contract.decisions import COLLAPSE, EXPAND
-from contract.events import EntriesRecorded, MemorySink, RunFinished, StepRecorded
-from engine.allocator_types import AllocatorState, PlanKnobs
-from engine.planner import plan
-from engine.scorers import build_scorer
-from engine.structure_scorers import (
+from engine import (
+    AllocatorState,
     AttentionScorer,
     CompressiveScorer,
+    HopfieldScorer,
+    LensNetScorer,
+    PlanKnobs,
     RandomScorer,
     RecencyScorer,
+    RetrievalScorer,
+    ScoreResult,
+    ScoreView,
     SinkScorer,
+    WorkingContext,
+    build_scorer,
+    check_invariants,
+    plan,
     prefix_cost,
     window_blocks,
 )
-from engine.vector_scorers import HopfieldScorer, LensNetScorer, RetrievalScorer
-from engine.view import ScoreResult, ScoreView
-from engine.working_context import WorkingContext, check_invariants
 
 BS, MAX_LOD, D = 32, 2, 16
 HAVE_LENSNET = importlib.util.find_spec("engine.lensnet") is not None
@@ -480,7 +489,7 @@ def test_sink_with_the_allocator_keeps_block_0_raw():
 
 
 def test_sink_session_keeps_block_0_raw():
-    from engine.runtime import build_engine
+    from engine import build_engine
 
     cfg = apply_overrides(RunConfig(), ["wc.w_max=400", "scorer.name=sink", "session.compute_nll=false"])
     eng = build_engine(cfg, "tiny", "cpu")
@@ -586,7 +595,7 @@ def test_attention_heavy_hitter_is_expanded_by_the_allocator():
 
 @pytest.mark.parametrize("compute_nll", [True, False])
 def test_attention_session_end_to_end(compute_nll):
-    from engine.runtime import build_engine
+    from engine import build_engine
 
     sets = ["wc.w_max=400", "scorer.name=attention", f"session.compute_nll={str(compute_nll).lower()}"]
     eng = build_engine(apply_overrides(RunConfig(), sets), "tiny", "cpu")

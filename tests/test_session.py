@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from contract.config import SCORER_NAMES, RunConfig, apply_overrides
-from contract.events import (
+from contract import (
+    SCORER_NAMES,
     AttentionRecorded,
     DecisionsRecorded,
     EntriesRecorded,
@@ -19,15 +19,14 @@ from contract.events import (
     LensAttention,
     MemorySink,
     NodesAdded,
+    RunConfig,
     RunFinished,
     RunStarted,
     StepRecorded,
+    apply_overrides,
 )
+from engine import FULL_CONTEXT_MAX, InputError, build_engine, read_text, token_chunks, window_blocks
 from engine.materialize import materialize
-from engine.runtime import build_engine
-from engine.session import FULL_CONTEXT_MAX
-from engine.structure_scorers import window_blocks
-from engine.textio import InputError, read_text, token_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = (Path(__file__).resolve().parent / "data" / "sample.txt").read_text()
@@ -157,7 +156,7 @@ def test_materialize_global_and_compact_positions():
 def test_streaming_tokenisation_matches_whole(tmp_path):
     p = tmp_path / "t.txt"
     p.write_text(TEXT * 3)
-    from engine.model_loader import ByteTokenizer
+    from engine import ByteTokenizer
 
     tok = ByteTokenizer()
     pieces = list(token_chunks(read_text(str(p), chunk_bytes=97), tok.encode))

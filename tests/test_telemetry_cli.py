@@ -27,9 +27,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from contract.config import RunConfig, apply_overrides
+from contract import RunConfig, apply_overrides
+from telemetry import Run
 from telemetry.cli import main
-from telemetry.reader import Run
 from tests.telemetry_fixtures import events, record
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,11 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contract import nodes
-from contract.events import EntriesRecorded, StepRecorded
-from telemetry.reader import Run
-from telemetry.runs import RunReadError, list_runs
-from telemetry.writer import ParquetSink
+from contract import EntriesRecorded, StepRecorded, nodes
+from telemetry import ParquetSink, Run, RunReadError, list_runs
 from tests.telemetry_fixtures import BS, events, per_token_lod, record, started
 
 

@@ -12,17 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import contract.decisions
-from contract.events import (
-    AttentionRecorded,
-    DecisionsRecorded,
-    EntriesRecorded,
-    LensAttention,
-    NodesAdded,
-    StepRecorded,
-)
-from telemetry import schema
-from telemetry.reader import Run
-from telemetry.schema import SCHEMAS, SchemaError, columns_to_arrays, validate
+from contract import AttentionRecorded, DecisionsRecorded, EntriesRecorded, LensAttention, NodesAdded, StepRecorded
+from telemetry import SCHEMAS, Run, SchemaError, columns_to_arrays, schema, validate
 from tests.telemetry_fixtures import events, record
 
 I8, I16, I32, I64, F32, STR, BOOL = pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.float32(), pa.string(), pa.bool_()
@@ -185,7 +176,7 @@ def test_a_fractional_value_never_lands_in_an_integer_column():
     import numpy as np
     import pytest
 
-    from telemetry.schema import SchemaError, columns_to_arrays
+    from telemetry import SchemaError, columns_to_arrays
 
     good = {"layer": np.array([0], np.int16), "node_id": np.array([1]), "mass": np.array([0.5], np.float32)}
     with pytest.raises(SchemaError, match="'step'"):

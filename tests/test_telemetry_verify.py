@@ -11,10 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contract.events import StepRecorded
-from telemetry import cli, run_metrics
-from telemetry.reader import Run
-from telemetry.runs import RunReadError, list_runs
+from contract import StepRecorded
+from telemetry import Run, RunReadError, cli, list_runs, run_metrics
 from tests.telemetry_fixtures import events, record
 
 N = 8

@@ -10,13 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from contract.config import RunConfig
-from contract.decisions import make_decisions
-from contract.events import DecisionsRecorded, RunFinished, StepRecorded
-from telemetry import writer
-from telemetry.reader import Run
-from telemetry.schema import TABLES, SchemaError
-from telemetry.writer import LOCK, ParquetSink, RunExistsError
+from contract import DecisionsRecorded, RunConfig, RunFinished, StepRecorded, make_decisions
+from telemetry import LOCK, TABLES, ParquetSink, Run, RunExistsError, SchemaError, writer
 from tests.telemetry_fixtures import entries_event, events, lods, record, started
 
 

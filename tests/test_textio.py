@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.textio import InputError, read_text
+from engine import InputError, read_text
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 8  # a small chunk, so that every case below meets a chunk edge

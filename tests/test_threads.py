@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from contract.events import RunFinished, StepRecorded
-from engine.threads import CpuSample, ThreadGovernor, decide_threads, other_busy_cores, read_busy_seconds
-from studio.cli_record import CountingText, ProgressBar, estimate_total_tokens
+from contract import RunFinished, StepRecorded
+from engine import CpuSample, ThreadGovernor, decide_threads, other_busy_cores, read_busy_seconds
+from studio import CountingText, ProgressBar, estimate_total_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,10 +280,8 @@ class Spy:
 
 
 def test_session_ticks_once_per_step_restores_at_the_end_and_counts_tokens_read():
-    from contract.config import RunConfig, apply_overrides
-    from contract.events import NullSink
-    from engine.runtime import build_engine
-    from engine.session import Session
+    from contract import NullSink, RunConfig, apply_overrides
+    from engine import Session, build_engine
 
     eng = build_engine(apply_overrides(RunConfig(), ["wc.w_max=400", "scorer.name=recency"]), "tiny", "cpu")
     spy = Spy()

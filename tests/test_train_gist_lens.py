@@ -12,21 +12,27 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contract.config import RunConfig, apply_overrides, protected_blocks
-from engine.gistnet import GistNet
-from engine.lensnet import FEATURE_NAMES, LensNet
-from engine.model_loader import load_model
-from engine.scorers import build_scorer
-from engine.session import Session
-from engine.structure_scorers import attention_utility
-from engine.working_context import protected_from
-from studio.train import gistnet_train, lensnet_train
-from studio.train.gist_task import horizon_logits, sample_windows
-from studio.train.gistnet_train import GistTrainConfig, train_gistnet
-from studio.train.lens_labels import LabelConfig, _NullSink, _Snapshotting, generate_labels, label_view, run_episode
-from studio.train.lensnet_train import PREV, LensTrainConfig, train_lensnet
-from studio.train.token_docs import TokenDoc, tokenize_text
-from studio.train.wc_nll import wc_scores
+from contract import RunConfig, apply_overrides, protected_blocks
+from engine import FEATURE_NAMES, GistNet, LensNet, Session, attention_utility, build_scorer, load_model, protected_from
+from studio.train import (
+    PREV,
+    GistTrainConfig,
+    LabelConfig,
+    LensTrainConfig,
+    TokenDoc,
+    generate_labels,
+    gistnet_train,
+    horizon_logits,
+    label_view,
+    lensnet_train,
+    run_episode,
+    sample_windows,
+    tokenize_text,
+    train_gistnet,
+    train_lensnet,
+    wc_scores,
+)
+from studio.train.lens_labels import _NullSink, _Snapshotting
 
 TEXT = (Path(__file__).resolve().parent / "data" / "sample.txt").read_text()
 ENGINE = apply_overrides(RunConfig(), ["tree.block_size=8", "gistnet.hidden=32"])
@@ -146,7 +152,7 @@ def test_label_is_the_counterfactual_nll_change_per_cost(tiny, lens_docs):
     measured = np.flatnonzero(np.isfinite(u))
     assert measured.size == 8 and (wc.end[measured] <= protected_from(wc, protect)).all()
     assert {0, 1} <= set(wc.lod[measured].tolist())  # both raw blocks and gists are compared
-    from studio.train.lens_labels import one_level_edit
+    from studio.train import one_level_edit
 
     for i in measured[:3]:
         edited, finer = one_level_edit(wc, int(i))
@@ -278,7 +284,7 @@ def test_training_code_never_unpickles():
 
 
 def test_recall_episodes_label_the_step_before_each_answer_and_the_fact(tiny, lens_docs):
-    from engine.scenarios import recall_text
+    from engine import recall_text
 
     rt = recall_text(lens_docs[0].tokens[:3000], tiny.tokenize, tiny.decode, np.random.default_rng(3), asks=3)
     ids = tokenize_text(rt.text, tiny.tokenize)

@@ -22,10 +22,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract import nodes
-from contract.config import GistNetConfig, TreeConfig
-from engine.gistnet import GistNet
-from engine.tree import GistTree, _Growable
+from contract import GistNetConfig, TreeConfig, nodes
+from engine import GistNet, GistTree
+from engine.tree import _Growable
 
 D = 16  # tiny embedding width: the properties do not depend on it, the runtime does
 VOCAB = 256

@@ -34,11 +34,14 @@ REPO = HERE.parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from contract.config import apply_overrides  # noqa: E402
-from engine.replay import Recording, replay_fast  # noqa: E402
-from studio.replay import load_recording  # noqa: E402
-from telemetry import metrics  # noqa: E402
-from telemetry.memory import LAB_ENTRIES, ArrowSink  # noqa: E402
+from contract import apply_overrides  # noqa: E402
+from engine import Recording, replay_fast  # noqa: E402
+from studio import load_recording  # noqa: E402
+from telemetry import (  # noqa: E402
+    LAB_ENTRIES,
+    ArrowSink,
+    metrics,  # noqa: E402
+)
 
 REC, EXPECTED = HERE / "rec", HERE / "expected"
 TABLES = ("steps", "decisions", "entries")
