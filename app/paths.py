@@ -3,8 +3,9 @@
 The app only reads run folders under its roots (`sample_runs/` shipped with the repo, and the
 user's runs folder) and only records into the user's runs folder. Any other path is refused with a
 one-line `PathRefused`, so that a shared link cannot make the server read arbitrary files.
-Roots come from `MCS_RUN_ROOTS` (os.pathsep-separated) and `MCS_RUNS_DIR` (the writable one), and
-default to `sample_runs` and `runs` in the repository. Recording inputs given as a file path must
+The roots are the shipped samples (`sample_runs/` in the repository, or `MCS_SAMPLE_RUNS`), the folders
+`MCS_RUN_ROOTS` adds (os.pathsep-separated) and the writable runs folder (`MCS_RUNS_DIR`, default `runs/`
+in the repository), where recordings started from the app and saved replays go. Recording inputs given as a file path must
 lie under `MCS_INPUT_ROOTS` (default: the repository and the Python standard library).
 
 This module does not read runs (that is `telemetry.reader`) and imports no streamlit.
@@ -34,11 +35,19 @@ def runs_dir() -> Path:
     return _env_paths("MCS_RUNS_DIR", [REPO / "runs"])[0]
 
 
+def sample_runs_dir() -> Path:
+    """The shipped sample runs (`MCS_SAMPLE_RUNS` names another folder in their place)."""
+    return _env_paths("MCS_SAMPLE_RUNS", [REPO / "sample_runs"])[0]
+
+
 def run_roots() -> list[Path]:
-    """Every folder whose sub-folders are listed as runs, the writable one last."""
-    roots = _env_paths("MCS_RUN_ROOTS", [REPO / "sample_runs"])
-    w = runs_dir()
-    return [r for r in roots if r != w] + [w]
+    """Every folder whose sub-folders are listed as runs: the samples, the folders `MCS_RUN_ROOTS`
+    adds, and the writable one last (each once)."""
+    w, roots = runs_dir(), []
+    for r in [sample_runs_dir(), *_env_paths("MCS_RUN_ROOTS", [])]:
+        if r != w and r not in roots:
+            roots.append(r)
+    return [*roots, w]
 
 
 def input_roots() -> list[Path]:

@@ -265,6 +265,15 @@ def job_status(name: str) -> dict:
     return info
 
 
+def job_for(ref: str) -> dict | None:
+    """The status (`job_status`) of the recording started from the app that writes run `ref`, or None
+    when no recording started here writes it (a run recorded elsewhere, or any other reference)."""
+    name = str(ref).rsplit("/", 1)[-1]
+    if not name or not _lock(name).is_file() or paths.run_ref(paths.runs_dir() / name) != ref:
+        return None
+    return job_status(name)
+
+
 def jobs() -> list[str]:
     """Names of recordings started from the app, newest first."""
     if not logs_dir().is_dir():

@@ -2,7 +2,8 @@
 
 The entry point only declares the pages (`st.navigation`); each page is a thin module under
 `app/views/` over `telemetry.reader` queries (`app/queries.py`) and pure chart builders
-(`app/charts*.py`). State that a shared link must carry lives in the URL (`app/state.py`).
+(`app/charts*.py`). State that a shared link must carry lives in the URL (`app/state.py`), and the
+sidebar carries it from page to page (`state.carry_view`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ if _REPO not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from app import state  # noqa: E402
+
 # Not `pages/`: Streamlit treats a `pages/` folder beside the entry point as its own multipage app,
 # so a shared deep link (/timeline?run=...) would open the bare page file and skip this entry point.
 _PAGES = Path(__file__).parent / "views"
@@ -24,7 +27,10 @@ _PAGES = Path(__file__).parent / "views"
 st.set_page_config(page_title="MegaContext Studio", layout="wide")
 
 pages = [
-    st.Page(_PAGES / "runs.py", title="Runs", url_path="runs", default=True),
+    # The default page is served at the root; `/runs` (what a person types, and old links) is the same
+    # page under a hidden entry, since Streamlit answers a default page's own path with "Page not found".
+    st.Page(_PAGES / "runs.py", title="Runs", url_path="home", default=True),
+    st.Page(_PAGES / "runs.py", title="Runs", url_path="runs", visibility="hidden"),
     st.Page(_PAGES / "timeline.py", title="Timeline", url_path="timeline"),
     st.Page(_PAGES / "step_inspector.py", title="Step inspector", url_path="step"),
     st.Page(_PAGES / "metrics.py", title="Metrics", url_path="metrics"),
@@ -34,4 +40,6 @@ pages = [
     st.Page(_PAGES / "live.py", title="Live", url_path="live"),
     st.Page(_PAGES / "record.py", title="Record", url_path="record"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+state.carry_view()  # the sidebar's links are bare paths: the run and step come along from the session
+page.run()

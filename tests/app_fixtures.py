@@ -9,7 +9,7 @@
 - `stale`: the same, with a heartbeat an hour old (shows as `interrupted`);
 - `broken`: a folder with no manifest (shows as `invalid`).
 `<tmp>/mine` is the writable runs folder (empty). `point_app_at(monkeypatch, roots)` sets
-`MCS_RUN_ROOTS` / `MCS_RUNS_DIR` so the app lists exactly these.
+`MCS_SAMPLE_RUNS` / `MCS_RUNS_DIR` so the app lists exactly these.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def run_roots(tmp: Path) -> dict:
 
 
 def point_app_at(monkeypatch, roots: dict) -> None:
-    monkeypatch.setenv("MCS_RUN_ROOTS", str(roots["samples"]))
+    monkeypatch.setenv("MCS_SAMPLE_RUNS", str(roots["samples"]))
     monkeypatch.setenv("MCS_RUNS_DIR", str(roots["mine"]))
 
 

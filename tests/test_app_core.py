@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -167,3 +169,36 @@ def test_whole_app_through_its_navigation(roots):
     for page in ("views/step_inspector.py", "views/metrics.py", "views/live.py"):
         at.switch_page(page).run()
         assert not at.exception, page
+
+
+def test_run_roots_add_folders_to_the_samples(roots, monkeypatch, tmp_path):
+    """`MCS_RUN_ROOTS` adds folders (the README says so); the samples stay, the writable folder is last."""
+    from app import paths
+
+    other = tmp_path / "other"
+    shutil.copytree(roots["samples"] / "small", other / "extra")
+    monkeypatch.setenv("MCS_RUN_ROOTS", f"{other}{os.pathsep}{roots['samples']}")  # the samples twice: listed once
+    assert paths.run_roots() == [roots["samples"].resolve(), other.resolve(), roots["mine"].resolve()]
+    refs = q.runs_table()["ref"].tolist()
+    assert "other/extra" in refs and "samples/small" in refs
+    assert refs.index("samples/small") < refs.index("other/extra")
+
+
+def test_the_sidebar_keeps_the_run_and_step_across_pages(roots):
+    """A sidebar link opens the bare page path: the entry point restores the run and step the session
+    last had, and a parameter a page removes (run2 set to none) stays removed."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PAGES.parent / "streamlit_app.py"), default_timeout=60)
+    at.query_params.update({"run": "samples/small", "run2": "samples/replay", "step": "3"})
+    at.run()
+    clean(at)
+    at.selectbox(key="runs_pick2").set_value("(none)").run()
+    assert "run2" not in at.query_params
+    at.query_params.clear()  # what a click in the sidebar sends
+    at.switch_page("views/step_inspector.py").run()
+    clean(at)
+    assert at.query_params["run"] == "samples/small" and at.query_params["step"] == "3"
+    assert "run2" not in at.query_params
+    assert at.slider(key="step_scrubber").value == 3
+    assert not any("Pick a run" in str(i.value) for i in at.info)

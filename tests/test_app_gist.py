@@ -22,7 +22,7 @@ def roots(tmp_path, monkeypatch):
     src = tmp_path / "src"
     n = synthetic_run(src / "with")
     synthetic_run(src / "without", gists=False)
-    monkeypatch.setenv("MCS_RUN_ROOTS", str(src))
+    monkeypatch.setenv("MCS_SAMPLE_RUNS", str(src))
     monkeypatch.setenv("MCS_RUNS_DIR", str(tmp_path / "runs"))
     yield src, n
     stop(projection._PROCS)  # the page starts UMAP in the background: end ours, by their handles

@@ -27,7 +27,7 @@ def roots(tmp_path_factory):
 
 @pytest.fixture
 def env(roots, monkeypatch):
-    monkeypatch.setenv("MCS_RUN_ROOTS", str(roots / "src"))
+    monkeypatch.setenv("MCS_SAMPLE_RUNS", str(roots / "src"))
     monkeypatch.setenv("MCS_RUNS_DIR", str(roots / "runs"))
     return roots
 

@@ -78,3 +78,38 @@ def test_none_recording(tmp_path, monkeypatch, roots):
     at = open_page("live")
     clean(at)
     assert "No run is recording now" in texts(at.info) and "python -m engine record" in texts(at.info)
+
+
+def test_waits_for_a_recording_started_here_until_its_folder_appears(roots):
+    """Right after Start on the Record page the run has no folder (the recorder loads its model
+    first): the page waits and says so, then follows the run once it is there."""
+    import json
+    import subprocess
+    import sys
+
+    from app import recorder
+
+    name = "starting_now"
+    logs = roots["mine"] / "_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    # A live process whose command line names the engine, as a real recorder's does.
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "engine", "record"])
+    try:
+        (logs / f"{name}.json").write_text(json.dumps({"pid": proc.pid, "out": str(roots["mine"] / name)}))
+        (logs / f"{name}.log").write_text("loading model tiny\n")
+        assert recorder.job_for(f"mine/{name}")["state"] == "starting"
+        assert recorder.job_for("samples/small") is None  # not recorded from here
+        at = open_page("live", run=f"mine/{name}")
+        clean(at)
+        shown = texts(at.info)
+        assert f"Waiting for `mine/{name}` to start" in shown and "loading model tiny" in shown
+    finally:
+        proc.kill()
+        proc.wait()
+    # The recorder died before writing anything: its error line, not "no run folder".
+    (logs / f"{name}.log").write_text("loading model tiny\nerror: model 'nope' not found\n")
+    at = open_page("live", run=f"mine/{name}")
+    assert [e.value for e in at.error] == [
+        f"The recording `mine/{name}` failed before it wrote anything: error: model 'nope' not found"
+    ]
+    shutil.rmtree(logs)

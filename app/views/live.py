@@ -4,6 +4,8 @@ A timer fragment re-reads the run (new part files and a new manifest heartbeat g
 version) and redraws steps and tokens so far, the timeline of the latest steps and the utilization
 and swap rate so far. A run that is not recording (finished, interrupted, failed) gets a one-line
 message and a link to its Timeline instead; with no `?run=` the page offers the runs recording now.
+A run whose recorder was just started from the Record page has no folder until the model has loaded:
+the page waits for it (polling), and says so, or shows the recorder's error if it fails first.
 Queries: `app/queries.py`; charts: `app/charts.py`, `app/charts_metrics.py`.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, charts_metrics, state, widgets
+from app import charts, charts_metrics, recorder, state, widgets
 from app import queries as q
 from app import queries_step as qs
 
@@ -28,6 +30,23 @@ if state.param(state.RUN) is None:
     pick = st.selectbox("recording now", live, key="live_pick")
     state.set_param(state.RUN, pick)
 
+
+@st.fragment(run_every=REFRESH_S)
+def wait_for_start(ref: str) -> None:
+    """Until the recorder started from the Record page has created its run folder."""
+    job = recorder.job_for(ref)
+    if job is None or job["state"] != "starting":
+        st.rerun()  # the folder is there (or the recorder stopped): the whole page shows it
+    st.info(f"Waiting for `{ref}` to start: the recorder is loading its model. {job['last_line']}".strip())
+
+
+job = recorder.job_for(state.param(state.RUN))
+if job is not None and job["state"] == "starting":
+    wait_for_start(state.param(state.RUN))
+    st.stop()
+if job is not None and job["state"] == "failed" and job["error"]:
+    st.error(f"The recording `{job['ref']}` failed before it wrote anything: {job['error']}")
+    st.stop()
 run, _ = widgets.require_run()
 ref = state.param(state.RUN)
 status = run.status
