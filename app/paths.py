@@ -5,8 +5,9 @@ user's runs folder) and only records into the user's runs folder. Any other path
 one-line `PathRefused`, so that a shared link cannot make the server read arbitrary files.
 The roots are the shipped samples (`sample_runs/` in the repository, or `MCS_SAMPLE_RUNS`), the folders
 `MCS_RUN_ROOTS` adds (os.pathsep-separated) and the writable runs folder (`MCS_RUNS_DIR`, default `runs/`
-in the repository), where recordings started from the app and saved replays go. Recording inputs given as a file path must
-lie under `MCS_INPUT_ROOTS` (default: the repository and the Python standard library).
+in the repository), where recordings started from the app and saved replays go. Recording inputs
+given as a file path must lie under `MCS_INPUT_ROOTS` (default: the repository and the Python
+standard library).
 
 This module does not read runs (that is `telemetry.reader`) and imports no streamlit.
 """

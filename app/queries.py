@@ -80,11 +80,17 @@ def key(run: Run) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------- labels
 
 
-def node_labels(node_id: pd.Series | np.ndarray) -> list[str]:
-    """`L1 #12` for node (lod 1, index 12); `tail` for the raw tail (-1)."""
+def node_labels(node_id: pd.Series | np.ndarray, block_size: int | None = None) -> list[str]:
+    """`L1 #12` for node (lod 1, index 12), or with `block_size` its tokens too (`L1 #12, tokens
+    384-416`); `tail` for the raw tail (-1)."""
     ids = np.asarray(node_id, dtype=np.int64)
     lod, idx = nodes.node_lod(ids), nodes.node_index(ids)
-    return ["tail" if i < 0 else f"L{lv} #{ix}" for i, lv, ix in zip(ids, lod, idx, strict=True)]
+    labels = [f"L{lv} #{ix}" for lv, ix in zip(lod, idx, strict=True)]
+    if block_size is not None:
+        start = nodes.node_start(lod, idx, block_size)
+        end = start + nodes.span_tokens(lod, block_size)
+        labels = [f"{b}, tokens {s}-{e}" for b, s, e in zip(labels, start, end, strict=True)]
+    return ["tail" if i < 0 else b for i, b in zip(ids, labels, strict=True)]
 
 
 def _df(t: pa.Table) -> pd.DataFrame:

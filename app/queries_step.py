@@ -82,20 +82,39 @@ def step_entries(path: str, ver: str, step: int) -> pd.DataFrame:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def step_decisions(path: str, ver: str, step: int) -> pd.DataFrame:
-    """Every decision of `step`, in recorded order, with a readable node and LOD change."""
+    """Every decision of `step`: the applied edits first (in the order they were applied), then the
+    other candidates as recorded; with a readable node (`L1 #26, tokens 832-864`), the LOD change, and
+    `impossible` marking candidates no allocator could apply (expanding LOD0, collapsing into a level
+    above the tree's top), which the allocator logs as illegal."""
     d = rows_at(path, ver, "decisions", step)
     if d.empty:
-        return d.assign(node="", change="")
-    d.insert(2, "node", node_labels(d["node_id"]))
-    to = d["lod_to"].astype(int)
-    d["change"] = [f"{a}->{'out' if b < 0 else b}" for a, b in zip(d["lod_from"].astype(int), to, strict=True)]
-    return d
+        return d.assign(node="", change="", impossible=False)
+    d, run = d.reset_index(drop=True), get_run(path)
+    block_size, max_lod = int(run.knob("tree.block_size", 32)), int(run.knob("tree.max_lod", 2))
+    d.insert(2, "node", node_labels(d["node_id"], block_size))
+    lod_from, lod_to = d["lod_from"].astype(int), d["lod_to"].astype(int)
+    d["change"] = [f"{a}->{'out' if b < 0 else b}" for a, b in zip(lod_from, lod_to, strict=True)]
+    d["impossible"] = ((d["action"] == "expand") & (lod_from == 0)) | ((d["action"] == "collapse") & (lod_to > max_lod))
+    applied = d["outcome"] == "applied"
+    key = pd.DataFrame(
+        {"later": ~applied, "it": d["iteration"], "seq": d["seq"].where(applied, 0), "row": range(len(d))}
+    )
+    return d.iloc[key.sort_values(["later", "it", "seq", "row"], kind="stable").index].reset_index(drop=True)
 
 
-def decision_view(d: pd.DataFrame) -> pd.DataFrame:
-    """The columns a person reads first, in that order (the rest stay in the exported file)."""
+def decision_view(d: pd.DataFrame, actions=None, outcomes=None, impossible: bool = True) -> pd.DataFrame:
+    """The columns a person reads first, in that order (the rest stay in the exported file), of the
+    rows whose action and outcome are among those given (None: all); `impossible=False` drops the
+    structurally impossible candidates."""
+    keep = pd.Series(True, index=d.index)
+    if actions is not None:
+        keep &= d["action"].isin(list(actions))
+    if outcomes is not None:
+        keep &= d["outcome"].isin(list(outcomes))
+    if not impossible and "impossible" in d.columns:
+        keep &= ~d["impossible"]
     cols = ["iteration", "seq", "action", "node", "change", "score", "outcome", "forced", "node_id"]
-    return d[[c for c in cols if c in d.columns]]
+    return d.loc[keep, [c for c in cols if c in d.columns]]
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -1,4 +1,5 @@
-"""The widgets every page shares: the run guard, the step scrubber and links to other pages.
+"""The widgets every page shares: the run guard, the step scrubber, links to other pages, and the
+table of one step's decisions (Timeline and Step inspector).
 
 Each is bound to the URL state of `app/state.py` (run, second run, step), so that a page opened
 from a link, the sidebar or another page shows the same view. This module draws; it computes
@@ -12,7 +13,8 @@ from urllib.parse import urlencode
 import streamlit as st
 from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
-from app import paths, state
+from app import export, paths, state
+from app import queries_step as qs
 from app.queries import get_run, key
 from telemetry.reader import Run
 from telemetry.runs import RunReadError
@@ -100,3 +102,25 @@ def nav_link(label: str, page: str, **params: object) -> None:
         st.page_link(PAGE_FILES[page], label=label, query_params=query)
     except (StreamlitAPIException, StreamlitPageNotFoundError):
         st.markdown(f"[{label}]({link(page, **params)})")
+
+
+def decision_table(dec, *, key: str, export_name: str) -> None:
+    """One step's decisions (`queries_step.step_decisions`): a summary line, filters by action and
+    outcome, the applied edits first, the structurally impossible candidates hidden (and counted)
+    unless asked for; CSV and Parquet of the rows shown."""
+    if dec.empty:
+        st.info("No decisions at this step: no candidate passed the thresholds and nothing was forced.")
+        return
+    n_applied, n_impossible = int((dec["outcome"] == "applied").sum()), int(dec["impossible"].sum())
+    hidden = f"; {n_impossible} impossible (expanding LOD0, collapsing the top level)" if n_impossible else ""
+    st.markdown(f"{len(dec)} candidates, {n_applied} applied{hidden}")
+    c1, c2, c3 = st.columns([2, 3, 2], vertical_alignment="bottom")
+    actions = sorted(dec["action"].unique())
+    outcomes = list(dict.fromkeys(dec["outcome"]))
+    picked_a = c1.multiselect("action", actions, default=actions, key=f"{key}_action")
+    picked_o = c2.multiselect("outcome", outcomes, default=outcomes, key=f"{key}_outcome")
+    show = c3.toggle("show impossible", value=False, key=f"{key}_impossible", disabled=n_impossible == 0,
+                     help="candidates no allocator could apply, logged as illegal")  # fmt: skip
+    view = qs.decision_view(dec, picked_a, picked_o, impossible=show)
+    st.dataframe(view, hide_index=True, key=f"{key}_table")
+    export.download_buttons(dec.loc[view.index], export_name, key=f"{key}_dl")

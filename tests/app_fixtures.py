@@ -143,3 +143,18 @@ def frame_with(at, *columns: str):
         if all(c in df.value.columns for c in columns):
             return df.value
     raise AssertionError(f"no dataframe with columns {columns}: {[list(d.value.columns) for d in at.dataframe]}")
+
+
+def shown_rows(d, max_lod: int = 2) -> list[int]:
+    """Rows of a recorded decision table in the order the decisions tables show them: the applied edits
+    by `seq`, then the other candidates as recorded, without the structurally impossible ones
+    (expanding LOD0, collapsing above `max_lod`). Written from the events, not from the app's code."""
+    from contract import APPLIED, COLLAPSE, EXPAND
+
+    rows = range(len(d))
+    impossible = {k for k in rows if (d.action[k] == EXPAND and d.lod_from[k] == 0)
+                  or (d.action[k] == COLLAPSE and d.lod_to[k] > max_lod)}  # fmt: skip
+    applied = sorted((k for k in rows if d.outcome[k] == APPLIED), key=lambda k: int(d.seq[k]))
+    return [k for k in applied if k not in impossible] + [
+        k for k in rows if d.outcome[k] != APPLIED and k not in impossible
+    ]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from contract import OUTCOMES, AttentionRecorded, DecisionsRecorded, EntriesRecorded, LensAttention
-from tests.app_fixtures import charts, clean, decode, frame_with, open_page, point_app_at, run_roots, texts
+from tests.app_fixtures import charts, clean, decode, frame_with, open_page, point_app_at, run_roots, shown_rows, texts
 from tests.telemetry_fixtures import events, record
 
 
@@ -56,9 +56,10 @@ def test_decisions_of_the_step_with_their_reasons(roots):
     at = open_page("step_inspector", run="samples/small", step=4)
     clean(at)
     d = _event(roots["events"], DecisionsRecorded, 4).decisions
+    rows = shown_rows(d)
     table = frame_with(at, "outcome", "change")
-    assert table["node_id"].tolist() == d.node_id.tolist()
-    assert table["outcome"].tolist() == [OUTCOMES[c] for c in d.outcome]
+    assert table["node_id"].tolist() == d.node_id[rows].tolist()
+    assert table["outcome"].tolist() == [OUTCOMES[d.outcome[k]] for k in rows]
     assert "budget" in table["outcome"].tolist()  # the refused candidate keeps its reason
 
 
@@ -95,3 +96,33 @@ def test_run_without_attention_tables_says_so(roots):
     info = texts(at.info)
     assert "recorded no base-model attention" in info and "No LensNet attention" in info
     assert len(frame_with(at, "preview", "raw_score")) == _event(events(4), EntriesRecorded, 1).lod.size
+
+
+def test_decisions_read_applied_first_filter_and_hide_the_impossible(roots):
+    """A step with two applied edits recorded after a refused one, and two candidates no allocator
+    could apply (expand LOD0, collapse into LOD3 of a 2-level tree): the table opens on the applied
+    edits in their order, hides the impossible two (and says how many), and filters by outcome."""
+    import dataclasses
+
+    from contract import make_decisions, nodes
+
+    l1, l2 = int(nodes.node_id(1, 1)), int(nodes.node_id(2, 0))
+    dec = make_decisions({
+        "node_id": [int(nodes.node_id(0, 5)), l1, int(nodes.node_id(1, 3)), l2, int(nodes.node_id(3, 0))],
+        "lod_from": [0, 1, 1, 1, 2], "lod_to": [-1, 0, 0, 2, 3], "action": [0, 0, 0, 1, 1],
+        "score": [0.9, 0.8, 0.5, -0.7, -0.9], "outcome": [3, 0, 5, 0, 3], "forced": [False] * 5,
+        "seq": [-1, 1, -1, 0, -1],
+    })  # fmt: skip
+    evs = [dataclasses.replace(e, decisions=dec) if isinstance(e, DecisionsRecorded) and e.step == 1 else e
+           for e in events(3)]  # fmt: skip
+    record(roots["samples"] / "edits", evs)
+    at = open_page("step_inspector", run="samples/edits", step=1)
+    clean(at)
+    table = frame_with(at, "outcome", "change")
+    assert table["node"].tolist() == ["L2 #0, tokens 0-1024", "L1 #1, tokens 32-64", "L1 #3, tokens 96-128"]
+    assert table["outcome"].tolist() == ["applied", "applied", "budget"]
+    assert "5 candidates, 2 applied; 2 impossible" in texts(at.markdown)
+    at.toggle(key="si_dec_impossible").set_value(True).run()
+    assert len(frame_with(at, "outcome", "change")) == 5
+    at.multiselect(key="si_dec_outcome").set_value(["budget"]).run()
+    assert frame_with(at, "outcome", "change")["node"].tolist() == ["L1 #3, tokens 96-128"]

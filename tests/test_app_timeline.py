@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 
 from contract import ACTIONS, OUTCOMES, DecisionsRecorded, EntriesRecorded
-from tests.app_fixtures import charts, clean, decode, frame_with, heartbeat, open_page, point_app_at, run_roots, texts
+from tests.app_fixtures import (
+    charts,
+    clean,
+    decode,
+    frame_with,
+    heartbeat,
+    open_page,
+    point_app_at,
+    run_roots,
+    shown_rows,
+    texts,
+)
 from tests.telemetry_fixtures import per_token_lod
 
 T1 = (7 + 4) * 32  # tokens covered by the WC at the last step of the 8-step fixture
@@ -60,14 +71,13 @@ def test_decisions_table_is_the_recorded_decisions_of_the_step(roots):
     at = open_page("timeline", run="samples/small", step=3)
     clean(at)
     d = next(e.decisions for e in roots["events"] if isinstance(e, DecisionsRecorded) and e.step == 3)
+    rows = shown_rows(d)
     table = frame_with(at, "outcome", "change")
-    assert table["node_id"].tolist() == d.node_id.tolist()
-    assert table["action"].tolist() == [ACTIONS[c] for c in d.action]
-    assert table["outcome"].tolist() == [OUTCOMES[c] for c in d.outcome]
-    assert table["forced"].tolist() == d.forced.tolist()
-    assert table["change"].tolist() == [
-        f"{a}->{'out' if b < 0 else b}" for a, b in zip(d.lod_from, d.lod_to, strict=True)
-    ]
+    assert table["node_id"].tolist() == d.node_id[rows].tolist()
+    assert table["action"].tolist() == [ACTIONS[d.action[k]] for k in rows]
+    assert table["outcome"].tolist() == [OUTCOMES[d.outcome[k]] for k in rows]
+    assert table["forced"].tolist() == d.forced[rows].tolist()
+    assert table["change"].tolist() == [f"{d.lod_from[k]}->{'out' if d.lod_to[k] < 0 else d.lod_to[k]}" for k in rows]
     assert "evict" in table["action"].tolist()  # step 3 of the fixture has the forced eviction
     labels = [b.label for b in at.get("download_button")]
     assert labels.count("CSV") >= 2 and labels.count("Parquet") >= 2  # heatmap cells and decisions
@@ -84,7 +94,7 @@ def test_scrubber_and_url_move_together(roots):
     at.run()
     assert at.slider(key="step_scrubber").value == 5
     d = next(e.decisions for e in roots["events"] if isinstance(e, DecisionsRecorded) and e.step == 5)
-    assert frame_with(at, "outcome", "change")["node_id"].tolist() == d.node_id.tolist()
+    assert frame_with(at, "outcome", "change")["node_id"].tolist() == d.node_id[shown_rows(d)].tolist()
 
 
 def test_play_advances_one_step_per_tick_and_stops_at_the_end(roots):

@@ -51,14 +51,7 @@ else:
 
 # ----------------------------------------------------------------------------------- decisions
 st.subheader("Decisions")
-dec = qs.step_decisions(path, ver, step)
-if dec.empty:
-    st.info(f"No decisions at step {step}: no candidate passed the thresholds and nothing was forced.")
-else:
-    counts = dec["outcome"].value_counts()
-    st.caption(", ".join(f"{n} {o}" for o, n in counts.items()))
-    st.dataframe(qs.decision_view(dec), hide_index=True, key="si_decisions")
-    export.download_buttons(dec, f"{run.name}-decisions-step{step}", key="si_dec")
+widgets.decision_table(qs.step_decisions(path, ver, step), key="si_dec", export_name=f"{run.name}-decisions-step{step}")
 
 
 def _jump(to: int) -> None:

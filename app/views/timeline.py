@@ -118,11 +118,5 @@ if len(ents):
 else:
     st.caption("No WC recorded at this step (entries are recorded every `session.entries_every` steps).")
 
-dec = qs.step_decisions(path, ver, step)
-if dec.empty:
-    st.info(f"No decisions at step {step}: no candidate passed the thresholds and nothing was forced.")
-else:
-    applied = int((dec["outcome"] == "applied").sum())
-    st.markdown(f"**Decisions** ({len(dec)} candidates, {applied} applied)")
-    st.dataframe(qs.decision_view(dec), hide_index=True, key="tl_decisions")
-    export.download_buttons(dec, f"{run.name}-decisions-step{step}", key="tl_dec")
+st.markdown("**Decisions**")
+widgets.decision_table(qs.step_decisions(path, ver, step), key="tl_dec", export_name=f"{run.name}-decisions-step{step}")
