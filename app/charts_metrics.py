@@ -23,16 +23,24 @@ def metric_lines(
     step: int | None = None,
     names: dict[str, str] | None = None,
     height: int = 260,
+    connect: bool = False,
 ) -> go.Figure:
-    """One line per column against `step`; nulls break the line (a step with no value is not zero)."""
+    """One line per column against `step`; nulls break the line (a step with no value is not zero),
+    or with `connect` (a value measured at some steps only) the line joins the measured steps, each
+    marked. A column with no value at all gets no line."""
     fig = go.Figure()
     for col in columns:
         if col in df.columns:
+            x, y = df["step"].to_numpy(), pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
+            if connect:
+                x, y = x[~np.isnan(y)], y[~np.isnan(y)]
+            if y.size == 0 or np.isnan(y).all():
+                continue
             fig.add_trace(
                 go.Scatter(
-                    x=df["step"].to_numpy(),
-                    y=pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64),
-                    mode="lines",
+                    x=x,
+                    y=y,
+                    mode="lines+markers" if connect and y.size <= 200 else "lines",
                     name=(names or {}).get(col, col),
                     connectgaps=False,
                 )

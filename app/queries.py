@@ -166,6 +166,22 @@ HEADLINE = registry.HEADLINE  # the Runs table's metric columns
 METRICS, LINES, LINE_NAMES = registry.METRICS, registry.LINES, registry.LINE_NAMES
 
 
+def missing_message(line: registry.Line, df: pd.DataFrame) -> str:
+    """Why a run has nothing to draw for `line` (its series `df` is empty or all null), in one line
+    that says how to record it: NLL off, or NLL on without the baselines a ΔNLL needs."""
+    if line.series != "delta_nll":
+        return f"No {line.title} data in this run."
+    if "nll" not in df.columns or df["nll"].isna().all():
+        return (
+            "No NLL in this run: it was recorded with `session.compute_nll=false` "
+            "(`--set session.compute_nll=true`, or leave it on in the Record page's knobs)."
+        )
+    return (
+        "No baselines in this run: its NLL was measured, but not the full-context and recency-window NLL "
+        "a ΔNLL compares it with (record with `session.baselines=true`: the Record page's NLL baselines switch)."
+    )
+
+
 @st.cache_resource(show_spinner=False)
 def _summaries() -> dict:
     # Shared by every session, like cache_data, but it can be asked whether a run's summary is known

@@ -339,13 +339,15 @@ def coherence(entries: pa.Table, decisions: pa.Table, tau_expand: float) -> pa.T
 
 
 def delta_nll(steps: pa.Table) -> pa.Table:
-    """nll - nll_full and nll - nll_recency per step; null where either side was not computed."""
+    """Per step: the policy's next-block NLL, the baselines' (`nll_full`, `nll_recency`), and
+    nll - nll_full, nll - nll_recency (`d_full`, `d_recency`); null where a side was not computed."""
     nll = pc.cast(steps.column("nll"), pa.float64())
     out = {"step": steps.column("step"), "nll": nll}
     for base in ("full", "recency"):
         name = f"nll_{base}"
         other = pc.cast(steps.column(name), pa.float64()) if name in steps.column_names else pa.nulls(len(nll))
-        out[f"d_{base}"] = pc.subtract(nll, pc.cast(other, pa.float64()))
+        out[name] = pc.cast(other, pa.float64())
+        out[f"d_{base}"] = pc.subtract(nll, out[name])
     return pa.table(out)
 
 

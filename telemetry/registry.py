@@ -56,15 +56,23 @@ class Line:
     columns: tuple[str, ...]
     title: str
     y_title: str
+    connect: bool = False  # measured at some steps only (NLL every `session.nll_every`): join the points
 
 
-LINES: tuple[Line, ...] = (
+LINES: tuple[Line, ...] = (  # NLL first: whether focus helps the model is the first question
+    Line("delta_nll", ("nll", "nll_full", "nll_recency"), "NLL", "nats per token, next block", connect=True),
+    Line("delta_nll", ("d_full", "d_recency"), "ΔNLL", "nats (policy minus baseline)", connect=True),
     Line("swap_rate", ("swap_rate",), "Swap rate", "applied edits / entries"),
     Line("oscillation", ("ping_pongs",), "Oscillation", "ping-pongs"),
     Line("locality", ("locality",), "Locality", "1 = one region of detail"),
     Line("sequential", ("sequential",), "Sequential score", "share within one block"),
     Line("utilization", ("utilization",), "Utilization", "cost / w_max"),
     Line("coherence", ("coherence",), "Coherence", "share of high scores made finer"),
-    Line("delta_nll", ("d_full", "d_recency"), "ΔNLL", "nats (policy minus baseline)"),
 )
-LINE_NAMES = {"d_full": "vs full context", "d_recency": "vs recency window"}  # legend names of columns
+LINE_NAMES = {  # legend names of columns
+    "d_full": "vs full context",
+    "d_recency": "vs recency window",
+    "nll": "this policy",
+    "nll_full": "full context",
+    "nll_recency": "recency window",
+}

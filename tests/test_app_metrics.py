@@ -44,10 +44,15 @@ def test_lines_are_the_metric_series(roots):
         exp = np.array([np.nan if v is None else v for v in want.column(col).to_pylist()], float)
         np.testing.assert_allclose(got, exp, rtol=1e-6, err_msg=title)
     dn = run_metrics.series(run, "delta_nll")
-    tr = {t["name"]: t for t in figs["ΔNLL"]["data"]}
-    exp = np.array([np.nan if v is None else v for v in dn.column("d_full").to_pylist()], float)
-    np.testing.assert_allclose(decode(tr["vs full context"]["y"]).astype(float), exp, rtol=1e-6)
-    assert np.isnan(exp).any() and not np.isnan(exp).all()  # the fixture has NLL on odd steps only
+    steps = np.array(dn.column("step").to_pylist())
+    for title, col, legend in (("ΔNLL", "d_full", "vs full context"), ("NLL", "nll", "this policy"),
+                               ("NLL", "nll_full", "full context")):  # fmt: skip
+        tr = {t["name"]: t for t in figs[title]["data"]}[legend]
+        exp = np.array([np.nan if v is None else v for v in dn.column(col).to_pylist()], float)
+        assert np.isnan(exp).any() and not np.isnan(exp).all()  # the fixture has NLL on odd steps only
+        # Measured at some steps only: the line joins the measured steps (gaps would hide it).
+        assert decode(tr["x"]).tolist() == steps[~np.isnan(exp)].tolist(), title
+        np.testing.assert_allclose(decode(tr["y"]).astype(float), exp[~np.isnan(exp)], rtol=1e-6)
 
 
 def test_tiles_are_the_summary(roots):
@@ -93,6 +98,35 @@ def test_residency_distribution_on_request(roots):
     run = Run(roots["samples"] / "small")
     runs = metrics.residency_runs(run.table("entries")).to_pandas()
     closed = runs[~runs["open"]].groupby("length").size()
-    bars = charts(at)[-1]["data"][0]
-    assert len(charts(at)) == n + 1 and bars["type"] == "bar"
+    bars = [f["data"][0] for f in charts(at) if f["data"] and f["data"][0]["type"] == "bar"]
+    assert len(charts(at)) == n + 1 and len(bars) == 1
+    bars = bars[0]
     assert decode(bars["x"]).tolist() == closed.index.tolist() and decode(bars["y"]).tolist() == closed.tolist()
+
+
+@pytest.mark.parametrize(
+    ("name", "with_nll", "nll_chart", "delta_note"),
+    [
+        ("no_baselines", True, True, "No baselines in this run: its NLL was measured"),
+        ("no_nll", False, False, "No NLL in this run: it was recorded with `session.compute_nll=false`"),
+    ],
+)
+def test_nll_shows_what_was_measured_and_says_what_is_missing(roots, name, with_nll, nll_chart, delta_note):
+    """NLL measured without baselines: the NLL line is drawn and the ΔNLL panel says the baselines are
+    missing (not that NLL was not computed); no NLL at all: both panels say how to record it."""
+    import dataclasses
+
+    from contract import StepRecorded
+    from tests.telemetry_fixtures import events, record
+
+    evs = [dataclasses.replace(e, nll_full=None, nll_recency=None) if isinstance(e, StepRecorded) else e
+           for e in events(6, with_nll=with_nll)]  # fmt: skip
+    record(roots["samples"] / name, evs)
+    at = open_page("metrics", run=f"samples/{name}")
+    clean(at)
+    figs = _by_title(at)
+    assert "ΔNLL" not in figs and ("NLL" in figs) == nll_chart
+    if nll_chart:
+        assert [t["name"] for t in figs["NLL"]["data"]] == ["this policy"]  # no empty baseline lines
+    notes = texts(at.info)
+    assert delta_note in notes and (nll_chart or notes.count("No NLL in this run") == 2)

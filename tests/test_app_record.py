@@ -154,3 +154,17 @@ def test_wait_returns_at_its_timeout_for_an_unknown_name(runs):
     t0 = time.monotonic()
     assert recorder.wait("nobody", timeout=0.5)["state"] == "unknown"
     assert time.monotonic() - t0 < 5
+
+
+def test_the_baselines_switch_asks_the_recorder_for_them(runs):
+    """The Record page's `session.baselines` switch (off by default: it costs two more forwards per
+    measured step) passes the knob to the recorder, so that the run's Metrics page can show ΔNLL."""
+    import json
+
+    at = page()
+    assert at.toggle(key="rec:baselines").value is False
+    at.toggle(key="rec:baselines").set_value(True)
+    at = start(at, "with-baselines", path=str(SAMPLE))
+    assert not errors(at), errors(at)
+    command = json.loads((runs / "_logs" / "with-baselines.json").read_text())["command"]
+    assert "session.baselines=true" in command

@@ -53,15 +53,17 @@ table = q.compare_table(q.summary(path_a, ver_a), q.summary(path_b, ver_b), name
 st.dataframe(table, hide_index=True, key="cmp_metrics")
 export.download_buttons(table, f"compare-{run_a.name}-{run_b.name}", key="cmp_metrics_dl")
 
-lines = {line.series: line for line in q.LINES}
-metric = st.selectbox("over time", list(lines), index=list(lines).index("utilization"), key="cmp_m")
-column = lines[metric].columns[0]
-sa, sb = q.series(path_a, ver_a, metric), q.series(path_b, ver_b, metric)
+lines = {line.title: line for line in q.LINES}
+metric = st.selectbox("over time", list(lines), index=list(lines).index("Utilization"), key="cmp_m")
+line = lines[metric]
+column = line.columns[0]
+sa, sb = q.series(path_a, ver_a, line.series), q.series(path_b, ver_b, line.series)
 both = pd.merge(
     sa[["step", column]].rename(columns={column: names[0]}),
     sb[["step", column]].rename(columns={column: names[1]}),
     on="step",
     how="outer",
 ).sort_values("step")
-st.plotly_chart(charts_metrics.metric_lines(both, list(names), y_title=column, step=step), key="cmp_series")
+fig = charts_metrics.metric_lines(both, list(names), y_title=column, step=step, connect=line.connect)
+st.plotly_chart(fig, key="cmp_series")
 export.download_buttons(both, f"compare-{metric}-{run_a.name}-{run_b.name}", key="cmp_series_dl")

@@ -48,12 +48,13 @@ for i, line in enumerate(LINES):
         df = q.series(path, ver, name)
         if df.empty or df[[c for c in ys if c in df.columns]].isna().all().all():
             st.markdown(f"**{title}**")
-            why = " (NLL was not computed)." if name == "delta_nll" else "."
-            st.info(f"No {title} data in this run{why}")
+            st.info(q.missing_message(line, df))
             continue
-        fig = charts_metrics.metric_lines(df, ys, title=title, y_title=y_title, step=marker, names=NAMES)
-        st.plotly_chart(fig, key=f"m_{name}")
-        export.download_buttons(df, f"{run.name}-{name}", key=f"m_{name}_dl")
+        fig = charts_metrics.metric_lines(
+            df, ys, title=title, y_title=y_title, step=marker, names=NAMES, connect=line.connect
+        )
+        st.plotly_chart(fig, key=f"m_{name}_{i}")
+        export.download_buttons(df, f"{run.name}-{name}", key=f"m_{name}_{i}_dl")
 
 with cols[len(LINES) % 2]:
     st.markdown("**Residency** (steps a node keeps its LOD)")

@@ -79,6 +79,12 @@ def _inputs() -> dict:
         v = col.number_input(knob, value=start, min_value=w.lo, max_value=w.hi, step=1, key=f"rec:{knob}", help=w.help)
         if v != default[knob]:
             sets.append(f"{knob}={int(v)}")
+    # The NLL baselines (full context, recency window) make ΔNLL on the Metrics page; they cost a model
+    # forward each per measured step, so they are a choice, not the default.
+    base = st.toggle("session.baselines", value=bool(default["session.baselines"]), key="rec:baselines",
+                     help=knob_widget("session.baselines").help)  # fmt: skip
+    if base != default["session.baselines"]:
+        sets.append(f"session.baselines={str(base).lower()}")
     extra = st.text_area("more knobs, one `section.field=value` a line", key="rec:sets", height=80)
     got["sets"] = sets + [ln.strip() for ln in extra.splitlines() if ln.strip()]
     return got
