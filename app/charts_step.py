@@ -50,8 +50,36 @@ def score_stages(entries: pd.DataFrame, *, tau_expand: float | None = None, tau_
     return fig
 
 
-def attention_heatmap(att: pd.DataFrame) -> go.Figure:
-    """Attention mass from the newest block's queries: rows = layers, columns = WC entries (and the tail)."""
+ATTENTION_SCALES = ("log", "rank", "linear")  # colour scales of the attention heatmap; log first
+LOG_FLOOR = 1e-6  # attention mass below this is drawn at this (log10 of 0 is -inf)
+
+
+def attention_colour(z: np.ndarray, scale: str) -> np.ndarray:
+    """The colour value of each cell of a layers x positions mass matrix: log10 of the mass (floored
+    at LOG_FLOOR), its rank within its layer (0 = least, 1 = most mass), or the mass itself.
+
+    A linear scale spends the whole colour range on the few entries holding most of the mass (the
+    newest ones, the sink), so every other column looks the same; log and rank show their order."""
+    if scale == "log":
+        return np.log10(np.maximum(z, LOG_FLOOR))
+    if scale == "rank":
+        out = np.full(z.shape, np.nan, np.float64)
+        for i, row in enumerate(z):
+            ok = ~np.isnan(row)
+            if ok.sum() > 1:
+                ranks = pd.Series(row[ok]).rank(method="average").to_numpy()
+                out[i, ok] = (ranks - 1) / (ok.sum() - 1)
+            elif ok.any():
+                out[i, ok] = 1.0
+        return out
+    if scale == "linear":
+        return z.astype(np.float64)
+    raise ValueError(f"attention scale must be one of {', '.join(ATTENTION_SCALES)}, got {scale!r}")
+
+
+def attention_heatmap(att: pd.DataFrame, scale: str = "log") -> go.Figure:
+    """Attention mass from the newest block's queries: rows = layers, columns = WC entries (and the
+    tail), coloured on `scale` (`attention_colour`); the hover always gives the mass itself."""
     fig = go.Figure()
     if len(att):
         pos = np.sort(att["position"].unique())
@@ -59,15 +87,22 @@ def attention_heatmap(att: pd.DataFrame) -> go.Figure:
         z = np.full((layers.size, pos.size), np.nan, np.float32)
         z[np.searchsorted(layers, att["layer"]), np.searchsorted(pos, att["position"])] = att["mass"].to_numpy()
         labels = att.drop_duplicates("position").set_index("position")["node"].reindex(pos).fillna("?").to_numpy()
+        colour = attention_colour(z, scale)
+        bar = {"title": {"text": {"log": "mass (log)", "rank": "rank in layer", "linear": "mass"}[scale]}}
+        if scale == "log":  # ticks in mass, not in its logarithm
+            lo, hi = np.nanmin(colour), np.nanmax(colour)
+            ticks = np.arange(np.floor(lo), np.ceil(hi) + 1)
+            bar.update(tickvals=ticks, ticktext=[f"{10**t:g}" for t in ticks])
         fig.add_trace(
             go.Heatmap(
-                z=z,
+                z=colour,
                 x=pos,
                 y=layers,
                 colorscale="Viridis",
-                customdata=np.broadcast_to(labels, z.shape),
-                colorbar={"title": {"text": "mass"}},
-                hovertemplate="layer %{y}<br>%{customdata} (WC position %{x})<br>mass %{z:.4f}<extra></extra>",
+                customdata=np.stack([np.broadcast_to(labels, z.shape), z.astype(np.float64)], axis=-1),
+                colorbar=bar,
+                hovertemplate="layer %{y}<br>%{customdata[0]} (WC position %{x})<br>mass %{customdata[1]:.4g}"
+                "<extra></extra>",
             )
         )
     fig.update_layout(

@@ -67,15 +67,26 @@ def test_attention_heatmap_on_a_recorded_step(roots):
     at = open_page("step_inspector", run="samples/small", step=2)
     clean(at)
     a = _event(roots["events"], AttentionRecorded, 2)
-    heat = next(f for f in charts(at) if f["data"] and f["data"][0]["type"] == "heatmap")
-    z = decode(heat["data"][0]["z"])
     n = _event(roots["events"], EntriesRecorded, 2).lod.size
+    mass = np.stack([np.arange(n + 1) / 1000 + layer for layer in (0, 1)])  # layer + position / 1000
+    assert a.mass.size == mass.size
+
+    def heat():
+        f = next(f for f in charts(at) if f["data"] and f["data"][0]["type"] == "heatmap")
+        return decode(f["data"][0]["z"]), f["data"][0]
+
+    # Log by default: the mass spans four decades here, and a linear scale would paint all but the
+    # largest columns one colour. The hover keeps the mass itself.
+    assert at.radio(key="si_att_scale").value == "log"
+    z, trace = heat()
     assert z.shape == (2, n + 1)  # two layers; every entry and the raw tail
-    want = np.stack([np.arange(n + 1) / 1000 + layer for layer in (0, 1)])  # layer + position / 1000
-    np.testing.assert_allclose(z, want, rtol=1e-6)
-    assert a.mass.size == z.size
-    lens = next(f for f in charts(at) if f["data"] and f["data"][0]["type"] == "bar")
-    np.testing.assert_allclose(decode(lens["data"][0]["y"]), np.full(n, 1.0 / n), rtol=1e-6)
+    np.testing.assert_allclose(z, np.log10(np.maximum(mass, 1e-6)), rtol=1e-6, atol=1e-6)  # float32 mass
+    np.testing.assert_allclose(np.asarray(trace["customdata"])[..., 1].astype(float), mass, rtol=1e-6)
+    at.radio(key="si_att_scale").set_value("rank").run()
+    z, _ = heat()
+    np.testing.assert_allclose(z, np.stack([np.linspace(0, 1, n + 1)] * 2), rtol=1e-6)  # mass grows with position
+    at.radio(key="si_att_scale").set_value("linear").run()
+    np.testing.assert_allclose(heat()[0], mass, rtol=1e-6)
 
 
 def test_step_without_attention_names_the_steps_that_have_it_and_jumps(roots):

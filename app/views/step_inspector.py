@@ -71,7 +71,10 @@ else:
         st.info(f"No attention recorded at step {step}. It was recorded at {att_steps.size} steps: {shown}.")
         st.button(f"Jump to step {near}", on_click=_jump, args=(near,), key="si_jump_att")
     else:
-        st.plotly_chart(charts_step.attention_heatmap(att), key="si_attention")
+        scale = st.radio("colour scale", charts_step.ATTENTION_SCALES, horizontal=True, key="si_att_scale",
+                         help="log: mass on a log scale; rank: order of the entries within each layer; "
+                              "linear: the mass itself (the newest entries take most of the range)")  # fmt: skip
+        st.plotly_chart(charts_step.attention_heatmap(att, scale), key="si_attention")
         export.download_buttons(att, f"{run.name}-attention-step{step}", key="si_att")
 
 st.subheader("LensNet cross-attention")
