@@ -97,19 +97,22 @@ def test_scrubber_and_url_move_together(roots):
     assert frame_with(at, "outcome", "change")["node_id"].tolist() == d.node_id[shown_rows(d)].tolist()
 
 
-def test_play_advances_one_step_per_tick_and_stops_at_the_end(roots):
-    at = open_page("timeline", run="samples/small", step=5)
+def test_play_keeps_to_the_chosen_speed_stops_at_the_end_and_restarts_from_the_first_step(roots):
+    at = open_page("timeline", run="samples/small", step=1)
+    at.selectbox(key="tl_speed").set_value(5).run()
     at.button(key="tl_play_btn").click().run()
     assert at.session_state["tl_playing"] is True
-    assert at.query_params["step"] == "5"  # starting does not jump
-    for want in ("6", "7"):
-        time.sleep(1.0)
-        at.run()
-        clean(at)
-        assert at.query_params["step"] == want
-    time.sleep(1.0)
+    assert at.query_params["step"] == "1"  # starting does not jump
+    time.sleep(0.5)  # 5 steps a second: 2 steps owed (a slow rerun may owe a third)
+    at.run()
+    clean(at)
+    assert at.query_params["step"] in ("3", "4")
+    assert at.subheader[0].value == f"Step {at.query_params['step']}"
+    time.sleep(1.2)  # 6 more owed: the run ends at step 7, and playing stops there
     at.run()
     assert at.query_params["step"] == "7" and at.session_state["tl_playing"] is False
+    at.button(key="tl_play_btn").click().run()  # Play at the last step starts again from the first
+    assert at.query_params["step"] == "0" and at.session_state["tl_playing"] is True
 
 
 def test_score_overlay_shares_the_cell_budget_and_carries_the_scores(roots):

@@ -1,7 +1,8 @@
 """Timeline page: the LOD heatmap of a run (x = token position, y = refocus step, colour = LOD).
 
-A shared step scrubber (URL `step`) with play/pause selects a step: it is marked on the heatmap, its
-WC is drawn as a strip, and its decisions are listed with their outcomes. The heatmap is binned by
+A shared step scrubber (URL `step`) with play/pause, at a chosen speed in steps per second, selects
+a step: it is marked on the heatmap, its WC is drawn as a strip, and its decisions are listed with
+their outcomes. The heatmap is binned by
 the reader in DuckDB to at most `queries.MAX_CELLS` cells; an optional score overlay shares that
 budget. Queries live in `app/queries.py`, figures in `app/charts.py`; this page only wires them.
 """
@@ -16,7 +17,8 @@ from app import charts, export, state, widgets
 from app import queries as q
 from app import queries_step as qs
 
-PLAY_EVERY_S = 1.0  # one step per second while playing: a full rerun of this page fits well inside it
+SPEEDS = (1, 2, 5, 10, 25, 50, 100)  # playback speeds, steps per second
+TICK_S = 0.5  # at most two moves a second while playing (each redraws the page): faster speeds jump steps
 RESOLUTIONS = {"standard (1000 x 250)": (1000, 250), "wide (2000 x 125)": (2000, 125), "tall (500 x 500)": (500, 500)}
 OVERLAYS = {"none": None, "final score": "score", "raw score": "raw_score"}
 AGGS = {"mean LOD": "mean", "finest present": "min", "coarsest present": "max"}
@@ -34,15 +36,22 @@ step = widgets.step_scrubber(n_steps)
 
 
 def _toggle_play() -> None:
-    st.session_state["tl_playing"] = not st.session_state.get("tl_playing", False)
-    st.session_state["tl_play_at"] = time.monotonic()
+    playing = not st.session_state.get("tl_playing", False)
+    st.session_state["tl_playing"] = playing
+    cur = state.int_param(state.STEP, n_steps - 1, 0, n_steps - 1)
+    if playing and cur >= n_steps - 1:
+        cur = 0  # Play at the last step (where the page opens) starts from the first
+        state.set_param(state.STEP, cur)
+    st.session_state["tl_play_from"] = (cur, time.monotonic())
 
 
 playing = bool(st.session_state.get("tl_playing", False))
-c_play, c_res, c_agg, c_over = st.columns([1, 2, 2, 2])
+c_play, c_speed, c_res, c_agg, c_over = st.columns([1, 1, 2, 2, 2], vertical_alignment="bottom")
 with c_play:
     icon = ":material/pause:" if playing else ":material/play_arrow:"
     st.button("Pause" if playing else "Play", on_click=_toggle_play, key="tl_play_btn", icon=icon)
+with c_speed:
+    speed = st.selectbox("steps / s", SPEEDS, index=SPEEDS.index(10), key="tl_speed")
 with c_res:
     res = st.selectbox("resolution", list(RESOLUTIONS), key="tl_res")
 with c_agg:
@@ -82,22 +91,29 @@ if marks:
     st.caption(q.scenario_caption(run.manifest))
 
 
-@st.fragment(run_every=PLAY_EVERY_S if playing else None)
+@st.fragment(run_every=max(TICK_S, 1.0 / speed) if playing else None)
 def _player() -> None:
-    # While playing, each timer tick moves the URL's step on and reruns the whole page, so the
-    # scrubber, heatmap marker and tables all follow. A full rerun also runs this fragment; the
-    # clock check keeps that from advancing twice.
+    # While playing, each timer tick puts the URL's step where the clock says it should be (the step
+    # playing started from, plus speed x time since: a player that keeps to the clock, like a video
+    # dropping frames) and reruns the whole page, so the scrubber, heatmap marker and tables follow.
+    # A step moved by hand meanwhile becomes the new start. A full rerun also runs this fragment: it
+    # does nothing until a step is owed.
     if not st.session_state.get("tl_playing"):
         return
-    now = time.monotonic()
-    if now - st.session_state.get("tl_play_at", now) < PLAY_EVERY_S * 0.9:
+    now, cur = time.monotonic(), state.int_param(state.STEP, n_steps - 1, 0, n_steps - 1)
+    if now - st.session_state.get("tl_moved_at", 0.0) < TICK_S * 0.9:
+        return  # at most one move a tick: the browser redraws the page (heatmap included) for each
+    start, t0 = st.session_state.get("tl_play_from", (cur, now))
+    if cur != st.session_state.get("tl_play_at_step", start):  # moved by hand (or another page): go on from there
+        start, t0 = cur, now
+        st.session_state["tl_play_from"] = (start, t0)
+    target = min(start + int((now - t0) * speed), n_steps - 1)
+    if target <= cur:
         return
-    st.session_state["tl_play_at"] = now
-    cur = state.int_param(state.STEP, n_steps - 1, 0, n_steps - 1)
-    if cur >= n_steps - 1:
-        st.session_state["tl_playing"] = False  # the end: stop rather than wrap
-    else:
-        state.set_param(state.STEP, cur + 1)
+    st.session_state["tl_play_at_step"], st.session_state["tl_moved_at"] = target, now
+    state.set_param(state.STEP, target)
+    if target >= n_steps - 1:
+        st.session_state["tl_playing"] = False  # the end: stop there; Play starts again from step 0
     st.rerun()
 
 
