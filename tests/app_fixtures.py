@@ -158,3 +158,38 @@ def shown_rows(d, max_lod: int = 2) -> list[int]:
     return [k for k in applied if k not in impossible] + [
         k for k in rows if d.outcome[k] != APPLIED and k not in impossible
     ]
+
+
+def capture_downloads(monkeypatch) -> dict[str, bytes]:
+    """Record every file the app hands to a download button, by its media id (AppTest keeps them in a
+    storage it throws away after the run). Use `download(files, button)` to read one back."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    files: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def keep(self, path_or_data, mimetype, kind, filename=None):
+        file_id = original(self, path_or_data, mimetype, kind, filename)
+        files[file_id] = path_or_data if isinstance(path_or_data, bytes) else path_or_data.encode()
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", keep)
+    return files
+
+
+def downloads(at, files: dict[str, bytes]) -> list[tuple]:
+    """Each (CSV, Parquet) button pair on the page, in order, decoded: [(csv frame, parquet frame, name)]."""
+    import io
+    import os
+
+    import pandas as pd
+
+    buttons = [b.proto for b in at.get("download_button")]
+    csv = [b for b in buttons if b.label == "CSV"]
+    parquet = [b for b in buttons if b.label == "Parquet"]
+    assert len(csv) == len(parquet), [b.label for b in buttons]
+    out = []
+    for c, p in zip(csv, parquet, strict=True):
+        get = lambda b: files[os.path.splitext(b.url.rsplit("/", 1)[-1])[0]]  # noqa: E731
+        out.append((pd.read_csv(io.BytesIO(get(c))), pd.read_parquet(io.BytesIO(get(p))), p.url))
+    return out

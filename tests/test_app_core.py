@@ -202,3 +202,42 @@ def test_the_sidebar_keeps_the_run_and_step_across_pages(roots):
     assert "run2" not in at.query_params
     assert at.slider(key="step_scrubber").value == 3
     assert not any("Pick a run" in str(i.value) for i in at.info)
+
+
+@pytest.mark.parametrize(
+    ("page", "params"),
+    [
+        ("timeline", {"run": "samples/small", "step": 3}),
+        ("step_inspector", {"run": "samples/small", "step": 2}),
+        ("metrics", {"run": "samples/small"}),
+        ("compare", {"run": "samples/small", "run2": "samples/replay"}),
+        ("knobs_lab", {"run": "samples/small"}),
+        ("gist_map", {"run": "samples/small"}),
+    ],
+)
+def test_every_chart_has_csv_and_parquet_downloads_of_the_same_data(roots, monkeypatch, page, params):
+    """Every chart (and table) offers its data as CSV and as Parquet, made when the page runs (a file
+    made on click was forgotten by any rerun in between: a silent failure); both decode to the same
+    frame. The Timeline's heatmap file is the chart's cells."""
+    from app import projection
+    from tests.app_fixtures import capture_downloads, downloads, open_page
+    from tests.lab_fixtures import stop
+
+    files = capture_downloads(monkeypatch)
+    try:
+        at = open_page(page, **params)
+    finally:
+        stop(projection._PROCS)  # the Gist map starts UMAP in the background: end ours
+        projection._PROCS.clear()
+    clean(at)
+    got = downloads(at, files)
+    assert len(got) >= len(page_charts(at)) >= 1, (len(got), len(page_charts(at)))
+    for csv, parquet, name in got:
+        assert list(csv.columns) == list(parquet.columns) and len(csv) == len(parquet), name
+        same = parquet.replace("", np.nan)  # CSV cannot tell an empty text from a missing one
+        pd.testing.assert_frame_equal(csv, same, check_dtype=False, check_exact=False, rtol=1e-6, obj=name)
+    if page == "timeline":
+        cells = got[0][1]
+        z = decode(page_charts(at)[0]["data"][0]["z"]).astype(float)
+        np.testing.assert_allclose(z[cells["y_bin"], cells["x_bin"]], cells["value"], rtol=1e-6)
+        assert cells.size and np.count_nonzero(~np.isnan(z)) == len(cells)

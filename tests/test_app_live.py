@@ -48,6 +48,8 @@ def test_follows_a_recording_run_as_it_grows(roots):
         assert _metrics(at)["steps so far"] == "6"
         assert decode(charts(at)[0]["data"][0]["z"]).shape[0] == 6
         assert len(charts(at)) == 3  # timeline, utilization, swap rate
+        labels = [b.proto.label for b in at.get("download_button")]
+        assert labels.count("CSV") == labels.count("Parquet") == 3  # each chart's data
     finally:
         sink.close()
     at.run()

@@ -9,9 +9,11 @@ is shown as stale, with a button to recompute. Data and projections: `app.projec
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from app import projection, widgets
+from app import export, projection, widgets
 from app import queries as q
 from app.charts_lab import gist_scatter
 
@@ -55,6 +57,7 @@ def _umap(path: str, points, total: int, colour: str) -> None:
         return
     df = points.drop(columns=["x", "y"]).merge(um, on="node_id", how="inner")
     st.plotly_chart(gist_scatter(df, colour=colour, title="UMAP"), key="gist_umap")
+    export.download_buttons(df, f"{Path(path).name}-gists-umap", key="gist_umap_dl")
     made = um.attrs.get("meta", {})
     if made.get("total") != total:
         st.warning(f"This UMAP was made from {made.get('total', '?')} gists; the run now has {total:,}.")
@@ -87,6 +90,7 @@ def main() -> None:
     left, right = st.columns(2)
     with left:
         st.plotly_chart(gist_scatter(points, colour=colour, title="PCA"), key="gist_pca")
+        export.download_buttons(points, f"{run.name}-gists-pca", key="gist_pca_dl")
     with right:
         _umap(path, points, total, colour)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import lab, paths, state, widgets
+from app import export, lab, paths, state, widgets
 from app import queries as q
 from app.charts import lod_heatmap
 from app.charts_lab import metric_over_steps
@@ -175,11 +175,13 @@ def main() -> None:
                    "else 0).")  # fmt: skip
 
     st.subheader("Metrics")
+    table = lab.compare_table(recorded.summary, res.summary).drop(columns="key")
     st.dataframe(
-        lab.compare_table(recorded.summary, res.summary).drop(columns="key"),
+        table,
         hide_index=True,
         column_config={c: st.column_config.NumberColumn(format="%.4g") for c in ("recorded", "re-planned", "delta")},
     )
+    export.download_buttons(table, f"{run.name}-lab-metrics", key="lab_metrics_dl")
 
     step = widgets.step_scrubber(last_step + 1)
     max_lod = rec.config.tree.max_lod
@@ -187,12 +189,16 @@ def main() -> None:
     with left:
         cells = _cells(path, ver, None, last_step, tokens)
         st.plotly_chart(lod_heatmap(cells, title="recorded", max_lod=max_lod, step=step, height=420), key="lab_rec")
+        export.download_buttons(cells, f"{run.name}-lod-timeline-recorded", key="lab_rec_dl")
     with right:
         cells = _cells(path, ver, overrides, last_step, tokens)
         fig = lod_heatmap(cells, title="re-planned", max_lod=max_lod, step=step, height=420)
         st.plotly_chart(fig, key="lab_new")
+        export.download_buttons(cells, f"{run.name}-lod-timeline-replanned", key="lab_new_dl")
     metric = st.selectbox("per-step metric", PER_STEP, key="lab_metric")
     st.plotly_chart(metric_over_steps(recorded.per_step, res.per_step, metric, step=step), key="lab_series")
+    both = recorded.per_step.merge(res.per_step, on="step", how="outer", suffixes=("_recorded", "_replanned"))
+    export.download_buttons(both, f"{run.name}-lab-per-step", key="lab_series_dl")
 
 
 main()

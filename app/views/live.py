@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, charts_metrics, recorder, state, widgets
+from app import charts, charts_metrics, export, recorder, state, widgets
 from app import queries as q
 from app import queries_step as qs
 
@@ -81,11 +81,13 @@ def follow() -> None:
     cells = q.heatmap(path, ver, "lod", w, h, (s0, ov["s1"]), (ov["t0"], ov["t1"]))
     fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], title=f"Steps {s0} to {ov['s1']}", height=420)
     st.plotly_chart(fig, key="live_tl")
+    export.download_buttons(cells, f"{run.name}-lod-timeline-live", key="live_tl_dl")
     cols = st.columns(2)
     for col, (name, y) in zip(cols, (("utilization", "utilization"), ("swap_rate", "swap_rate")), strict=True):
         with col:
             df = q.series(path, ver, name)
             st.plotly_chart(charts_metrics.metric_lines(df, [y], title=name.replace("_", " ")), key=f"live_{name}")
+            export.download_buttons(df, f"{run.name}-{name}-live", key=f"live_{name}_dl")
 
 
 follow()
