@@ -123,10 +123,19 @@ def umap_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def gist_colours(run, node_id: np.ndarray) -> pd.DataFrame:
-    """Per gist: lod, start (token position), score (latest recorded), last_expand (step; NaN if never)."""
+    """Per gist: lod, start and end (token span), score (latest recorded), last_expand (step; NaN if
+    never), created (the step it was made at) and preview (its text's beginning)."""
     bs = int(run.knob("tree.block_size", 32))
     lod, idx = nodes.node_lod(node_id), nodes.node_index(node_id)
-    df = pd.DataFrame({"node_id": node_id, "lod": lod, "start": nodes.node_start(lod, idx, bs)})
+    start = nodes.node_start(lod, idx, bs)
+    df = pd.DataFrame({"node_id": node_id, "lod": lod, "start": start, "end": start + nodes.span_tokens(lod, bs)})
+    made = run.source("nodes")
+    if made:
+        q = f"SELECT node_id, min(step) AS created, any_value(preview) AS preview FROM {made[0]} GROUP BY node_id"
+        df = df.merge(run.sql(q, made[1]).to_pandas(), on="node_id", how="left")
+    else:
+        df["created"], df["preview"] = np.nan, ""
+    df["preview"] = df["preview"].fillna("")
     ent, dec = run.source("entries"), run.source("decisions")
     if ent:
         q = (f"SELECT node_id, arg_max(score, step * 100 + iteration) AS score FROM {ent[0]}"
@@ -141,6 +150,16 @@ def gist_colours(run, node_id: np.ndarray) -> pd.DataFrame:
     else:
         df["last_expand"] = np.nan
     return df
+
+
+def jump_step(gist: pd.Series) -> int:
+    """The Timeline step a click on a gist opens: the last step it was expanded at, else the step it
+    was made at (0 when neither is known)."""
+    for col in ("last_expand", "created"):
+        v = gist.get(col)
+        if v is not None and not pd.isna(v):
+            return int(v)
+    return 0
 
 
 # ------------------------------------------------------------------------------ UMAP, in the background

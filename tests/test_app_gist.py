@@ -122,3 +122,37 @@ def test_umap_is_computed_in_the_background_and_cached(roots):
     assert projection.read_umap(src / "with", n + 1) is None  # made from fewer gists: stale
     at.run()
     assert plotly_points(charts(at)["UMAP"]) == n
+
+
+def test_points_carry_node_span_and_text_and_the_axes_are_named(roots):
+    """A hover names the gist (level, token span) and shows its text; the axes have titles and ticks
+    (the equal-aspect band without axes is gone)."""
+    import json
+
+    src, n = roots
+    at = page("src/with")
+    spec = json.loads(charts(at)["PCA"].proto.spec)
+    import html
+
+    from contract import nodes
+
+    run = Run(src / "with")
+    previews = run.table("nodes", ["node_id", "preview"]).to_pandas().set_index("node_id")["preview"]
+    rows = [r for tr in spec["data"] for r in tr["customdata"]]
+    assert len(rows) == n and sum(r[0] in previews.index for r in rows) >= n // 2  # not all empty
+    for node_id, lod, start, end, text in rows:
+        lv, ix = nodes.node_lod(node_id), nodes.node_index(node_id)
+        assert (lod, start) == (lv, nodes.node_start(lv, ix, 32)) and end - start == nodes.span_tokens(lv, 32)
+        assert text == html.escape(previews.get(node_id, "")[:80].replace("\n", " "))
+    assert "tokens %{customdata[2]}-%{customdata[3]}" in spec["data"][0]["hovertemplate"]
+    assert spec["layout"]["xaxis"]["title"]["text"] == "PC1" and "scaleanchor" not in spec["layout"]["yaxis"]
+
+
+def test_a_click_opens_the_timeline_at_the_gists_last_expansion_else_its_creation():
+    import pandas as pd
+
+    from app import projection
+
+    assert projection.jump_step(pd.Series({"last_expand": 12.0, "created": 3})) == 12
+    assert projection.jump_step(pd.Series({"last_expand": float("nan"), "created": 3})) == 3
+    assert projection.jump_step(pd.Series({"last_expand": None, "created": None})) == 0

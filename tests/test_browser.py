@@ -314,6 +314,25 @@ def test_gist_map_page(app, page):
     finish(page, "gists")
 
 
+def test_gist_map_click_opens_the_timeline_at_the_gists_step(app, page):
+    visit(page, app, "gists")
+    plot = page.locator(".js-plotly-plot").first
+    plot.wait_for()
+    # The first point's position on screen, from plotly's own axes (a WebGL scatter has no DOM points).
+    x, y = plot.evaluate(
+        """gd => {
+            const t = gd._fullData[0], L = gd._fullLayout, r = gd.getBoundingClientRect();
+            return [r.left + L.xaxis._offset + L.xaxis.l2p(t.x[0]), r.top + L.yaxis._offset + L.yaxis.l2p(t.y[0])];
+        }"""
+    )
+    page.mouse.click(x, y)
+    page.wait_for_url(re.compile(r"/timeline\?"))
+    settle(page)
+    assert_clean(page, "Timeline")
+    assert url_param(page, "run") == REC and url_param(page, "step") is not None
+    assert page.get_by_role("heading", name=f"Step {url_param(page, 'step')}", exact=True).count() == 1
+
+
 def test_timeline_page_scrubber(app, page):
     visit(page, app, "timeline")
     thumb = page.locator(SCRUBBER)

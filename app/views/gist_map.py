@@ -1,10 +1,11 @@
 """Gist map page: the run's gists in 2-D, coloured by level, position, score or step of last expansion.
 
-PCA is drawn at once. UMAP runs in a background process (`app.projection.start_umap`) the first time
-the page opens a run without a cached one; while it runs, a fragment polls every few seconds and
-reruns the page once the cache is there. A cache made from fewer gists (the run was still recording)
-is shown as stale, with a button to recompute. Data and projections: `app.projection`; figure:
-`app.charts_lab.gist_scatter`.
+PCA is drawn at once. A point's hover gives its node, token span and text; a click on it opens the
+Timeline at the step it was last expanded (else made) at. UMAP runs in a background process
+(`app.projection.start_umap`) the first time the page opens a run without a cached one; while it
+runs, a fragment polls every few seconds and reruns the page once the cache is there. A cache made
+from fewer gists (the run was still recording) is shown as stale, with a button to recompute. Data
+and projections: `app.projection`; figure: `app.charts_lab.gist_scatter`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import export, projection, widgets
+from app import export, projection, state, widgets
 from app import queries as q
 from app.charts_lab import gist_scatter
 
@@ -48,6 +49,20 @@ def _wait_for_umap(path: str) -> None:
     st.button("Refresh", key="gist_umap_refresh")
 
 
+def _jump_on_click(points, fig, key: str) -> None:
+    """Draw the scatter; a click on a gist opens the Timeline at its step (`projection.jump_step`),
+    keeping the run, the step in the URL."""
+    event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points")
+    picked = event.selection.points if event and event.selection else []
+    if not picked:
+        return
+    pt = picked[0]
+    node_id = int(fig.data[pt["curve_number"]].customdata[pt["point_index"]][0])
+    gist = points.loc[points["node_id"] == node_id].iloc[0]
+    state.set_param(state.STEP, projection.jump_step(gist))
+    st.switch_page(widgets.PAGE_FILES["timeline"])
+
+
 def _umap(path: str, points, total: int, colour: str) -> None:
     um = projection.read_umap(path)
     if um is None:
@@ -56,7 +71,7 @@ def _umap(path: str, points, total: int, colour: str) -> None:
         _wait_for_umap(path)
         return
     df = points.drop(columns=["x", "y"]).merge(um, on="node_id", how="inner")
-    st.plotly_chart(gist_scatter(df, colour=colour, title="UMAP"), key="gist_umap")
+    _jump_on_click(df, gist_scatter(df, colour=colour, title="UMAP"), "gist_umap")
     export.download_buttons(df, f"{Path(path).name}-gists-umap", key="gist_umap_dl")
     made = um.attrs.get("meta", {})
     if made.get("total") != total:
@@ -89,7 +104,7 @@ def main() -> None:
     colour = COLOURS[label]
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(gist_scatter(points, colour=colour, title="PCA"), key="gist_pca")
+        _jump_on_click(points, gist_scatter(points, colour=colour, title="PCA", axes=("PC1", "PC2")), "gist_pca")
         export.download_buttons(points, f"{run.name}-gists-pca", key="gist_pca_dl")
     with right:
         _umap(path, points, total, colour)
