@@ -120,10 +120,11 @@ def _runs_table(roots: tuple[str, ...]) -> pd.DataFrame:
     rows = []
     for root in roots:
         for info in list_runs(root):
-            changed = ""
+            changed, knobs, duration = "", {}, None
             if info.status != "invalid":
                 try:
-                    changed = _changed(load_manifest(info.path), defaults)
+                    m = load_manifest(info.path)
+                    changed, knobs, duration = _changed(m, defaults), m.get("config_flat") or {}, _duration_s(m)
                 except RunReadError:
                     pass
             rows.append(
@@ -140,10 +141,22 @@ def _runs_table(roots: tuple[str, ...]) -> pd.DataFrame:
                     "parent": info.parent or "",
                     "changed_knobs": changed,
                     "created_at": info.created_at or "",
+                    "duration_s": duration,
                     "path": str(info.path),
+                    "knobs": knobs,
                 }
             )
     return pd.DataFrame(rows, columns=list(_RUN_COLUMNS))
+
+
+def _duration_s(manifest: dict) -> float | None:
+    """Seconds from a run's creation to its last manifest write (its end, once it has finished)."""
+    try:
+        t0 = pd.Timestamp(manifest["created_at"])
+        t1 = pd.Timestamp(manifest.get("updated_at") or manifest.get("heartbeat_at"))
+        return round(float((t1 - t0).total_seconds()), 1)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 _RUN_COLUMNS = (
@@ -159,11 +172,25 @@ _RUN_COLUMNS = (
     "parent",
     "changed_knobs",
     "created_at",
+    "duration_s",
     "path",
+    "knobs",  # {knob: value} of the run's config, for the columns a user picks
 )
 # The metric registry as pages read it (pages import the query layer, not telemetry).
 HEADLINE = registry.HEADLINE  # the Runs table's metric columns
 METRICS, LINES, LINE_NAMES = registry.METRICS, registry.LINES, registry.LINE_NAMES
+
+
+def overlay_series(runs: list[tuple[str, str]], line: registry.Line) -> pd.DataFrame:
+    """One per-step series (`line`'s first column) of several runs side by side: a `step` column and
+    one column per run reference, outer-joined on step (a run without a step has no value there)."""
+    column = line.columns[0]
+    out = pd.DataFrame({"step": pd.Series(dtype="int64")})
+    for ref, path in runs:
+        df = series(path, version(path), line.series)
+        part = df[["step", column]].rename(columns={column: ref}) if column in df.columns else df[["step"]]
+        out = out.merge(part, on="step", how="outer")
+    return out.sort_values("step").reset_index(drop=True)
 
 
 def missing_message(line: registry.Line, df: pd.DataFrame) -> str:

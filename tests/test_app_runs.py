@@ -3,10 +3,12 @@ metrics from the summary, picking one or two runs into the URL, and the empty st
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from telemetry import Run, run_metrics
-from tests.app_fixtures import clean, frame_with, heartbeat, open_page, point_app_at, run_roots, texts
+from tests.app_fixtures import clean, decode, frame_with, heartbeat, open_page, point_app_at, run_roots, texts
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +25,10 @@ def test_lists_every_run_with_status_problem_lineage_and_metrics(roots):
     heartbeat(roots["samples"] / "live")
     at = open_page("runs")
     clean(at)
-    t = frame_with(at, "ref", "state").set_index("ref")
+    t = frame_with(at, "run", "status").set_index("run")
     assert sorted(t.index) == [f"samples/{n}" for n in ("broken", "live", "replay", "scenario", "small", "stale")]
-    state = {r: s.split()[-1] for r, s in t["state"].items()}
+    assert list(t.columns[:2]) == ["status", "swap_rate"]  # status in words, metrics next to the run
+    state = t["status"].to_dict()
     assert state == {
         "samples/broken": "invalid",
         "samples/live": "recording",
@@ -46,6 +49,45 @@ def test_lists_every_run_with_status_problem_lineage_and_metrics(roots):
     # with no run in the URL the first finished one is picked, and its links carry it
     assert at.query_params["run"] == "samples/replay"
     assert "./timeline?run=samples%2Freplay" in texts(at.markdown)
+
+
+def test_the_list_filters_by_text_and_status_and_shows_chosen_columns(roots):
+    """A text filter and a status filter narrow the list; metric and knob columns are the user's choice;
+    every run has its creation time and duration."""
+    at = open_page("runs")
+    at.text_input(key="runs_filter").set_value("cooldown").run()  # the replay's changed knob
+    clean(at)
+    assert frame_with(at, "run", "status")["run"].tolist() == ["samples/replay"]
+    assert "1 of 6 runs shown." in texts(at.caption)
+    at.text_input(key="runs_filter").set_value("").run()
+    at.multiselect(key="runs_status").set_value(["interrupted", "invalid"]).run()
+    assert sorted(frame_with(at, "run", "status")["run"]) == ["samples/broken", "samples/stale"]
+    at.multiselect(key="runs_status").set_value(["complete"]).run()
+    at.multiselect(key="runs_metric_cols").set_value(["applied_edits"]).run()
+    at.multiselect(key="runs_knob_cols").set_value(["allocator.cooldown_steps"]).run()
+    t = frame_with(at, "run", "status").set_index("run")
+    assert "swap_rate" not in t.columns
+    s = run_metrics.summary(Run(roots["samples"] / "small"))
+    assert t.loc["samples/small", "applied_edits"] == s["applied_edits"]
+    for ref in t.index:  # each run's own config value
+        flat = Run(roots["samples"] / ref.split("/")[1]).manifest["config_flat"]
+        assert t.loc[ref, "allocator.cooldown_steps"] == flat["allocator.cooldown_steps"]
+    m = Run(roots["samples"] / "small").manifest
+    assert t.loc["samples/small", "created_at"] == pd.Timestamp(m["created_at"])
+    assert t["duration_s"].notna().all() and (t["duration_s"] >= 0).all()
+
+
+def test_any_number_of_runs_overlay_on_one_per_step_metric(roots):
+    import json
+
+    at = open_page("runs", run="samples/small")
+    at.multiselect(key="runs_overlay").set_value(["samples/small", "samples/replay", "samples/scenario"]).run()
+    clean(at)
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [t["name"] for t in fig["data"]] == ["samples/small", "samples/replay", "samples/scenario"]
+    want = run_metrics.series(Run(roots["samples"] / "replay"), "swap_rate")
+    tr = fig["data"][1]
+    np.testing.assert_allclose(decode(tr["y"]).astype(float), want.column("swap_rate").to_numpy(zero_copy_only=False))
 
 
 def test_picking_runs_sets_the_url(roots):
@@ -95,9 +137,9 @@ def test_a_bad_manifest_field_and_a_symlink_are_invalid_rows(roots, tmp_path, mo
     point_app_at(monkeypatch, {"samples": src, "mine": tmp_path / "b"})
     at = open_page("runs")
     clean(at)  # no exception, no error box: the good run is listed and opened as usual
-    t = frame_with(at, "ref", "state").set_index("ref")
+    t = frame_with(at, "run", "status").set_index("run")
     assert sorted(t.index) == ["a/good", "a/link", "a/lots"]
-    assert t.loc["a/good", "state"].endswith("complete") and at.query_params["run"] == "a/good"
+    assert t.loc["a/good", "status"] == "complete" and at.query_params["run"] == "a/good"
     assert "manifest.json: field 'tokens' is 'lots'" in t.loc["a/lots", "problem"]
     assert t.loc["a/link", "problem"].endswith("link: a symbolic link, not followed")
-    assert t.loc["a/link", "size_mb"] == 0
+    assert t.loc["a/link", "size_mb"] == 0 and pd.isna(t.loc["a/link", "duration_s"])

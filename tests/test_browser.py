@@ -300,7 +300,7 @@ def finish(page, name: str) -> None:
 
 def test_runs_page(app, page):
     visit(page, app, "runs")
-    refs = [row[1] for row in grid_rows(page, "state")]
+    refs = [row[0] for row in grid_rows(page, "run")]
     assert sorted(refs) == [REC, REP]
     assert selected(page, "open run") == REC
     assert selected(page, "compare with") == REP
