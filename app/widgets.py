@@ -48,8 +48,22 @@ def require_run(name: str = state.RUN, *, what: str = "a run") -> tuple[Run, tup
     return run, key(run)
 
 
+def _scrubbed(key: str) -> None:
+    # Runs before the rerun the move asked for, with the slider's new value: the URL changes with it,
+    # even if that rerun is cut short by the next key press, and the rerun knows the slider moved.
+    step = int(st.session_state[key])
+    st.session_state[f"{key}_moved"] = True
+    state.set_param(state.STEP, step)
+
+
 def step_scrubber(n_steps: int, *, label: str = "step", key: str = "step_scrubber") -> int:
-    """The shared step slider, bound to the URL's `step`. Returns the selected step (0 if no steps)."""
+    """The shared step slider, bound to the URL's `step`. Returns the selected step (0 if no steps).
+
+    The slider writes the URL from its change callback. In a run that the slider itself started, its
+    value is left alone; in any other run (another page, a link, the player, a jump button) it is set
+    from the URL. A value set by the script is sent back to the slider, so setting it in the slider's
+    own runs would undo a key press made while the run was on its way: quick presses were lost, and
+    left slider, URL and page out of step."""
     if n_steps <= 0:
         return 0
     hi = n_steps - 1
@@ -57,18 +71,14 @@ def step_scrubber(n_steps: int, *, label: str = "step", key: str = "step_scrubbe
     if hi == 0:
         state.set_param(state.STEP, 0)
         return 0
-    if key in st.session_state and st.session_state[key] != current and st.session_state.get(f"{key}_url") != current:
-        # The URL moved (another page, a link, play/pause): the widget follows it.
+    if not st.session_state.pop(f"{key}_moved", False) or key not in st.session_state:
+        # Through the Session State API: passing `value=` too would log a warning on every move.
         st.session_state[key] = current
-    if key in st.session_state:
-        # Set through the Session State API: passing `value=` too would log a warning on every move.
-        st.session_state[key] = max(0, min(hi, int(st.session_state[key])))
-        step = st.slider(label, 0, hi, key=key)
-    else:
-        step = st.slider(label, 0, hi, value=current, key=key)
-    st.session_state[f"{key}_url"] = step
+    elif not 0 <= int(st.session_state[key]) <= hi:
+        st.session_state[key] = max(0, min(hi, int(st.session_state[key])))  # a run that shrank
+    step = int(st.slider(label, 0, hi, key=key, on_change=_scrubbed, args=(key,)))
     state.set_param(state.STEP, step)
-    return int(step)
+    return step
 
 
 def link(page: str, **params: object) -> str:
