@@ -193,6 +193,25 @@ def overlay_series(runs: list[tuple[str, str]], line: registry.Line) -> pd.DataF
     return out.sort_values("step").reset_index(drop=True)
 
 
+def missing_attention(manifest: dict, table: str) -> tuple[str, str | None]:
+    """Why a run has no rows in `table` (`attention` or `lens_attention`), in one line, and the run to
+    look in instead (a replay's parent, as a run reference) or None."""
+    what = {"attention": "base-model attention", "lens_attention": "LensNet cross-attention"}[table]
+    parent = manifest.get("parent")
+    if parent:
+        try:
+            ref = paths.run_ref(paths.resolve_run(parent))
+        except paths.PathRefused:
+            return f"No {what} in this replay: it re-plans with the recorded scores and runs no model.", None
+        return (f"No {what} in this replay: it re-plans with the recorded scores and runs no model; "
+                f"the run it replays, `{ref}`, has what was recorded."), ref  # fmt: skip
+    if table == "lens_attention" and manifest.get("scorer") != "lensnet":
+        return f"No {what} in this run: its scorer is `{manifest.get('scorer')}`, and only `lensnet` has one.", None
+    if table == "attention":
+        return f"This run recorded no {what} (record with `session.attention_every` above 0).", None
+    return f"This run recorded no {what}.", None
+
+
 def missing_message(line: registry.Line, df: pd.DataFrame) -> str:
     """Why a run has nothing to draw for `line` (its series `df` is empty or all null), in one line
     that says how to record it: NLL off, or NLL on without the baselines a ΔNLL needs."""

@@ -105,7 +105,8 @@ def test_run_without_attention_tables_says_so(roots):
     at = open_page("step_inspector", run="samples/plain", step=1)
     clean(at)
     info = texts(at.info)
-    assert "recorded no base-model attention" in info and "No LensNet attention" in info
+    assert "This run recorded no base-model attention (record with `session.attention_every` above 0)." in info
+    assert "No LensNet cross-attention in this run: its scorer is `recency`, and only `lensnet` has one." in info
     assert len(frame_with(at, "preview", "raw_score")) == _event(events(4), EntriesRecorded, 1).lod.size
 
 
@@ -137,3 +138,24 @@ def test_decisions_read_applied_first_filter_and_hide_the_impossible(roots):
     assert len(frame_with(at, "outcome", "change")) == 5
     at.multiselect(key="si_dec_outcome").set_value(["budget"]).run()
     assert frame_with(at, "outcome", "change")["node"].tolist() == ["L1 #3, tokens 96-128"]
+
+
+def test_a_replay_says_it_runs_no_model_and_links_to_the_run_it_replays(roots):
+    """A replay re-plans with recorded scores: no attention of either kind, and the page says why and
+    links to the same step of the run it replays (not "only lensnet records it" for a lensnet run)."""
+    import json
+
+    plain = roots["samples"] / "plain"
+    replay = roots["samples"] / "plain_replay"
+    record(replay, [e for e in events(4) if not isinstance(e, AttentionRecorded | LensAttention)])
+    m = json.loads((replay / "manifest.json").read_text())
+    (replay / "manifest.json").write_text(json.dumps({**m, "parent": str(plain)}))
+    at = open_page("step_inspector", run="samples/plain_replay", step=1)
+    clean(at)
+    info = texts(at.info)
+    for what in ("base-model attention", "LensNet cross-attention"):
+        assert f"No {what} in this replay: it re-plans with the recorded scores and runs no model" in info
+    assert "the run it replays, `samples/plain`, has what was recorded." in info
+    assert "./step?run=samples%2Fplain&step=1" in texts(at.markdown) or any(
+        link.proto.page == "step" for link in at.page_link
+    )

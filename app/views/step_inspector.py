@@ -19,7 +19,6 @@ ENTRY_COLUMNS = ["position", "node", "lod", "start", "end", "cost", "preview", *
 
 st.title("Step inspector")
 run, (path, ver) = widgets.require_run()
-ov = q.overview(path, ver)
 steps = q.step_list(path, ver)
 if steps.size == 0:
     st.info(f"Run `{run.name}` has no recorded steps yet.")
@@ -62,7 +61,10 @@ def _jump(to: int) -> None:
 st.subheader("Base-model attention")
 att_steps = qs.table_steps(path, ver, "attention")
 if att_steps.size == 0:
-    st.info("This run recorded no base-model attention (set `session.attention_every` when recording).")
+    why, elsewhere = q.missing_attention(run.manifest, "attention")
+    st.info(why)
+    if elsewhere:
+        widgets.nav_link(f"Open step {step} of {elsewhere}", "step", run=elsewhere, step=step)
 else:
     att = qs.attention_at(path, ver, step) if step in set(att_steps.tolist()) else None
     if att is None or att.empty:
@@ -80,7 +82,10 @@ else:
 st.subheader("LensNet cross-attention")
 lens_steps = qs.table_steps(path, ver, "lens_attention")
 if lens_steps.size == 0:
-    st.info(f"No LensNet attention in this run (scorer: `{ov['scorer']}`; only `lensnet` records it).")
+    why, elsewhere = q.missing_attention(run.manifest, "lens_attention")
+    st.info(why)
+    if elsewhere:
+        widgets.nav_link(f"Open step {step} of {elsewhere}", "step", run=elsewhere, step=step)
 else:
     lens = qs.lens_attention_at(path, ver, step)
     if lens.empty:
