@@ -15,6 +15,7 @@ import pytest
 
 from app import charts, charts_metrics, charts_step, export, widgets
 from app import queries as q
+from app import queries_runs as qr
 from app import queries_step as qs
 from tests.app_fixtures import PAGES, clean, decode, point_app_at, run_roots
 from tests.app_fixtures import charts as page_charts
@@ -141,7 +142,7 @@ def test_labels_links_nearest_and_compare_table():
 
 
 def test_runs_table_lists_roots_in_order(roots):
-    t = q.runs_table()
+    t = qr.runs_table()
     assert t["ref"].tolist() == [f"samples/{n}" for n in ("broken", "live", "replay", "scenario", "small", "stale")]
     assert t.set_index("ref").loc["samples/broken", "status"] == "invalid"
 
@@ -179,7 +180,7 @@ def test_run_roots_add_folders_to_the_samples(roots, monkeypatch, tmp_path):
     shutil.copytree(roots["samples"] / "small", other / "extra")
     monkeypatch.setenv("MCS_RUN_ROOTS", f"{other}{os.pathsep}{roots['samples']}")  # the samples twice: listed once
     assert paths.run_roots() == [roots["samples"].resolve(), other.resolve(), roots["mine"].resolve()]
-    refs = q.runs_table()["ref"].tolist()
+    refs = qr.runs_table()["ref"].tolist()
     assert "other/extra" in refs and "samples/small" in refs
     assert refs.index("samples/small") < refs.index("other/extra")
 

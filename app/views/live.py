@@ -15,6 +15,7 @@ import streamlit as st
 
 from app import charts, charts_metrics, export, recorder, state, widgets
 from app import queries as q
+from app import queries_runs as qr
 from app import queries_step as qs
 
 REFRESH_S = 2.0
@@ -22,7 +23,7 @@ WINDOW_STEPS = 200  # the live timeline shows the newest steps only: the old one
 
 st.title("Live")
 if state.param(state.RUN) is None:
-    runs = q.runs_table()
+    runs = qr.runs_table()
     live = list(runs.loc[runs["status"] == "recording", "ref"]) if not runs.empty else []
     if not live:
         st.info(f"No run is recording now. {q.RECORD_HINT}")

@@ -15,6 +15,7 @@ import streamlit as st
 
 from app import charts_metrics, export, paths, state, widgets
 from app import queries as q
+from app import queries_runs as qr
 
 NONE = "(none)"
 BIG_MB = 64  # runs bigger than this get headline metrics only on request (or once computed elsewhere)
@@ -23,7 +24,7 @@ OPENABLE = ("complete", "recording", "interrupted", "failed")
 st.title("Runs")
 roots = paths.run_roots()
 st.caption("Run folders: " + ", ".join(f"`{r}`" for r in roots))
-runs = q.runs_table()
+runs = qr.runs_table()
 if runs.empty:
     st.info(f"No runs yet in {', '.join(f'`{r}`' for r in roots)}. {q.RECORD_HINT}")
     st.stop()
