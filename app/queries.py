@@ -39,9 +39,6 @@ RECORD_HINT = (
 # ------------------------------------------------------------------------------------ keys
 
 
-# `RunReadError` (imported above) is what a page catches when a run cannot be read: pages import no telemetry.
-
-
 def version(path: str | os.PathLike) -> str:
     """A fingerprint that changes whenever a run gains data or its manifest is rewritten."""
     p = Path(path)

@@ -84,7 +84,7 @@ def step_scrubber(n_steps: int, *, label: str = "step", key: str = "step_scrubbe
 def link(page: str, **params: object) -> str:
     """A relative URL that opens `page` (its url_path, e.g. `timeline`) on the view named by `params`."""
     query = urlencode({k: v for k, v in params.items() if v is not None})
-    page = "" if page == "runs" else page  # the default page is served at the root: /runs is "Page not found"
+    page = "" if page == "runs" else page  # the default page's own address is the root (`/runs` is its alias)
     return f"./{page}?{query}" if query else f"./{page}"
 
 

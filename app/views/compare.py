@@ -56,14 +56,7 @@ export.download_buttons(table, f"compare-{run_a.name}-{run_b.name}", key="cmp_me
 lines = {line.title: line for line in q.LINES}
 metric = st.selectbox("over time", list(lines), index=list(lines).index("Utilization"), key="cmp_m")
 line = lines[metric]
-column = line.columns[0]
-sa, sb = q.series(path_a, ver_a, line.series), q.series(path_b, ver_b, line.series)
-both = pd.merge(
-    sa[["step", column]].rename(columns={column: names[0]}),
-    sb[["step", column]].rename(columns={column: names[1]}),
-    on="step",
-    how="outer",
-).sort_values("step")
-fig = charts_metrics.metric_lines(both, list(names), y_title=column, step=step, connect=line.connect)
+both = q.overlay_series([(names[0], path_a), (names[1], path_b)], line)
+fig = charts_metrics.metric_lines(both, list(names), y_title=line.columns[0], step=step, connect=line.connect)
 st.plotly_chart(fig, key="cmp_series")
 export.download_buttons(both, f"compare-{metric}-{run_a.name}-{run_b.name}", key="cmp_series_dl")

@@ -41,9 +41,10 @@ def wait_for_start(ref: str) -> None:
     st.info(f"Waiting for `{ref}` to start: the recorder is loading its model. {job['last_line']}".strip())
 
 
-job = recorder.job_for(state.param(state.RUN))
+asked = state.param(state.RUN) or ""
+job = recorder.job_for(asked)
 if job is not None and job["state"] == "starting":
-    wait_for_start(state.param(state.RUN))
+    wait_for_start(asked)
     st.stop()
 if job is not None and job["state"] == "failed" and job["error"]:
     st.error(f"The recording `{job['ref']}` failed before it wrote anything: {job['error']}")

@@ -42,7 +42,7 @@ def _toggle_play() -> None:
     if playing and cur >= n_steps - 1:
         cur = 0  # Play at the last step (where the page opens) starts from the first
         state.set_param(state.STEP, cur)
-    st.session_state["tl_play_from"] = (cur, time.monotonic())
+    st.session_state["tl_play_from"], st.session_state["tl_play_at_step"] = (cur, time.monotonic()), cur
 
 
 playing = bool(st.session_state.get("tl_playing", False))
