@@ -63,6 +63,7 @@ PUBLIC = {
     "RunStarted": "contract.events",
     "Sink": "contract.events",
     "StepRecorded": "contract.events",
+    "TextRecorded": "contract.events",
     "interrupt_reason": "contract.events",
     # contract.nodes
     "INDEX_MASK": "contract.nodes",

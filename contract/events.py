@@ -4,8 +4,8 @@ A session never writes files itself: it emits these events in order to a `Sink`.
 sink here serves tests; the Parquet sink lives in `telemetry/writer.py`. Array fields are numpy,
 one element per row, so a sink can write a whole event as a columnar batch.
 
-Order per refocus step t: `NodesAdded` (nodes completed since t-1) and `GistsRecorded` (their
-vectors, when `session.record_gists`), then per iteration
+Order per refocus step t: `NodesAdded` (nodes completed since t-1), `TextRecorded` (the text of its
+blocks) and `GistsRecorded` (their vectors, when `session.record_gists`), then per iteration
 `EntriesRecorded` and `DecisionsRecorded`, then optional `LensAttention` and `AttentionRecorded`;
 `StepRecorded` for step t comes once its NLL is known (when the next block has been read, or at
 the end of the stream). `RunStarted` comes first and `RunFinished` last, also after a failure.
@@ -39,6 +39,18 @@ class NodesAdded:
     start: np.ndarray  # int64[k]
     end: np.ndarray  # int64[k]
     preview: list[str]  # decoded text at the start of each node's span (at most ~80 chars)
+
+
+@dataclass(frozen=True, eq=False)
+class TextRecorded:
+    """The whole decoded text of each block (LOD0 node) completed since the last step: the document
+    itself, for the app's text view (previews hold only a node's first tokens)."""
+
+    step: int | np.ndarray  # first step at which these blocks exist (or int32[k], as NodesAdded)
+    node_id: np.ndarray  # int64[k], LOD0 nodes
+    start: np.ndarray  # int64[k]
+    end: np.ndarray  # int64[k]
+    text: list[str]  # each block decoded on its own (a character split between blocks decodes as U+FFFD)
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,7 +136,7 @@ def interrupt_reason(e: KeyboardInterrupt) -> str:
 
 
 Event = RunStarted | NodesAdded | EntriesRecorded | DecisionsRecorded | AttentionRecorded | LensAttention
-Event = Event | GistsRecorded | StepRecorded | RunFinished
+Event = Event | TextRecorded | GistsRecorded | StepRecorded | RunFinished
 
 
 class Sink(Protocol):

@@ -31,6 +31,7 @@ from contract.events import (
     RunStarted,
     Sink,
     StepRecorded,
+    TextRecorded,
     interrupt_reason,
 )
 from engine.allocator_types import AllocatorState, PlanKnobs
@@ -182,6 +183,10 @@ class Session:
             self.model.decode(toks[s : min(e, s + PREVIEW_TOKENS)].tolist()) for s, e in zip(start, end, strict=True)
         ]
         self.sink.emit(NodesAdded(self.step, ids, lod, start, end, preview))
+        blocks = lod == 0
+        if blocks.any():
+            text = [self.model.decode(toks[s:e].tolist()) for s, e in zip(start[blocks], end[blocks], strict=True)]
+            self.sink.emit(TextRecorded(self.step, ids[blocks], start[blocks], end[blocks], text))
         if self.cfg.session.record_gists and self.tree.d:
             g = lod >= 1
             if g.any():

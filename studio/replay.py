@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.config import RunConfig, apply_overrides, changed_knobs
-from contract.events import GistsRecorded, NodesAdded, RunFinished, RunStarted
+from contract.events import GistsRecorded, NodesAdded, RunFinished, RunStarted, TextRecorded
 from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayError, replay_fast
 from telemetry.reader import Run
 from telemetry.writer import MANIFEST, ParquetSink
@@ -107,6 +107,10 @@ def replay_run(parent: str | Path, out: str | Path, sets: list[str], *, exact: b
             sink.emit(NodesAdded(nodes_t["step"].to_numpy(), nodes_t["node_id"].to_numpy(), nodes_t["lod"].to_numpy(),
                                  nodes_t["start"].to_numpy(), nodes_t["end"].to_numpy(),
                                  nodes_t["preview"].to_pylist()))  # fmt: skip
+        text_t = run.table("text") if "text" in run.tables() else None
+        if text_t is not None and text_t.num_rows:  # same document: the text view works on the replay too
+            sink.emit(TextRecorded(*(text_t[c].to_numpy() for c in ("step", "node_id", "start", "end")),
+                                   text_t["text"].to_pylist()))  # fmt: skip
         gists_t = run.table("gists") if "gists" in run.tables() else None
         if gists_t is not None and gists_t.num_rows:  # same tree, same gists: the map works on the replay too
             vec = gists_t["vector"].combine_chunks()

@@ -26,6 +26,7 @@ from contract.events import (
     LensAttention,
     NodesAdded,
     StepRecorded,
+    TextRecorded,
 )
 from telemetry.schema import ACTIONS, OUTCOMES, SCHEMAS, TABLES, SchemaError, numpy_dtype, vectors_array
 
@@ -37,6 +38,7 @@ _OUTCOMES = pa.array(OUTCOMES, pa.string())
 _TABLE_OF = {
     EntriesRecorded: "entries",
     NodesAdded: "nodes",
+    TextRecorded: "text",
     GistsRecorded: "gists",
     AttentionRecorded: "attention",
     LensAttention: "lens_attention",
@@ -110,7 +112,7 @@ def _fast_columns(table: str, cols: dict[str, object]) -> tuple[list, int] | Non
             if dtype is not None:
                 return None
             k = len(v)
-        elif tv is list:  # only a list of str (node previews) is sure to fit, and only a string field
+        elif tv is list:  # only a list of str (node previews, block texts) is sure to fit, and only a string field
             if dtype is not None or not all(type(x) is str for x in v):
                 return None
             k = len(v)

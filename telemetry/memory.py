@@ -28,6 +28,7 @@ from contract.events import (
     RunFinished,
     RunStarted,
     StepRecorded,
+    TextRecorded,
 )
 from telemetry.event_columns import _columns
 from telemetry.schema import SCHEMAS, field_array, numpy_dtype
@@ -58,7 +59,7 @@ class ArrowSink:
         }
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, RunStarted | RunFinished | NodesAdded | GistsRecorded):
+        if isinstance(event, RunStarted | RunFinished | NodesAdded | TextRecorded | GistsRecorded):
             return
         if isinstance(event, DecisionsRecorded):  # keep the codes; names are looked up once, at the end
             if "decisions" not in self._cols:

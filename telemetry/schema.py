@@ -114,6 +114,16 @@ SCHEMAS: dict[str, pa.Schema] = {
             _f("y", f32, nullable=True),
         ]
     ),
+    # The document: every block's (LOD0 node's) whole text, decoded block by block, for the text view.
+    "text": pa.schema(
+        [
+            _f("step", i32),  # first step at which the block exists
+            _f("node_id", i64),
+            _f("start", i64),
+            _f("end", i64),
+            _f("text", pa.string()),
+        ]
+    ),
     # Gist vectors (LOD>=1) in the base model's embedding space, for the gist map; optional
     # (`session.record_gists`). d is the model's hidden size, the same for every row of a run.
     "gists": pa.schema(
@@ -138,6 +148,7 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "lens_attention": ("step", "iteration", "node_id", "mass"),
     "nodes": ("node_id", "lod", "start", "end", "preview", "step"),
     "gists": ("node_id", "lod", "step", "vector"),
+    "text": ("step", "node_id", "start", "end", "text"),
 }
 
 

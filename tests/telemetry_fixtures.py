@@ -21,6 +21,7 @@ from contract import (
     RunFinished,
     RunStarted,
     StepRecorded,
+    TextRecorded,
     make_decisions,
     nodes,
 )
@@ -92,6 +93,8 @@ def events(n_steps: int = 6, *, with_nll: bool = True, finish: bool = True, conf
         out.append(
             NodesAdded(t, nodes.node_id(lvl, both), lvl, both * BS, both * BS + BS, [f"block {i} é" for i in both])
         )
+        out.append(TextRecorded(t, nodes.node_id(np.zeros(n_new, np.int8), new), new * BS, new * BS + BS,
+                                [f"the whole text of block {i} é\n" for i in new]))  # fmt: skip
         if n_new:  # one 4-d gist per new LOD1 node, its values derived from the index (checkable)
             vec = (new[:, None] + np.arange(4)[None, :] / 4).astype(np.float32)  # [n_new, 4]
             out.append(GistsRecorded(t, nodes.node_id(np.ones(n_new, np.int8), new), np.ones(n_new, np.int8), vec))

@@ -69,7 +69,9 @@ def test_record_writes_a_complete_readable_run(recorded):
     assert m["status"] == "complete" and run.status == "complete" and m["scorer"] == "random"
     assert m["config_flat"]["wc.w_max"] == 400 and m["tokens"] == len(SAMPLE.read_bytes())
     assert run.n_steps() == m["steps"] == -(-m["tokens"] // 32)
-    assert set(run.tables()) >= {"steps", "entries", "decisions", "attention", "nodes", "gists"}
+    assert set(run.tables()) >= {"steps", "entries", "decisions", "attention", "nodes", "gists", "text"}
+    text = run.table("text")  # the document, block by block (the tiny model's tokens are bytes)
+    assert "".join(text["text"].to_pylist()).encode() == SAMPLE.read_bytes()[: m["tokens"] // 32 * 32]
     g, n = run.table("gists"), run.table("nodes", where="lod >= 1")
     assert sorted(g["node_id"].to_pylist()) == sorted(n["node_id"].to_pylist()) and g.num_rows > 0
     assert {len(v) for v in g["vector"].to_pylist()} == {m["model"]["hidden_size"]}
@@ -98,6 +100,7 @@ def test_fast_replay_with_recorded_knobs_is_exact(recorded, tmp_path):
         for c in ("node_id", "step", "lod"):
             assert a[c].to_pylist() == b[c].to_pylist(), (table, c)
     assert Run(recorded).table("gists")["vector"].to_pylist() == Run(out).table("gists")["vector"].to_pylist()
+    assert Run(recorded).table("text").to_pylist() == Run(out).table("text").to_pylist()  # the same document
 
 
 @pytest.mark.parametrize("cooldown", [1, 3, 8])

@@ -23,6 +23,7 @@ from contract import (
     RunFinished,
     RunStarted,
     StepRecorded,
+    TextRecorded,
     apply_overrides,
 )
 from engine import FULL_CONTEXT_MAX, InputError, build_engine, read_text, token_chunks, window_blocks
@@ -281,3 +282,23 @@ def test_gists_recorded_are_the_trees_and_can_be_turned_off():
 
     _, off = run(["session.record_gists=false"])
     assert not [e for e in off.events if isinstance(e, GistsRecorded)]
+
+
+def test_text_recorded_is_the_document_block_by_block():
+    text = "Café au lait, naïve façade. " * 40  # multi-byte characters: the tiny model's tokens are bytes
+    _, sink = run(text=text)
+    blocks = sink.of(TextRecorded)
+    added = {int(i): e.step for e in sink.of(NodesAdded) for i, lod in zip(e.node_id, e.lod, strict=True) if lod == 0}
+    ids = np.concatenate([e.node_id for e in blocks])
+    assert sorted(ids.tolist()) == sorted(added)  # one row per block, with its node's first step
+    assert all(added[int(i)] == e.step for e in blocks for i in e.node_id)
+    starts = np.concatenate([e.start for e in blocks])
+    assert np.array_equal(starts, np.arange(starts.size) * 32)
+    raw = text.encode()
+    # Each block is decoded on its own: a character cut at a block edge decodes as U+FFFD, the rest is the text.
+    assert [x for e in blocks for x in e.text] == [raw[s : s + 32].decode(errors="replace") for s in starts.tolist()]
+    n_full = len(raw) // 32 * 32  # the last, incomplete block (the tail) is never a node
+    assert starts[-1] + 32 == n_full
+    ascii_text = "plain words, no accents. " * 40
+    _, sink = run(text=ascii_text)
+    assert "".join(x for e in sink.of(TextRecorded) for x in e.text) == ascii_text[: len(ascii_text) // 32 * 32]

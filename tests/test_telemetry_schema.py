@@ -12,7 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 import contract.decisions
-from contract import AttentionRecorded, DecisionsRecorded, EntriesRecorded, LensAttention, NodesAdded, StepRecorded
+from contract import (
+    AttentionRecorded,
+    DecisionsRecorded,
+    EntriesRecorded,
+    LensAttention,
+    NodesAdded,
+    StepRecorded,
+    TextRecorded,
+)
 from telemetry import SCHEMAS, Run, SchemaError, columns_to_arrays, schema, validate
 from tests.telemetry_fixtures import events, record
 
@@ -55,6 +63,7 @@ CONTRACT = {
     "lens_attention": {"step": I32, "iteration": I16, "node_id": I64, "mass": F32},
     "nodes": {"node_id": I64, "lod": I8, "start": I64, "end": I64, "preview": STR, "step": I32, "x": F32, "y": F32},
     "gists": {"node_id": I64, "lod": I8, "step": I32, "vector": pa.list_(F32)},
+    "text": {"step": I32, "node_id": I64, "start": I64, "end": I64, "text": STR},
 }
 
 
@@ -159,6 +168,8 @@ def test_round_trip_every_table(tmp_path):
     nodes_t = run.table("nodes")
     assert nodes_t["preview"].to_pylist() == [p for e in evs if isinstance(e, NodesAdded) for p in e.preview]
     assert nodes_t["x"].null_count == nodes_t.num_rows
+    text_t = run.table("text")
+    assert text_t["text"].to_pylist() == [x for e in evs if isinstance(e, TextRecorded) for x in e.text]
 
 
 def test_duckdb_reads_strings_as_varchar(tmp_path):
