@@ -2,6 +2,7 @@
 
   record  stream a text through the engine and record every step to a run folder (Parquet)
   replay  re-plan a recorded run with other knobs into a new run folder (fast or --exact)
+  add-text  backfill the text table of runs recorded before recorders wrote it (from their input)
   run     stream a text through the engine and print a JSON summary (nothing recorded)
   eval    compare every policy at one budget (and the gists) on texts; JSON on stdout, a table on stderr
   knobs   every knob: one name, default, what it allows, meaning (from its declaration; --json)
@@ -29,7 +30,7 @@ from contract.events import interrupt_reason
 from engine.textio import InputError
 from engine.threads import configure_process
 from studio.cli_eval import cmd_eval, cmd_knobs
-from studio.cli_record import cmd_record, cmd_replay, cmd_run
+from studio.cli_record import cmd_add_text, cmd_record, cmd_replay, cmd_run
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -106,6 +107,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="knob to change (repeatable)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("add-text", help="give runs recorded without their text (the text view's) a text table, "
+                                        "re-read from their input and checked against what they recorded")  # fmt: skip
+    p.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=cmd_add_text)
     return ap
 
 

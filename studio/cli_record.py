@@ -247,3 +247,11 @@ def cmd_replay(args) -> int:
         print(f"warning: skipped {problem}", file=sys.stderr)
     print(json.dumps(out, indent=2))
     return EXIT_SKIPPED if out["source_problems"] else 0
+
+
+def cmd_add_text(args) -> int:
+    from studio.run_text import add_text
+
+    for run_dir in args.run_dirs:  # one at a time: a failure names its run and stops before the next
+        print(json.dumps(add_text(run_dir, args.device)))
+    return 0

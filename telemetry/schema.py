@@ -118,10 +118,10 @@ SCHEMAS: dict[str, pa.Schema] = {
     "text": pa.schema(
         [
             _f("step", i32),  # first step at which the block exists
-            _f("node_id", i64),
+            _f("node_id", i64),  # the block's LOD0 node
             _f("start", i64),
             _f("end", i64),
-            _f("text", pa.string()),
+            _f("text", pa.string()),  # decoded on its own: a character cut at a block edge reads as U+FFFD
         ]
     ),
     # Gist vectors (LOD>=1) in the base model's embedding space, for the gist map; optional
