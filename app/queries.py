@@ -323,7 +323,10 @@ def scenario_marks(manifest: dict) -> list[tuple[int, int, str]]:
 
 
 def scenario_caption(manifest: dict) -> str:
-    """One line about a scenario run: where the needle is and what happened when it was asked for."""
+    """One line about a scenario run: where the needle is and what happened when it was asked for;
+    "" for an ordinary run."""
+    if not scenario_marks(manifest):
+        return ""
     sc = manifest.get("scenario") or {}
     start, end = sc.get("needle_span", [0, 0])
     line = f"Needle (passkey {sc.get('passkey', '?')}) at tokens {start:,}-{end:,}, marked in magenta."

@@ -33,6 +33,7 @@ pages = [
     st.Page(_PAGES / "runs.py", title="Runs", url_path="runs", visibility="hidden"),
     st.Page(_PAGES / "timeline.py", title="Timeline", url_path="timeline"),
     st.Page(_PAGES / "step_inspector.py", title="Step inspector", url_path="step"),
+    st.Page(_PAGES / "text.py", title="Text", url_path="text"),
     st.Page(_PAGES / "metrics.py", title="Metrics", url_path="metrics"),
     st.Page(_PAGES / "knobs_lab.py", title="Knobs lab", url_path="knobs"),
     st.Page(_PAGES / "compare.py", title="Compare", url_path="compare"),

@@ -93,6 +93,7 @@ PAGE_FILES = {
     "runs": "views/runs.py",
     "timeline": "views/timeline.py",
     "step": "views/step_inspector.py",
+    "text": "views/text.py",
     "metrics": "views/metrics.py",
     "compare": "views/compare.py",
     "live": "views/live.py",

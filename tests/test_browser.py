@@ -5,7 +5,7 @@ a served app in a browser shows. A module fixture records a small real run (tiny
 attention every 5 steps) and a fast replay of it with `allocator.cooldown_steps=4` into a temporary run
 root, measures both with `python -m telemetry metrics`, and starts `streamlit run app/streamlit_app.py` on
 a free port pointed at that root (stopped, with any UMAP worker it started, at the end). Then each page
-(runs, gists, timeline, step, metrics, knobs, compare, live, record), opened in a fresh tab by its URL
+(runs, gists, timeline, step, text, metrics, knobs, compare, live, record), opened in a fresh tab by its URL
 with `?run=` (and `run2=`), must finish its script run with its title shown and no exception box, no
 error alert, no dialog (such as "Page not found"), no browser console error and no uncaught page error;
 a full-page screenshot of each goes to test-artifacts/browser/<page>.png. On top of that:
@@ -13,6 +13,7 @@ a full-page screenshot of each goes to test-artifacts/browser/<page>.png. On top
 - Timeline: the step scrubber moved by keyboard (ArrowLeft, Home, End) moves the URL's `step`, the
   slider's displayed value and the "Step N" heading;
 - Step inspector: at a step without attention, "Jump to step N" lands on an attention step and draws it;
+- Text: every full-detail and gist span shown is the input's own text at its tokens; "folded" hides plain gists;
 - Metrics and Compare: the numbers shown are the telemetry CLI's;
 - Knobs lab: typing a knob re-plans, the re-planned metrics equal the saved replay's (recorded side
   unchanged), and "Save as replay run" writes a run whose "Open it on the Runs page" link opens it;
@@ -66,6 +67,7 @@ PAGES = {
     "runs": (f"?run={REC}&run2={REP}", "Runs"),
     "timeline": (f"timeline?run={REC}", "Timeline"),
     "step": (f"step?run={REC}&step=22", "Step inspector"),
+    "text": (f"text?run={REC}&step=22", "Text"),
     "metrics": (f"metrics?run={REC}", "Metrics"),
     "knobs": (f"knobs?run={REC}", "Knobs lab"),
     "compare": (f"compare?run={REC}&run2={REP}", "Compare"),
@@ -401,6 +403,32 @@ def test_step_inspector_page_jumps_to_attention(app, page):
     finish(page, "step")
 
 
+def test_text_page_shows_the_document_in_the_wc(app, page):
+    """Every full-detail span on the Text page is the input's own text at its tokens (the tiny model's
+    tokens are bytes); gists fold away on request, and the spans shown then are the detail ones."""
+    visit(page, app, "text")
+    page.get_by_text("whole text", exact=True).click()
+    settle(page)
+    spans_js = """() => [...document.querySelectorAll('span[title]')]
+        .filter(s => /tokens \\d+-\\d+, score/.test(s.title)).map(s => [s.title, s.innerText])"""
+    spans = page.evaluate(spans_js)
+    raw = SAMPLE.read_bytes()
+    detail = 0
+    for title, text in spans:
+        start, end = map(int, re.search(r"tokens (\d+)-(\d+)", title).groups())
+        text = re.sub(r"^[▲▼✕] \w+ ", "", text)  # an edited entry's badge
+        assert text == raw[start:end].decode(), title
+        detail += title.startswith("L0")
+    assert detail and len(spans) > detail  # full detail and gists, each its own text
+    screenshot(page, "text")
+    page.get_by_text("folded", exact=True).click()
+    settle(page)
+    folded = page.evaluate(spans_js)
+    assert page.get_by_text(re.compile(r"⋯ \d+ gists?, tokens")).count() >= 1
+    assert len(folded) < len(spans) and all(t.startswith("L0") or "expand" in t or "collapse" in t for t, _ in folded)
+    assert_clean(page, "Text")
+
+
 def test_metrics_page(app, page):
     visit(page, app, "metrics")
     edits = app["metrics"][REC]["applied_edits"]
@@ -468,7 +496,7 @@ def test_live_page(app, page):
     finish(page, "live")
 
 
-@pytest.mark.parametrize("name", ["timeline", "step", "metrics", "compare", "knobs", "gists"])
+@pytest.mark.parametrize("name", ["timeline", "step", "text", "metrics", "compare", "knobs", "gists"])
 def test_exports_download_and_decode_after_a_rerun(app, page, name):
     """The first chart's CSV and Parquet of each page download and decode to the same rows, also when
     the page has rerun between drawing the buttons and the click (a lazily made file was forgotten

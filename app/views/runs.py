@@ -129,6 +129,7 @@ step = state.param(state.STEP)
 targets = [
     ("Timeline", "timeline", {"run": run_ref, "step": step}),
     ("Step inspector", "step", {"run": run_ref, "step": step}),
+    ("Text", "text", {"run": run_ref, "step": step}),
     ("Metrics", "metrics", {"run": run_ref}),
 ]
 if run2 != NONE:
