@@ -3,6 +3,7 @@
   record  stream a text through the engine and record every step to a run folder (Parquet)
   replay  re-plan a recorded run with other knobs into a new run folder (fast or --exact)
   add-text  backfill the text table of runs recorded before recorders wrote it (from their input)
+  probe   the true NLL change of one-level edits at one step, against the scorer's scores
   run     stream a text through the engine and print a JSON summary (nothing recorded)
   eval    compare every policy at one budget (and the gists) on texts; JSON on stdout, a table on stderr
   knobs   every knob: one name, default, what it allows, meaning (from its declaration; --json)
@@ -30,7 +31,7 @@ from contract.events import interrupt_reason
 from engine.textio import InputError
 from engine.threads import configure_process
 from studio.cli_eval import cmd_eval, cmd_knobs
-from studio.cli_record import cmd_add_text, cmd_record, cmd_replay, cmd_run
+from studio.cli_record import cmd_add_text, cmd_probe, cmd_record, cmd_replay, cmd_run
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -113,6 +114,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folders")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_add_text)
+
+    p = sub.add_parser("probe", help="the true NLL change of moving each top-k candidate entry of one step "
+                                     "one level, against the scorer's score (JSON; --out: a Parquet file)")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN", help="the recorded run (its input file and model must be here)")
+    p.add_argument("--step", type=int, required=True, help="the refocus step to probe")
+    p.add_argument("--top-k", type=int, default=16, help="entries probed: half the highest-scored, half the lowest")
+    p.add_argument("--horizon", type=int, default=32, help="next tokens whose NLL an edit changes")
+    p.add_argument("--out", default=None, help="write the rows to this Parquet file (progress beside it)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=cmd_probe)
     return ap
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -217,8 +218,6 @@ def cmd_record(args) -> int:
 def _passkey_case(args, engine, filler: str, sink):
     """The passkey case a scenario recording reads (filler from the input, the fact, the question),
     written into the run folder so that an exact replay can re-read it; the manifest names the needle."""
-    from pathlib import Path
-
     from engine.scenarios import PasskeyConfig, passkey_cases
 
     m = engine.model
@@ -254,4 +253,23 @@ def cmd_add_text(args) -> int:
 
     for run_dir in args.run_dirs:  # one at a time: a failure names its run and stops before the next
         print(json.dumps(add_text(run_dir, args.device)))
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from studio.probe import probe_meta, probe_step, write_probe
+
+    def progress(stage: str) -> None:  # the app reads this file to show how far the probe got
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).with_name(Path(args.out).name + ".progress").write_text(stage)
+        if not args.quiet:
+            print(f"probe: {stage}", file=sys.stderr)
+
+    table = probe_step(args.run_dir, args.step, top_k=args.top_k, horizon=args.horizon, device=args.device,
+                       progress=progress)  # fmt: skip
+    if args.out:
+        write_probe(table, args.out)
+        Path(args.out).with_name(Path(args.out).name + ".progress").unlink(missing_ok=True)
+    print(json.dumps({**probe_meta(table), "rows": table.to_pylist() if not args.out else table.num_rows}))
     return 0
