@@ -1,4 +1,5 @@
-"""Step-inspector charts: the score pipeline over the WC, base-model attention, LensNet cross-attention.
+"""Step-inspector charts: the score pipeline over the WC, base-model attention, LensNet cross-attention,
+and the probe's scores against measured utility.
 
 Pure builders: the DataFrames of `app.queries.step_entries`, `attention_at` and `lens_attention_at`
 in, plotly Figures out. No streamlit, no I/O. One step's WC is a few hundred entries, so nothing
@@ -133,5 +134,37 @@ def lens_attention_bars(lens: pd.DataFrame) -> go.Figure:
         margin={"l": 50, "r": 20, "t": 10, "b": 40},
         xaxis={"title": {"text": "WC position"}},
         yaxis={"title": {"text": "cross-attention mass"}},
+    )
+    return fig
+
+
+PROBE_COLOURS = {"expand": "#2166ac", "collapse": "#b2182b"}  # the score scale's ends: wants more / less detail
+
+
+def probe_scatter(probe: pd.DataFrame, score: str = "raw_score") -> go.Figure:
+    """The probe of one step (`app.probe.read_probe`): x = the scorer's `score` of each probed entry,
+    y = the measured utility of its finer level (LensNet's label); one colour per edit kind. A scorer
+    that ranks well puts the points on a rising line; the title gives the rank correlation."""
+    meta = probe.attrs.get("meta", {})
+    rho = meta.get("spearman_raw" if score == "raw_score" else "spearman_score")
+    fig = go.Figure()
+    for edit, colour in PROBE_COLOURS.items():
+        part = probe[probe["edit"] == edit]
+        if part.empty:
+            continue
+        label = [f"L{int(lod)} tokens {s}-{e}, {edit}: ΔNLL {d:+.4f}" for lod, s, e, d in
+                 zip(part["lod"], part["start"], part["end"], part["delta_nll"], strict=True)]  # fmt: skip
+        hover = "%{text}<br>score %{x:.4f}<br>utility %{y:.2e}<extra></extra>"
+        fig.add_trace(go.Scatter(x=part[score].to_numpy(np.float64), y=part["utility"].to_numpy(np.float64),
+                                 mode="markers", name=f"{edit} ({len(part)})", text=label,
+                                 marker={"color": colour, "size": 9}, hovertemplate=hover))  # fmt: skip
+    fig.add_hline(y=0, line={"color": "#999", "width": 1, "dash": "dot"})
+    corr = "n/a (too few distinct points)" if rho is None else f"{rho:+.2f}"
+    fig.update_layout(
+        title=f"Scorer's {score.replace('_', ' ')} against the true utility: Spearman {corr}",
+        xaxis_title=f"{score.replace('_', ' ')} (the scorer's)",
+        yaxis_title="utility of detail (ΔNLL per position, measured)",
+        height=420,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
     )
     return fig

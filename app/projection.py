@@ -6,9 +6,9 @@
 - `start_umap(run_dir)` runs `python -m app.projection RUN_DIR CACHE` as a background process that
   writes `CACHE` (node_id, x, y) atomically (`os.replace`); `read_umap` returns it once it is there.
   The cache lives in `RUN/gist_map/umap.parquet` for the user's own runs, or under
-  `runs_dir()/_cache/<root>/<run>/` for shipped sample runs and read-only folders. Its metadata says
-  how many gists it was made from: fewer than the run has now (a run still recording) makes it
-  stale, which the page says, and recomputes only when asked.
+  `runs_dir()/_cache/<root>/<run>/gist_map/` for shipped sample runs and read-only folders
+  (`app.jobs`). Its metadata says how many gists it was made from: fewer than the run has now (a
+  run still recording) makes it stale, which the page says, and recomputes only when asked.
 - `gist_colours(run, node_ids)` gives what the points can be coloured by: level, token position,
   latest recorded score, step of the last applied expansion.
 
@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from app import paths
+from app import jobs
 from contract import nodes
 
 MAX_POINTS = 50_000  # points sent to the browser (and fed to UMAP)
@@ -166,14 +166,9 @@ def jump_step(gist: pd.Series) -> int:
 
 
 def cache_path(run_dir: str | os.PathLike) -> Path:
-    """Where the run's UMAP cache lives: in the run folder when it is one of the user's runs (under
-    runs_dir()) and writable; else under runs_dir()/_cache/<root>/<run> (shipped sample runs stay as
-    shipped, read-only folders work)."""
-    run_dir = Path(run_dir).resolve()
-    mine = paths.runs_dir() in run_dir.parents
-    if mine and os.access(run_dir, os.W_OK):
-        return run_dir / "gist_map" / UMAP_FILE
-    return paths.runs_dir() / "_cache" / run_dir.parent.name / run_dir.name / UMAP_FILE
+    """Where the run's UMAP cache lives (`app.jobs.cache_dir`: the run folder for the user's own runs;
+    shipped sample runs stay as shipped, read-only folders work)."""
+    return jobs.cache_dir(run_dir, "gist_map") / UMAP_FILE
 
 
 def read_umap(run_dir: str | os.PathLike, total: int | None = None) -> pd.DataFrame | None:
@@ -192,50 +187,19 @@ def read_umap(run_dir: str | os.PathLike, total: int | None = None) -> pd.DataFr
     return df
 
 
-def _lock(cache: Path) -> Path:
-    return cache.with_name(cache.name + ".running")
-
-
 def umap_error(run_dir: str | os.PathLike) -> str | None:
     """The last background UMAP's one-line error, if it failed."""
-    try:
-        return cache_path(run_dir).with_name(UMAP_FILE + ".error").read_text().strip() or None
-    except OSError:
-        return None
+    return jobs.error(cache_path(run_dir))
 
 
 def umap_running(run_dir: str | os.PathLike) -> bool:
-    lock = _lock(cache_path(run_dir))
-    try:
-        pid = int(lock.read_text())
-    except (OSError, ValueError):
-        return False
-    try:
-        os.kill(pid, 0)
-        stat = Path(f"/proc/{pid}/stat")
-        return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-_PROCS: list[subprocess.Popen] = []  # ours: polled so that finished ones are reaped
+    return jobs.running(cache_path(run_dir))
 
 
 def start_umap(run_dir: str | os.PathLike) -> subprocess.Popen | None:
     """Start the background UMAP of `run_dir` unless one is already running; returns the process."""
-    _PROCS[:] = [p for p in _PROCS if p.poll() is None]
-    if umap_running(run_dir):
-        return None
     cache = cache_path(run_dir)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.with_name(UMAP_FILE + ".error").unlink(missing_ok=True)
-    with open(cache.with_name(UMAP_FILE + ".log"), "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "app.projection", str(Path(run_dir).resolve()), str(cache)],
-                                cwd=paths.REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    _lock(cache).write_text(str(proc.pid))
-    _PROCS.append(proc)
-    return proc
+    return jobs.start(cache, [sys.executable, "-m", "app.projection", str(Path(run_dir).resolve()), str(cache)])
 
 
 def write_umap(run_dir: str | os.PathLike, cache: Path) -> Path:
@@ -267,7 +231,7 @@ def main(argv: list[str]) -> int:
         cache.with_name(UMAP_FILE + ".error").write_text(f"{type(e).__name__}: {line}")
         raise
     finally:
-        _lock(cache).unlink(missing_ok=True)
+        jobs.lock_path(cache).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

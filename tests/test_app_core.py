@@ -220,7 +220,7 @@ def test_every_chart_has_csv_and_parquet_downloads_of_the_same_data(roots, monke
     """Every chart (and table) offers its data as CSV and as Parquet, made when the page runs (a file
     made on click was forgotten by any rerun in between: a silent failure); both decode to the same
     frame. The Timeline's heatmap file is the chart's cells."""
-    from app import projection
+    from app import jobs
     from tests.app_fixtures import capture_downloads, downloads, open_page
     from tests.lab_fixtures import stop
 
@@ -228,8 +228,8 @@ def test_every_chart_has_csv_and_parquet_downloads_of_the_same_data(roots, monke
     try:
         at = open_page(page, **params)
     finally:
-        stop(projection._PROCS)  # the Gist map starts UMAP in the background: end ours
-        projection._PROCS.clear()
+        stop(jobs.processes())  # the Gist map starts UMAP in the background: end ours
+        jobs.processes().clear()
     clean(at)
     got = downloads(at, files)
     assert len(got) >= len(page_charts(at)) >= 1, (len(got), len(page_charts(at)))

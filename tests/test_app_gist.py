@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import projection
+from app import jobs, projection
 from contract import nodes
 from telemetry import Run
 from tests.lab_fixtures import REPO, plotly_points, stop, synthetic_run
@@ -25,8 +25,8 @@ def roots(tmp_path, monkeypatch):
     monkeypatch.setenv("MCS_SAMPLE_RUNS", str(src))
     monkeypatch.setenv("MCS_RUNS_DIR", str(tmp_path / "runs"))
     yield src, n
-    stop(projection._PROCS)  # the page starts UMAP in the background: end ours, by their handles
-    projection._PROCS.clear()
+    stop(jobs.processes())  # the page starts UMAP in the background: end ours, by their handles
+    jobs.processes().clear()
 
 
 def page(run: str, colour: str | None = None) -> AppTest:
@@ -72,7 +72,7 @@ def test_run_without_gists_shows_the_empty_state(roots):
     assert not at.exception and not at.error
     assert "this run has no recorded gists" in at.info[0].value.lower()
     assert "session.record_gists" in at.info[0].value
-    assert not at.get("plotly_chart") and not projection._PROCS  # nothing to project: no UMAP started
+    assert not at.get("plotly_chart") and not jobs.processes()  # nothing to project: no UMAP started
 
 
 def test_sample_is_capped_seeded_and_sorted(roots):
@@ -98,11 +98,12 @@ def test_pca_is_the_top_two_components():
 def test_cache_lives_in_the_users_runs_else_under_runs_dir(roots, tmp_path, monkeypatch):
     src, _ = roots
     shipped = projection.cache_path(src / "with")  # not one of the user's runs: left as shipped
-    assert shipped == tmp_path / "runs" / "_cache" / "src" / "with" / "umap.parquet"
+    assert shipped == tmp_path / "runs" / "_cache" / "src" / "with" / "gist_map" / "umap.parquet"
     synthetic_run(tmp_path / "runs" / "mine", gists=False)
     assert projection.cache_path(tmp_path / "runs" / "mine") == tmp_path / "runs" / "mine" / "gist_map" / "umap.parquet"
-    monkeypatch.setattr(projection.os, "access", lambda *a: False)  # a read-only run folder
-    assert projection.cache_path(tmp_path / "runs" / "mine").parent == tmp_path / "runs" / "_cache" / "runs" / "mine"
+    monkeypatch.setattr(jobs.os, "access", lambda *a: False)  # a read-only run folder
+    fallback = tmp_path / "runs" / "_cache" / "runs" / "mine" / "gist_map"
+    assert projection.cache_path(tmp_path / "runs" / "mine").parent == fallback
 
 
 @pytest.mark.slow
@@ -111,11 +112,11 @@ def test_umap_is_computed_in_the_background_and_cached(roots):
     t0 = time.monotonic()
     at = page("src/with")
     assert time.monotonic() - t0 < 20  # the page does not wait for UMAP
-    assert "UMAP is being computed" in at.info[0].value and len(projection._PROCS) == 1
+    assert "UMAP is being computed" in at.info[0].value and len(jobs.processes()) == 1
     at.run()  # a rerun while it computes does not start a second one
-    assert len(projection._PROCS) == 1
+    assert len(jobs.processes()) == 1
     cache = projection.cache_path(src / "with")
-    projection._PROCS[0].wait(timeout=300)
+    jobs.processes()[0].wait(timeout=300)
     assert cache.exists() and projection.umap_error(src / "with") is None
     um = projection.read_umap(src / "with", n)
     assert len(um) == n and np.isfinite(um[["x", "y"]].to_numpy()).all()

@@ -14,6 +14,7 @@ a full-page screenshot of each goes to test-artifacts/browser/<page>.png. On top
   slider's displayed value and the "Step N" heading;
 - Step inspector: at a step without attention, "Jump to step N" lands on an attention step and draws it;
 - Text: every full-detail and gist span shown is the input's own text at its tokens; "folded" hides plain gists;
+- Step inspector's probe: "Probe this step" (tiny model, in the background) ends in its scatter and table;
 - Metrics and Compare: the numbers shown are the telemetry CLI's;
 - Knobs lab: typing a knob re-plans, the re-planned metrics equal the saved replay's (recorded side
   unchanged), and "Save as replay run" writes a run whose "Open it on the Runs page" link opens it;
@@ -427,6 +428,20 @@ def test_text_page_shows_the_document_in_the_wc(app, page):
     assert page.get_by_text(re.compile(r"⋯ \d+ gists?, tokens")).count() >= 1
     assert len(folded) < len(spans) and all(t.startswith("L0") or "expand" in t or "collapse" in t for t, _ in folded)
     assert_clean(page, "Text")
+
+
+def test_step_inspector_probes_a_step(app, page):
+    """'Probe this step' runs the probe in the background (tiny model) and the page shows its result
+    when it is done, by itself (it polls)."""
+    visit(page, app, "step")
+    page.get_by_role("button", name="Probe this step").click()
+    page.get_by_text("Scorer's raw score against the true utility").wait_for(timeout=180_000)
+    settle(page)
+    assert page.get_by_role("button", name="Probe again").count() == 1
+    assert page.get_by_text(re.compile(r"^16 of \d+ editable entries probed")).count() == 1  # the default top-k
+    assert grid_rows(page, "node")[0][0].startswith("L")  # the table, its nodes labelled
+    assert_clean(page, "Step inspector")
+    finish(page, "step-probe")
 
 
 def test_metrics_page(app, page):

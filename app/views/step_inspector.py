@@ -3,15 +3,17 @@
 Shows the step's WC entries (node, LOD, span, cost, text preview, and the score after each pipeline
 stage: raw, interpolated, shifted, final), every decision with its outcome, the base-model attention
 over the entries (only on the steps that recorded it: the page says which, and jumps to the nearest)
-and LensNet's cross-attention when the scorer was LensNet. Data: `app/queries_step.py`; charts:
-`app/charts_step.py`.
+and LensNet's cross-attention when the scorer was LensNet. "Probe this step" measures, in a background
+process with the run's own model, the true NLL change of moving each of the top-k candidates one level,
+and plots it against the score the scorer gave (`app/probe.py`, cached per step). Data:
+`app/queries_step.py`; charts: `app/charts_step.py`.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app import charts_step, export, state, widgets
+from app import charts_step, export, probe, state, widgets
 from app import queries as q
 from app import queries_step as qs
 
@@ -95,3 +97,50 @@ else:
     else:
         st.plotly_chart(charts_step.lens_attention_bars(lens), key="si_lens")
         export.download_buttons(lens, f"{run.name}-lens-attention-step{step}", key="si_lens_dl")
+
+
+# --------------------------------------------------------------------------------------- probe
+st.subheader("Probe: the scorer against the truth")
+st.caption("For the top-k candidates (half the highest-scored, half the lowest), the base model's NLL of the "
+           "next 32 tokens after moving each one level (a block collapsed to its gist, a gist expanded): "
+           "the counterfactual LensNet is trained on. Runs the run's model in the background (about 30 s for "
+           "the default model on a 2-core CPU); the result is kept for this step.")  # fmt: skip
+
+
+@st.fragment(run_every=1.5)
+def _wait_for_probe(path: str, step: int) -> None:
+    status, detail = probe.probe_state(path, step)
+    if status != "running":
+        st.rerun()  # finished (or failed): the whole page shows it
+    st.info(f"Probing step {step} in the background: {detail or 'starting'} ...")
+
+
+def _start_probe(path: str, step: int) -> None:
+    probe.start_probe(path, step, int(st.session_state.get("si_probe_k", probe.TOP_K)))
+
+
+status, detail = probe.probe_state(path, step)
+why_not = probe.check_probe(run.manifest)
+c_k, c_go = st.columns([1, 3], vertical_alignment="bottom")
+c_k.number_input("top-k", 2, 64, probe.TOP_K, step=2, key="si_probe_k", help="entries probed")
+label = {"none": "Probe this step", "failed": "Probe this step", "running": "Probing ..."}.get(status, "Probe again")
+c_go.button(label, on_click=_start_probe, args=(path, step), key="si_probe_go", disabled=bool(why_not) or
+            status == "running", help=why_not)  # fmt: skip
+if why_not:
+    st.info(f"Run `{run.name}` cannot be probed: {why_not}.")
+elif status == "running":
+    _wait_for_probe(path, step)
+elif status == "failed":
+    st.warning(f"The probe of step {step} failed: {detail}")
+elif status == "done":
+    meta = detail.attrs.get("meta", {})
+    names = {"raw_score": "raw (what LensNet predicts)", "score": "final (the allocator's input)"}
+    which = st.radio("scorer's score", list(names), horizontal=True, key="si_probe_score", format_func=names.get)
+    st.plotly_chart(charts_step.probe_scatter(detail, which), key="si_probe")
+    st.caption(f"{len(detail)} of {meta.get('candidates', '?')} editable entries probed, horizon "
+               f"{meta.get('horizon', '?')} tokens, {meta.get('seconds', '?')} s on {meta.get('device', '?')}; "
+               f"unedited WC's NLL {detail['nll_base'].iloc[0]:.4f}.")  # fmt: skip
+    table = detail.drop(columns=["step"])
+    table.insert(0, "node", q.node_labels(table["node_id"], int(run.knob("tree.block_size", 32))))
+    st.dataframe(table[[*table.columns.drop("node_id"), "node_id"]], hide_index=True, key="si_probe_table")
+    export.download_buttons(detail, f"{run.name}-probe-step{step}", key="si_probe_dl")

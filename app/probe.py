@@ -1,0 +1,78 @@
+"""The Step inspector's probe, run in the background: `python -m engine probe RUN --step T --out FILE`
+(`studio/probe.py`: the true NLL change of one-level edits of the step's top-k candidates, against the
+scores the scorer gave), one cached Parquet file per step (`app.jobs.cache_dir(run, "probe")`).
+
+`probe_state` says where a step's probe stands: done (its rows, settings and rank correlations),
+running (its last progress line), failed (its one-line error: a missing model or input, a step that
+cannot be probed) or not started. `check_probe` refuses at once what would surely fail. Imports no
+streamlit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from app import jobs, paths
+
+TOP_K = 16  # entries probed by default: half the highest-scored, half the lowest
+META = b"mcs.probe"  # studio.probe.META: the app reads the file, it does not import the probe
+
+
+def probe_path(run_dir: str | os.PathLike, step: int) -> Path:
+    return jobs.cache_dir(run_dir, "probe") / f"step-{int(step):06d}.parquet"
+
+
+def check_probe(manifest: dict) -> str | None:
+    """Why a probe of this run cannot work, found without loading anything (None: try it): its text
+    came from stdin or its input file is gone, or its model is a local folder that is not there."""
+    src = manifest.get("input")
+    if src in (None, "", "-"):
+        return "its text was read from stdin, so there is no document to rebuild the step from"
+    if not (Path(src) if Path(src).is_absolute() else paths.REPO / src).is_file():
+        return f"its input {src} is not a readable file any more"
+    model = str((manifest.get("model") or {}).get("id", ""))
+    if model not in ("", "default") and not model.startswith("tiny") and not Path(model).expanduser().is_dir():
+        return f"its model folder {model} is not on this machine"
+    return None
+
+
+def start_probe(run_dir: str | os.PathLike, step: int, top_k: int = TOP_K) -> subprocess.Popen | None:
+    """Start the probe of `step` unless one runs already; returns the process."""
+    target = probe_path(run_dir, step)
+    target.unlink(missing_ok=True)  # a re-probe (other top-k) replaces the old result
+    cmd = [sys.executable, "-m", "engine", "probe", str(Path(run_dir).resolve()), "--step", str(int(step)),
+           "--top-k", str(int(top_k)), "--out", str(target), "--quiet"]  # fmt: skip
+    return jobs.start(target, cmd)
+
+
+def read_probe(run_dir: str | os.PathLike, step: int) -> pd.DataFrame | None:
+    """The cached probe of `step` (attrs["meta"]: settings, Spearman, seconds), or None."""
+    try:
+        t = pq.read_table(probe_path(run_dir, step))
+    except (OSError, pa.ArrowInvalid):
+        return None
+    df = t.to_pandas()
+    df.attrs["meta"] = json.loads((t.schema.metadata or {}).get(META, b"{}"))
+    return df
+
+
+def probe_state(run_dir: str | os.PathLike, step: int) -> tuple[str, object]:
+    """("done", DataFrame) | ("running", progress line or None) | ("failed", one line) | ("none", None)."""
+    target = probe_path(run_dir, step)
+    if jobs.running(target):
+        return "running", jobs.progress(target)
+    df = read_probe(run_dir, step)
+    if df is not None:
+        return "done", df
+    err = jobs.error(target)
+    if err:
+        return "failed", err
+    return "none", None
