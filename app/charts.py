@@ -9,6 +9,8 @@ chart is a megabyte of base64, not ten of JSON). The step-inspector and metric c
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -18,6 +20,9 @@ LOD_COLOURS = ("#f4a259", "#5b8e7d", "#2b3a67", "#141b2d", "#0b0e17")
 SCORE_SCALE = "RdBu"  # diverging: red = wants less detail (collapse), blue = wants more (expand)
 MARKER_COLOUR = "#e4572e"
 MARK_COLOUR = "#ff3fa4"  # a scenario's needle: magenta, apart from the step marker and the LOD colours
+# Streamlit reports clicks on scatter points only: the heatmap carries a layer of invisible points, one per
+# row and column group, so that a click anywhere selects that row's step. At most this many points.
+PICK_POINTS = 12_000
 
 
 def grid(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,12 +57,13 @@ def lod_heatmap(
     title: str | None = None,
     height: int = 520,
     marks: list[tuple[int, int, str]] | None = None,
+    pickable: bool = True,
 ) -> go.Figure:
     """The LOD timeline: one heatmap cell per (token bin, step bin), colour = LOD (mean in the cell).
 
     `step` draws a line at that step; `overlay` (score cells on the same axes) is drawn on top, half
     transparent, with its own diverging colour bar; `marks` are token spans (start, end, label), e.g.
-    a scenario's needle, outlined across all steps.
+    a scenario's needle, outlined across all steps. `pickable` adds the click layer (`pick_layer`).
     """
     z, x, y = grid(cells)
     fig = go.Figure()
@@ -95,6 +101,10 @@ def lod_heatmap(
                 name=overlay_name,
             )
         )
+    if pickable and z.size:
+        over_z = grid(overlay)[0] if overlay is not None and len(overlay) else None
+        fig.add_trace(pick_layer(z, x, y, overlay=None if over_z is None else (over_z, overlay_name)))
+        fig.update_layout(clickmode="event+select")
     if step is not None:
         fig.add_hline(y=step, line={"color": MARKER_COLOUR, "width": 2}, annotation_text=f"step {step}")
     for start, end, label in marks or []:
@@ -108,6 +118,47 @@ def lod_heatmap(
         yaxis={"title": {"text": "refocus step"}, "autorange": "reversed"},  # time runs down the page
     )
     return fig
+
+
+def _group_means(z: np.ndarray, cols: np.ndarray, stride: int) -> np.ndarray:
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN group (no entry there) stays NaN
+        return np.stack([np.nanmean(z[:, c : c + stride], axis=1) for c in cols], axis=1)  # [h, len(cols)]
+
+
+def pick_layer(z: np.ndarray, x: np.ndarray, y: np.ndarray, max_points: int = PICK_POINTS, *,
+               overlay: tuple[np.ndarray, str] | None = None) -> go.Scatter:  # fmt: skip
+    """Invisible points over the heatmap `z` [h, w] (x: token start per column, y: first step per row):
+    one per row and group of adjacent columns (at most `max_points`), each at its group's first column.
+    They take the hover (the heatmap's own label would be hidden under them), so each says what its
+    group shows: the tokens it spans, the row's step, the mean LOD there and, given `overlay` (its z on
+    the same grid, its name), the overlay's mean; a click selects the step."""
+    h, w = z.shape
+    stride = max(1, -(-(h * w) // max_points))
+    cols = np.arange(0, w, stride)
+    ends = np.append(x[cols[1:]], x[-1] + (x[-1] - x[-2] if w > 1 else 1))
+    columns = [np.broadcast_to(ends.astype(np.float32), (h, cols.size)), _group_means(z, cols, stride)]
+    hover = "tokens %{x}-%{customdata[0]}<br>step %{y} (click: select it)<br>LOD %{customdata[1]:.2f}"
+    if overlay is not None and overlay[0].shape == z.shape:
+        columns.append(_group_means(overlay[0], cols, stride))
+        hover += f"<br>{overlay[1]} %{{customdata[2]:.3f}}"
+    yy, xx = np.meshgrid(y.astype(np.int32), x[cols].astype(np.int32), indexing="ij")
+    return go.Scatter(
+        x=xx.ravel(),
+        y=yy.ravel(),
+        mode="markers",
+        marker={"size": 12, "opacity": 0},
+        customdata=np.stack([c.astype(np.float32).ravel() for c in columns], axis=1),
+        hovertemplate=hover + "<extra></extra>",
+        showlegend=False,
+        name="pick",
+    )
+
+
+def picked_step(event) -> int | None:
+    """The step a click on the Timeline picked (`st.plotly_chart(..., on_select="rerun")`'s event), or None."""
+    points = event.selection.points if event and event.selection else []
+    return int(points[0]["y"]) if points else None
 
 
 def lod_strip(entries: pd.DataFrame, *, max_lod: int = 2, title: str | None = None) -> go.Figure:

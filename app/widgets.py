@@ -56,14 +56,14 @@ def _scrubbed(key: str) -> None:
     state.set_param(state.STEP, step)
 
 
-def step_scrubber(n_steps: int, *, label: str = "step", key: str = "step_scrubber") -> int:
+def step_scrubber(n_steps: int, *, label: str = "step", key: str = "step_scrubber", disabled: bool = False) -> int:
     """The shared step slider, bound to the URL's `step`. Returns the selected step (0 if no steps).
 
     The slider writes the URL from its change callback. In a run that the slider itself started, its
     value is left alone; in any other run (another page, a link, the player, a jump button) it is set
     from the URL. A value set by the script is sent back to the slider, so setting it in the slider's
     own runs would undo a key press made while the run was on its way: quick presses were lost, and
-    left slider, URL and page out of step."""
+    left slider, URL and page out of step. `disabled` (the Timeline while it plays): shown, not movable."""
     if n_steps <= 0:
         return 0
     hi = n_steps - 1
@@ -76,7 +76,7 @@ def step_scrubber(n_steps: int, *, label: str = "step", key: str = "step_scrubbe
         st.session_state[key] = current
     elif not 0 <= int(st.session_state[key]) <= hi:
         st.session_state[key] = max(0, min(hi, int(st.session_state[key])))  # a run that shrank
-    step = int(st.slider(label, 0, hi, key=key, on_change=_scrubbed, args=(key,)))
+    step = int(st.slider(label, 0, hi, key=key, on_change=_scrubbed, args=(key,), disabled=disabled))
     state.set_param(state.STEP, step)
     return step
 

@@ -78,13 +78,41 @@ def test_lod_heatmap_figure_marks_the_step_and_overlays_scores(roots):
     cells = q.heatmap(path, ver, "lod", 1000, 250)
     over = q.heatmap(path, ver, "score", 1000, 250)
     fig = json.loads(charts.lod_heatmap(cells, step=5, overlay=over).to_json())
-    assert [t["type"] for t in fig["data"]] == ["heatmap", "heatmap"]
+    assert [t["type"] for t in fig["data"]] == ["heatmap", "heatmap", "scatter"]  # the click layer last
     assert fig["data"][1]["zmin"] == -1 and fig["data"][1]["zmax"] == 1
     line = [s for s in fig["layout"]["shapes"] if s["type"] == "line"]
     assert line[0]["y0"] == line[0]["y1"] == 5
     empty = cells.iloc[0:0].copy()
     empty.attrs["extent"] = {"w": 0, "h": 0}
     assert decode(json.loads(charts.lod_heatmap(empty).to_json())["data"][0]["z"]).size == 0
+
+
+def test_the_click_layer_covers_every_row_and_says_what_it_covers():
+    """Invisible points over the heatmap: every row's step, in column groups whose hover gives the tokens
+    they span and the mean LOD there; a click's event gives back the row's step."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    z = rng.integers(0, 3, (50, 400)).astype(np.float32)
+    z[:, 8:12] = np.nan  # no entry there
+    x, y = np.arange(400) * 16, np.arange(50) * 3 + 7
+    layer = charts.pick_layer(z, x, y, max_points=2000)
+    px, py = np.asarray(layer.x), np.asarray(layer.y)
+    assert px.size <= 2000 and set(py.tolist()) == set(y.tolist())
+    stride = 400 // (px.size // 50)
+    assert stride == 10 and set(px.tolist()) == set(x[::stride].tolist())
+    data = np.asarray(layer.customdata)
+    for i in (0, 37, px.size - 1):
+        r, c = int(np.flatnonzero(y == py[i])[0]), int(np.flatnonzero(x == px[i])[0])
+        want = np.nanmean(z[r, c : c + stride])
+        assert data[i, 1] == pytest.approx(want, rel=1e-6)
+        assert data[i, 0] == (x[c + stride] if c + stride < 400 else x[-1] + 16)
+    assert layer.marker.opacity == 0 and data.shape[1] == 2
+    with_scores = charts.pick_layer(z, x, y, max_points=2000, overlay=(-z, "score"))
+    np.testing.assert_allclose(np.asarray(with_scores.customdata)[:, 2], -data[:, 1])
+    assert "score %{customdata[2]" in with_scores.hovertemplate
+    event = SimpleNamespace(selection=SimpleNamespace(points=[{"curve_number": 1, "x": 32, "y": 22}]))
+    assert charts.picked_step(event) == 22 and charts.picked_step(None) is None
 
 
 def test_step_charts_and_metric_lines(roots):

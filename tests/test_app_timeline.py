@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from app import queries as q
 from contract import ACTIONS, OUTCOMES, DecisionsRecorded, EntriesRecorded
 from tests.app_fixtures import (
     charts,
@@ -103,6 +104,12 @@ def test_play_keeps_to_the_chosen_speed_stops_at_the_end_and_restarts_from_the_f
     at.button(key="tl_play_btn").click().run()
     assert at.session_state["tl_playing"] is True
     assert at.query_params["step"] == "1"  # starting does not jump
+    # While playing the player owns the step (the scrubber shows it, disabled), the heatmap is drawn on
+    # a quarter of the cells and without the click layer: the browser keeps up with the moves.
+    assert at.slider(key="step_scrubber").disabled
+    fig = charts(at)[0]
+    assert [t["type"] for t in fig["data"]] == ["heatmap"]
+    assert decode(fig["data"][0]["z"]).size <= q.MAX_CELLS // 4
     time.sleep(0.5)  # 5 steps a second: 2 steps owed (a slow rerun may owe a third)
     at.run()
     clean(at)
@@ -111,6 +118,7 @@ def test_play_keeps_to_the_chosen_speed_stops_at_the_end_and_restarts_from_the_f
     time.sleep(1.2)  # 6 more owed: the run ends at step 7, and playing stops there
     at.run()
     assert at.query_params["step"] == "7" and at.session_state["tl_playing"] is False
+    assert not at.slider(key="step_scrubber").disabled
     at.button(key="tl_play_btn").click().run()  # Play at the last step starts again from the first
     assert at.query_params["step"] == "0" and at.session_state["tl_playing"] is True
 
@@ -120,7 +128,7 @@ def test_score_overlay_shares_the_cell_budget_and_carries_the_scores(roots):
     at.selectbox(key="tl_overlay").set_value("final score").run()
     clean(at)
     fig = charts(at)[0]
-    assert [t["type"] for t in fig["data"]] == ["heatmap", "heatmap"]
+    assert [t["type"] for t in fig["data"]] == ["heatmap", "heatmap", "scatter"]  # LOD, scores, the click layer
     np.testing.assert_allclose(heat_z(fig, 1), per_token(roots["events"], "score"), rtol=1e-6)
     assert sum(heat_z(fig, i).size for i in (0, 1)) <= 250_000
 

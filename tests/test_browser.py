@@ -22,7 +22,7 @@ a full-page screenshot of each goes to test-artifacts/browser/<page>.png. On top
 - Record -> Live: a recording started on the Record page is followed on the Live page from the moment of
   Start (waiting for its folder, following, finished), with no error at any moment;
 - the sidebar keeps the run and step from page to page, and `/runs` opens the Runs page;
-- Timeline playback keeps to the chosen speed (10 steps/s);
+- Timeline playback keeps to the chosen speed (10 steps/s); a click on a heatmap row selects its step;
 - exports: each page's first CSV and Parquet download and decode to the same rows, also after a rerun.
 Skipped, with the reason, when /usr/bin/chromium is missing (Playwright cannot download browsers here).
 """
@@ -368,6 +368,27 @@ def test_timeline_page_scrubber(app, page):
     assert page.get_by_role("heading", name="Step 5", exact=True).count() == 1
     assert_clean(page, "Timeline")
     finish(page, "timeline")
+
+
+def test_a_click_on_the_timeline_selects_that_rows_step(app, page):
+    visit(page, app, "timeline")  # opens at the last step
+    last = int(page.locator(SCRUBBER).get_attribute("max"))
+    wait_url_param(page, "step", str(last))
+    box = page.locator('[data-testid="stPlotlyChart"]').first.locator(".nsewdrag").first.bounding_box()
+    # the row a third of the way down (steps run down the page), well inside the plot
+    page.mouse.click(box["x"] + box["width"] * 0.4, box["y"] + box["height"] / 3)
+    page.wait_for_function("n => Number(new URLSearchParams(location.search).get('step')) < n", arg=last)
+    settle(page)
+    step = int(url_param(page, "step"))
+    assert abs(step - (last + 1) / 3) <= max(2, last * 0.05), (step, last)  # the clicked row, give or take a bin
+    assert page.locator(SCRUBBER).get_attribute("value") == str(step)
+    assert page.get_by_role("heading", name=f"Step {step}").count() == 1
+    page.locator(SCRUBBER).focus()  # the scrubber still moves the step afterwards (the click is not re-applied)
+    page.keyboard.press("ArrowRight")
+    wait_url_param(page, "step", str(step + 1))
+    settle(page)
+    assert url_param(page, "step") == str(step + 1)
+    assert_clean(page, "Timeline")
 
 
 def test_timeline_plays_at_the_chosen_speed(app, page):

@@ -1,10 +1,12 @@
 """Timeline page: the LOD heatmap of a run (x = token position, y = refocus step, colour = LOD).
 
-A shared step scrubber (URL `step`) with play/pause, at a chosen speed in steps per second, selects
-a step: it is marked on the heatmap, its WC is drawn as a strip, and its decisions are listed with
-their outcomes. The heatmap is binned by
-the reader in DuckDB to at most `queries.MAX_CELLS` cells; an optional score overlay shares that
-budget. Queries live in `app/queries.py`, figures in `app/charts.py`; this page only wires them.
+A shared step scrubber (URL `step`) with play/pause, at a chosen speed in steps per second, or a click
+on the heatmap (any cell: its row's step) selects a step: it is marked on the heatmap, its WC is drawn
+as a strip, and its decisions are listed with their outcomes. The heatmap is binned by the reader in
+DuckDB to at most `queries.MAX_CELLS` cells; an optional score overlay shares that budget. Playing
+redraws only the part of the page that follows the step (one fragment, which the browser asks for
+again once it has drawn the last), on a quarter of the cells, with the scrubber disabled until Pause.
+Queries live in `app/queries.py`, figures in `app/charts.py`; this page only wires them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from app import queries as q
 from app import queries_step as qs
 
 SPEEDS = (1, 2, 5, 10, 25, 50, 100)  # playback speeds, steps per second
+PLAY_CELLS_DIVISOR = 4
 TICK_S = 0.5  # at most two moves a second while playing (each redraws the page): faster speeds jump steps
 RESOLUTIONS = {"standard (1000 x 250)": (1000, 250), "wide (2000 x 125)": (2000, 125), "tall (500 x 500)": (500, 500)}
 OVERLAYS = {"none": None, "final score": "score", "raw score": "raw_score"}
@@ -32,7 +35,6 @@ if ov["n_steps"] == 0 or ov["s1"] < ov["s0"]:
     st.stop()
 
 n_steps = int(q.step_list(path, ver).max()) + 1
-step = widgets.step_scrubber(n_steps)
 
 
 def _toggle_play() -> None:
@@ -42,7 +44,7 @@ def _toggle_play() -> None:
     if playing and cur >= n_steps - 1:
         cur = 0  # Play at the last step (where the page opens) starts from the first
         state.set_param(state.STEP, cur)
-    st.session_state["tl_play_from"], st.session_state["tl_play_at_step"] = (cur, time.monotonic()), cur
+    st.session_state["tl_play_from"] = (cur, time.monotonic(), st.session_state.get("tl_speed", 10))
 
 
 playing = bool(st.session_state.get("tl_playing", False))
@@ -74,65 +76,82 @@ t_rng = t_rng if t_rng and t_rng[1] > t_rng[0] else (ov["t0"], ov["t1"])
 
 width, height = RESOLUTIONS[res]
 budget = q.MAX_CELLS // (2 if overlay_col else 1)  # the overlay shares the page's cell budget
+if playing:  # each move redraws the heatmap: a quarter of the cells keeps the browser up with the player
+    budget //= PLAY_CELLS_DIVISOR
 w, h = q.grid_size(width, height, s_rng[1] - s_rng[0] + 1, t_rng[1] - t_rng[0], budget)
 cells = q.heatmap(path, ver, "lod", w, h, tuple(s_rng), tuple(t_rng), AGGS[agg])
 over = q.heatmap(path, ver, overlay_col, w, h, tuple(s_rng), tuple(t_rng), "mean") if overlay_col else None
 marks = q.scenario_marks(run.manifest)
-fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], step=step, overlay=over, overlay_name=overlay_name,
-                         marks=marks)  # fmt: skip
-st.plotly_chart(fig, key="tl_heatmap", config={"displaylogo": False})
-ext = cells.attrs["extent"]
-st.caption(
-    f"{ext['w']} x {ext['h']} cells: {(ext['t1'] - ext['t0']) / max(ext['w'], 1):.0f} tokens x "
-    f"{(ext['s1'] - ext['s0'] + 1) / max(ext['h'], 1):.1f} steps per cell."
-)
-export.download_buttons(cells, f"{run.name}-lod-timeline", key="tl_cells")
-if marks:
-    st.caption(q.scenario_caption(run.manifest))
+
+
+def _play_step() -> int:
+    """While playing: the step the clock says is due (the step playing started from, plus speed x time
+    since: a player that keeps to the clock, like a video dropping frames), put in the URL. The player
+    owns the step until paused (the scrubber is disabled meanwhile): the step a fragment run arrives
+    with may be the browser's URL from before the previous move, which would send play back."""
+    now = time.monotonic()
+    start, t0, was = st.session_state.get("tl_play_from", (None, now, speed))
+    if start is None or was != speed:  # first tick, or a new speed: go on from the step reached
+        start = state.int_param(state.STEP, n_steps - 1, 0, n_steps - 1) if start is None else \
+            min(start + int((now - t0) * was), n_steps - 1)  # fmt: skip
+        st.session_state["tl_play_from"] = (start, now, speed)
+        t0 = now
+    target = min(start + int((now - t0) * speed), n_steps - 1)
+    state.set_param(state.STEP, target)
+    return target
 
 
 @st.fragment(run_every=max(TICK_S, 1.0 / speed) if playing else None)
-def _player() -> None:
-    # While playing, each timer tick puts the URL's step where the clock says it should be (the step
-    # playing started from, plus speed x time since: a player that keeps to the clock, like a video
-    # dropping frames) and reruns the whole page, so the scrubber, heatmap marker and tables follow.
-    # A step moved by hand meanwhile becomes the new start. A full rerun also runs this fragment: it
-    # does nothing until a step is owed.
-    if not st.session_state.get("tl_playing"):
-        return
-    now, cur = time.monotonic(), state.int_param(state.STEP, n_steps - 1, 0, n_steps - 1)
-    if now - st.session_state.get("tl_moved_at", 0.0) < TICK_S * 0.9:
-        return  # at most one move a tick: the browser redraws the page (heatmap included) for each
-    start, t0 = st.session_state.get("tl_play_from", (cur, now))
-    if cur != st.session_state.get("tl_play_at_step", start):  # moved by hand (or another page): go on from there
-        start, t0 = cur, now
-        st.session_state["tl_play_from"] = (start, t0)
-    target = min(start + int((now - t0) * speed), n_steps - 1)
-    if target <= cur:
-        return
-    st.session_state["tl_play_at_step"], st.session_state["tl_moved_at"] = target, now
-    state.set_param(state.STEP, target)
-    if target >= n_steps - 1:
-        st.session_state["tl_playing"] = False  # the end: stop there; Play starts again from step 0
-    st.rerun()
-
-
-_player()
-
-st.subheader(f"Step {step}")
-row = qs.step_row(path, ver, step)
-if row:
-    nll = "-" if row.get("nll") is None else f"{row['nll']:.3f}"
+def _view() -> None:
+    # Everything that follows the step, as one fragment: while playing, the browser asks for its next
+    # run only once the last one has been drawn, so a slow redraw slows the player instead of piling
+    # up (full-page reruns driven from a timer got ahead of the browser until it stopped following).
+    at_end = False
+    if st.session_state.get("tl_playing"):
+        at_end = _play_step() >= n_steps - 1
+    live = bool(st.session_state.get("tl_playing"))
+    step = widgets.step_scrubber(n_steps, disabled=live)
+    fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], step=step, overlay=over, overlay_name=overlay_name,
+                             marks=marks, pickable=not live)  # fmt: skip
+    event = st.plotly_chart(fig, key="tl_heatmap", config={"displaylogo": False}, on_select="rerun",
+                            selection_mode="points")  # fmt: skip
+    picked = charts.picked_step(event)
+    # The chart keeps its selection over reruns: act on a click once, so that the scrubber or the
+    # player can move the step afterwards.
+    if picked is not None and st.session_state.get("tl_picked") != picked:
+        st.session_state["tl_picked"] = picked
+        state.set_param(state.STEP, min(max(picked, 0), n_steps - 1))
+        st.rerun(scope="fragment")
+    ext = cells.attrs["extent"]
     st.caption(
-        f"{row['tokens_seen']:,} tokens read, {row['n_entries']} entries, cost {row['wc_cost']} / {row['w_max']}, "
-        f"{row.get('n_applied', 0)} edits applied ({row.get('n_forced', 0)} forced), next-block NLL {nll}"
+        f"{ext['w']} x {ext['h']} cells: {(ext['t1'] - ext['t0']) / max(ext['w'], 1):.0f} tokens x "
+        f"{(ext['s1'] - ext['s0'] + 1) / max(ext['h'], 1):.1f} steps per cell."
+        + ("" if live else " Click a row to select its step.")
     )
-ents = qs.step_entries(path, ver, step)
-if len(ents):
-    first = ents[ents["iteration"] == 0]
-    st.plotly_chart(charts.lod_strip(first, max_lod=ov["max_lod"]), key="tl_strip", config={"displaylogo": False})
-else:
-    st.caption("No WC recorded at this step (entries are recorded every `session.entries_every` steps).")
+    export.download_buttons(cells, f"{run.name}-lod-timeline", key="tl_cells")
+    if marks:
+        st.caption(q.scenario_caption(run.manifest))
+    st.subheader(f"Step {step}")
+    row = qs.step_row(path, ver, step)
+    if row:
+        nll = "-" if row.get("nll") is None else f"{row['nll']:.3f}"
+        st.caption(
+            f"{row['tokens_seen']:,} tokens read, {row['n_entries']} entries, cost {row['wc_cost']} / "
+            f"{row['w_max']}, {row.get('n_applied', 0)} edits applied ({row.get('n_forced', 0)} forced), "
+            f"next-block NLL {nll}"
+        )
+    ents = qs.step_entries(path, ver, step)
+    if len(ents):
+        first = ents[ents["iteration"] == 0]
+        st.plotly_chart(charts.lod_strip(first, max_lod=ov["max_lod"]), key="tl_strip", config={"displaylogo": False})
+    else:
+        st.caption("No WC recorded at this step (entries are recorded every `session.entries_every` steps).")
+    st.markdown("**Decisions**")
+    widgets.decision_table(qs.step_decisions(path, ver, step), key="tl_dec",
+                           export_name=f"{run.name}-decisions-step{step}")  # fmt: skip
+    if at_end:
+        st.session_state["tl_playing"] = False  # the end: stop there; Play starts again from step 0
+        st.rerun()  # the whole page: the button reads Play again, and the timer stops
 
-st.markdown("**Decisions**")
-widgets.decision_table(qs.step_decisions(path, ver, step), key="tl_dec", export_name=f"{run.name}-decisions-step{step}")
+
+_view()
