@@ -115,6 +115,19 @@ def nav_link(label: str, page: str, **params: object) -> None:
         st.markdown(f"[{label}]({link(page, **params)})")
 
 
+def _filter(label: str, options: list[str], key: str) -> list[str]:
+    """A multiselect filter that survives a change of step: everything picked stays everything (the
+    options differ from step to step), a narrowed choice keeps the values this step has."""
+    seen = st.session_state.get(f"{key}_options")
+    if key in st.session_state:
+        was = list(st.session_state[key])
+        everything = seen is not None and set(was) >= set(seen)
+        st.session_state[key] = list(options) if everything else [v for v in was if v in options]
+    st.session_state[f"{key}_options"] = list(options)
+    default = None if key in st.session_state else list(options)
+    return st.multiselect(label, options, default=default, key=key)
+
+
 def decision_table(dec, *, key: str, export_name: str) -> None:
     """One step's decisions (`queries_step.step_decisions`): a summary line, filters by action and
     outcome, the applied edits first, the structurally impossible candidates hidden (and counted)
@@ -128,8 +141,10 @@ def decision_table(dec, *, key: str, export_name: str) -> None:
     c1, c2, c3 = st.columns([2, 3, 2], vertical_alignment="bottom")
     actions = sorted(dec["action"].unique())
     outcomes = list(dict.fromkeys(dec["outcome"]))
-    picked_a = c1.multiselect("action", actions, default=actions, key=f"{key}_action")
-    picked_o = c2.multiselect("outcome", outcomes, default=outcomes, key=f"{key}_outcome")
+    with c1:
+        picked_a = _filter("action", actions, f"{key}_action")
+    with c2:
+        picked_o = _filter("outcome", outcomes, f"{key}_outcome")
     show = c3.toggle("show impossible", value=False, key=f"{key}_impossible", disabled=n_impossible == 0,
                      help="candidates no allocator could apply, logged as illegal")  # fmt: skip
     view = qs.decision_view(dec, picked_a, picked_o, impossible=show)

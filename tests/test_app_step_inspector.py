@@ -140,6 +140,24 @@ def test_decisions_read_applied_first_filter_and_hide_the_impossible(roots):
     assert frame_with(at, "outcome", "change")["node"].tolist() == ["L1 #3, tokens 96-128"]
 
 
+def test_decision_filters_follow_the_step(roots):
+    """All picked stays all on a step with other actions and outcomes (it showed an empty table when
+    the first step's choices were kept); a narrowed choice keeps what the new step has."""
+    at = open_page("step_inspector", run="samples/small", step=0)
+    clean(at)
+    for step in range(1, 8):
+        at.slider(key="step_scrubber").set_value(step).run()
+        clean(at)
+        d = next(e.decisions for e in roots["events"] if isinstance(e, DecisionsRecorded) and e.step == step)
+        want = {OUTCOMES[o] for o in d.outcome[shown_rows(d)]}
+        assert set(at.multiselect(key="si_dec_outcome").value) == {OUTCOMES[o] for o in d.outcome}
+        assert set(frame_with(at, "outcome", "change")["outcome"]) == want, step
+    at.multiselect(key="si_dec_outcome").set_value(["applied"]).run()
+    at.slider(key="step_scrubber").set_value(3).run()
+    assert at.multiselect(key="si_dec_outcome").value == ["applied"]
+    assert set(frame_with(at, "outcome", "change")["outcome"]) == {"applied"}
+
+
 def test_a_replay_says_it_runs_no_model_and_links_to_the_run_it_replays(roots):
     """A replay re-plans with recorded scores: no attention of either kind, and the page says why and
     links to the same step of the run it replays (not "only lensnet records it" for a lensnet run)."""

@@ -83,8 +83,17 @@ PAGES = {
 BENIGN_404 = re.compile(r"/[^/]+/_stcore/(health|host-config)")
 
 
+# Quick reruns (keyboard scrubbing, playing) replace a step's download files; Streamlit deletes a replaced
+# download file two runs later, and the front end may still be fetching the one it showed before: a 404
+# on a superseded file, logged twice. The files on the page work (test_exports_download_and_decode...).
+SUPERSEDED_DOWNLOAD = re.compile(r"/media/[0-9a-f]+\.(csv|parquet)")
+
+
 def _benign(msg) -> bool:
-    return bool(BENIGN_404.fullmatch(urlparse(msg.location.get("url") or "").path))
+    path = urlparse(msg.location.get("url") or "").path
+    if msg.text == "Client Error: Download Button source error - 404":
+        return True
+    return bool(BENIGN_404.fullmatch(path) or SUPERSEDED_DOWNLOAD.fullmatch(path))
 
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install chromium)")
@@ -383,6 +392,11 @@ def test_a_click_on_the_timeline_selects_that_rows_step(app, page):
     assert abs(step - (last + 1) / 3) <= max(2, last * 0.05), (step, last)  # the clicked row, give or take a bin
     assert page.locator(SCRUBBER).get_attribute("value") == str(step)
     assert page.get_by_role("heading", name=f"Step {step}").count() == 1
+    # The decisions widget's filters were made at another step: all picked there is all picked here.
+    summary = page.get_by_text(re.compile(r"^\d+ candidates, \d+ applied")).inner_text()
+    n, impossible = int(summary.split()[0]), int((re.search(r"(\d+) impossible", summary) or [0, 0])[1])
+    if n > impossible:
+        assert len(grid_rows(page, "iteration")) >= 1, summary
     page.locator(SCRUBBER).focus()  # the scrubber still moves the step afterwards (the click is not re-applied)
     page.keyboard.press("ArrowRight")
     wait_url_param(page, "step", str(step + 1))
