@@ -155,12 +155,6 @@ def pick_layer(z: np.ndarray, x: np.ndarray, y: np.ndarray, max_points: int = PI
     )
 
 
-def picked_step(event) -> int | None:
-    """The step a click on the Timeline picked (`st.plotly_chart(..., on_select="rerun")`'s event), or None."""
-    points = event.selection.points if event and event.selection else []
-    return int(points[0]["y"]) if points else None
-
-
 def lod_strip(entries: pd.DataFrame, *, max_lod: int = 2, title: str | None = None) -> go.Figure:
     """The WC of one step as a strip: one bar per entry over its token span, coloured by LOD."""
     fig = go.Figure()

@@ -24,10 +24,12 @@ def metric_lines(
     names: dict[str, str] | None = None,
     height: int = 260,
     connect: bool = False,
+    pickable: bool = False,
 ) -> go.Figure:
     """One line per column against `step`; nulls break the line (a step with no value is not zero),
     or with `connect` (a value measured at some steps only) the line joins the measured steps, each
-    marked. A column with no value at all gets no line."""
+    marked. A column with no value at all gets no line. `pickable`: every step gets a small marker,
+    since a click selects a point, not a line."""
     fig = go.Figure()
     for col in columns:
         if col in df.columns:
@@ -40,7 +42,8 @@ def metric_lines(
                 go.Scatter(
                     x=x,
                     y=y,
-                    mode="lines+markers" if connect and y.size <= 200 else "lines",
+                    mode="lines+markers" if (connect and y.size <= 200) or pickable else "lines",
+                    marker={"size": 6 if connect and y.size <= 200 else 3},
                     name=(names or {}).get(col, col),
                     connectgaps=False,
                 )

@@ -68,6 +68,7 @@ def download_buttons(df: pd.DataFrame, stem: str, *, key: str) -> None:
             mime="text/csv",
             key=f"{key}_csv",
             icon=":material/download:",
+            on_click="ignore",  # a download changes nothing on the page: no rerun
         )
     with b:
         st.download_button(
@@ -77,4 +78,5 @@ def download_buttons(df: pd.DataFrame, stem: str, *, key: str) -> None:
             mime="application/vnd.apache.parquet",
             key=f"{key}_parquet",
             icon=":material/download:",
+            on_click="ignore",
         )

@@ -81,6 +81,26 @@ def step_scrubber(n_steps: int, *, label: str = "step", key: str = "step_scrubbe
     return step
 
 
+def step_picking_chart(fig, *, key: str, axis: str = "x", n_steps: int | None = None, scope: str = "app",
+                       **kwargs) -> None:  # fmt: skip
+    """`st.plotly_chart` on which a click on a point selects that point's step (its `axis` value: x on
+    per-step charts, y on the Timeline) into the URL, then reruns (`scope`). The chart keeps its
+    selection over reruns, so a click is acted on once: the scrubber or the player can move the step
+    afterwards."""
+    event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points", **kwargs)
+    points = event.selection.points if event and event.selection else []
+    if not points or points[0].get(axis) is None:
+        return
+    step = int(round(float(points[0][axis])))
+    if n_steps is not None:
+        step = min(max(step, 0), n_steps - 1)
+    if st.session_state.get(f"{key}_picked") == step:
+        return
+    st.session_state[f"{key}_picked"] = step
+    state.set_param(state.STEP, step)
+    st.rerun(scope=scope)
+
+
 def link(page: str, **params: object) -> str:
     """A relative URL that opens `page` (its url_path, e.g. `timeline`) on the view named by `params`."""
     query = urlencode({k: v for k, v in params.items() if v is not None})

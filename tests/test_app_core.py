@@ -89,9 +89,7 @@ def test_lod_heatmap_figure_marks_the_step_and_overlays_scores(roots):
 
 def test_the_click_layer_covers_every_row_and_says_what_it_covers():
     """Invisible points over the heatmap: every row's step, in column groups whose hover gives the tokens
-    they span and the mean LOD there; a click's event gives back the row's step."""
-    from types import SimpleNamespace
-
+    they span and the mean LOD there."""
     rng = np.random.default_rng(0)
     z = rng.integers(0, 3, (50, 400)).astype(np.float32)
     z[:, 8:12] = np.nan  # no entry there
@@ -111,8 +109,6 @@ def test_the_click_layer_covers_every_row_and_says_what_it_covers():
     with_scores = charts.pick_layer(z, x, y, max_points=2000, overlay=(-z, "score"))
     np.testing.assert_allclose(np.asarray(with_scores.customdata)[:, 2], -data[:, 1])
     assert "score %{customdata[2]" in with_scores.hovertemplate
-    event = SimpleNamespace(selection=SimpleNamespace(points=[{"curve_number": 1, "x": 32, "y": 22}]))
-    assert charts.picked_step(event) == 22 and charts.picked_step(None) is None
 
 
 def test_step_charts_and_metric_lines(roots):

@@ -22,7 +22,8 @@ a full-page screenshot of each goes to test-artifacts/browser/<page>.png. On top
 - Record -> Live: a recording started on the Record page is followed on the Live page from the moment of
   Start (waiting for its folder, following, finished), with no error at any moment;
 - the sidebar keeps the run and step from page to page, and `/runs` opens the Runs page;
-- Timeline playback keeps to the chosen speed (10 steps/s); a click on a heatmap row selects its step;
+- Timeline playback keeps to the chosen speed (10 steps/s); a click on a heatmap row, or on a Metrics
+  line, selects its step;
 - exports: each page's first CSV and Parquet download and decode to the same rows, also after a rerun.
 Skipped, with the reason, when /usr/bin/chromium is missing (Playwright cannot download browsers here).
 """
@@ -479,6 +480,28 @@ def test_step_inspector_probes_a_step(app, page):
     finish(page, "step-probe")
 
 
+def test_a_click_on_a_metric_line_selects_its_step(app, page):
+    visit(page, app, "metrics")
+    assert url_param(page, "step") is None
+    plot = page.locator(".js-plotly-plot").first
+    # A point of the first line, half way along, placed on screen from plotly's own axes.
+    step, x, y = plot.evaluate(
+        """gd => {
+            const t = gd._fullData[0], L = gd._fullLayout, r = gd.getBoundingClientRect();
+            const xs = Array.from(t.x), ys = Array.from(t.y);
+            let i = Math.floor(xs.length / 2);
+            while (i < xs.length - 1 && !(ys[i] === ys[i])) i++;  // a point with a value (not NaN)
+            return [xs[i], r.left + L.xaxis._offset + L.xaxis.l2p(xs[i]), r.top + L.yaxis._offset + L.yaxis.l2p(ys[i])];
+        }"""
+    )
+    page.mouse.click(x, y)
+    wait_url_param(page, "step", str(int(step)))
+    settle(page)
+    assert page.get_by_text(f"Step {int(step)}:").count() == 1  # selected: links to it on three pages
+    assert page.get_by_role("link", name="Text").count() >= 1
+    assert_clean(page, "Metrics")
+
+
 def test_metrics_page(app, page):
     visit(page, app, "metrics")
     edits = app["metrics"][REC]["applied_edits"]
@@ -561,9 +584,10 @@ def test_exports_download_and_decode_after_a_rerun(app, page, name):
         page.keyboard.press("ArrowLeft")
         settle(page)
     frames = []
-    for label in ("CSV", "Parquet"):
+    pair = page.locator('[data-testid="stHorizontalBlock"]', has=page.locator('[data-testid="stDownloadButton"]')).first
+    for label in ("CSV", "Parquet"):  # the two buttons of the same export
         with page.expect_download() as got:
-            page.locator('[data-testid="stDownloadButton"] button', has_text=label).first.click()
+            pair.locator('[data-testid="stDownloadButton"] button', has_text=label).first.click()
         data = Path(got.value.path()).read_bytes()
         frames.append(pd.read_csv(io.BytesIO(data)) if label == "CSV" else pd.read_parquet(io.BytesIO(data)))
     assert len(frames[0]) == len(frames[1]) > 0 and list(frames[0].columns) == list(frames[1].columns)

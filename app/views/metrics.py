@@ -3,7 +3,8 @@
 Headline numbers come from `telemetry.run_metrics.summary`, the lines from `telemetry.run_metrics.series`
 (thinned to what a screen shows), both cached in `app/queries.py`. Each worst node links to the
 Timeline at its first ping-pong step (`?run=...&step=...`), so the link can also be shared. The
-selected step of the URL, if any, is marked on every line.
+selected step of the URL, if any, is marked on every line; a click on a line selects its step (and
+links to it on the Timeline, the Step inspector and the Text page).
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ for i in range(0, len(tiles), 5):
 st.caption(f"{s['applied_edits']} applied edits, {s['ping_pongs']} ping-pongs, {s['steps']} steps.")
 
 marker = state.int_param(state.STEP, -1, -1, 10**9) if state.param(state.STEP) is not None else None
+if marker is not None:  # the selected step (a click on a line selects one): open it elsewhere
+    ref = state.param(state.RUN)
+    c_step, *c_links = st.columns(4)
+    c_step.markdown(f"**Step {marker}:**")
+    for col, (label, page) in zip(c_links, [("Timeline", "timeline"), ("Step inspector", "step"), ("Text", "text")],
+                                  strict=True):  # fmt: skip
+        with col:
+            widgets.nav_link(label, page, run=ref, step=marker)
 cols = st.columns(2)
 for i, line in enumerate(LINES):
     name, ys, title, y_title = line.series, list(line.columns), line.title, line.y_title
@@ -51,9 +60,9 @@ for i, line in enumerate(LINES):
             st.info(q.missing_message(line, df))
             continue
         fig = charts_metrics.metric_lines(
-            df, ys, title=title, y_title=y_title, step=marker, names=NAMES, connect=line.connect
+            df, ys, title=title, y_title=y_title, step=marker, names=NAMES, connect=line.connect, pickable=True
         )
-        st.plotly_chart(fig, key=f"m_{name}_{i}")
+        widgets.step_picking_chart(fig, key=f"m_{name}_{i}")  # a click selects that step (marked on every line)
         export.download_buttons(df, f"{run.name}-{name}", key=f"m_{name}_{i}_dl")
 
 with cols[len(LINES) % 2]:

@@ -113,15 +113,8 @@ def _view() -> None:
     step = widgets.step_scrubber(n_steps, disabled=live)
     fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], step=step, overlay=over, overlay_name=overlay_name,
                              marks=marks, pickable=not live)  # fmt: skip
-    event = st.plotly_chart(fig, key="tl_heatmap", config={"displaylogo": False}, on_select="rerun",
-                            selection_mode="points")  # fmt: skip
-    picked = charts.picked_step(event)
-    # The chart keeps its selection over reruns: act on a click once, so that the scrubber or the
-    # player can move the step afterwards.
-    if picked is not None and st.session_state.get("tl_picked") != picked:
-        st.session_state["tl_picked"] = picked
-        state.set_param(state.STEP, min(max(picked, 0), n_steps - 1))
-        st.rerun(scope="fragment")
+    widgets.step_picking_chart(fig, key="tl_heatmap", axis="y", n_steps=n_steps, scope="fragment",
+                               config={"displaylogo": False})  # fmt: skip
     ext = cells.attrs["extent"]
     st.caption(
         f"{ext['w']} x {ext['h']} cells: {(ext['t1'] - ext['t0']) / max(ext['w'], 1):.0f} tokens x "
