@@ -57,13 +57,14 @@ def lod_heatmap(
     title: str | None = None,
     height: int = 520,
     marks: list[tuple[int, int, str]] | None = None,
-    pickable: bool = True,
+    pickable: bool = False,
 ) -> go.Figure:
     """The LOD timeline: one heatmap cell per (token bin, step bin), colour = LOD (mean in the cell).
 
     `step` draws a line at that step; `overlay` (score cells on the same axes) is drawn on top, half
     transparent, with its own diverging colour bar; `marks` are token spans (start, end, label), e.g.
-    a scenario's needle, outlined across all steps. `pickable` adds the click layer (`pick_layer`).
+    a scenario's needle, outlined across all steps. `pickable` adds the click layer (`pick_layer`), for
+    a chart drawn by `app.widgets.step_picking_chart`.
     """
     z, x, y = grid(cells)
     fig = go.Figure()

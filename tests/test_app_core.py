@@ -77,7 +77,7 @@ def test_lod_heatmap_figure_marks_the_step_and_overlays_scores(roots):
     path, ver = _small(roots)
     cells = q.heatmap(path, ver, "lod", 1000, 250)
     over = q.heatmap(path, ver, "score", 1000, 250)
-    fig = json.loads(charts.lod_heatmap(cells, step=5, overlay=over).to_json())
+    fig = json.loads(charts.lod_heatmap(cells, step=5, overlay=over, pickable=True).to_json())
     assert [t["type"] for t in fig["data"]] == ["heatmap", "heatmap", "scatter"]  # the click layer last
     assert fig["data"][1]["zmin"] == -1 and fig["data"][1]["zmax"] == 1
     line = [s for s in fig["layout"]["shapes"] if s["type"] == "line"]

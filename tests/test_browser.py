@@ -406,6 +406,22 @@ def test_a_click_on_the_timeline_selects_that_rows_step(app, page):
     assert_clean(page, "Timeline")
 
 
+@pytest.mark.parametrize("name", ["compare", "knobs"])
+def test_a_click_on_a_compare_or_knobs_lab_heatmap_selects_that_rows_step(app, page, name):
+    visit(page, app, name)
+    last = int(page.locator(SCRUBBER).get_attribute("max"))
+    plot = page.locator('[data-testid="stPlotlyChart"]').first
+    plot.scroll_into_view_if_needed()  # the Knobs lab's heatmaps sit below its knobs
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.4, box["y"] + box["height"] / 3)
+    page.wait_for_function("n => Number(new URLSearchParams(location.search).get('step') ?? n) < n", arg=last)
+    settle(page)
+    step = int(url_param(page, "step"))
+    assert abs(step - (last + 1) / 3) <= max(2, last * 0.05), (step, last)
+    assert page.locator(SCRUBBER).get_attribute("value") == str(step)
+    assert_clean(page, PAGES[name][1])
+
+
 def test_timeline_plays_at_the_chosen_speed(app, page):
     """Play at 10 steps/s from step 0 (Play at the last step, where the page opens, starts there): the
     step advances at about that speed however long a page rerun takes, and stops at the last step."""

@@ -39,7 +39,8 @@ for col, (run, path, ver, ov, ref, tag) in zip(st.columns(2), sides, strict=True
         w, h = q.grid_size(700, 250, ov["s1"] - ov["s0"] + 1, ov["t1"] - ov["t0"], budget)
         cells = q.heatmap(path, ver, "lod", w, h)
         mark = step if step <= ov["s1"] else None
-        st.plotly_chart(charts.lod_heatmap(cells, max_lod=ov["max_lod"], step=mark, height=460), key=f"cmp_tl_{tag}")
+        fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], step=mark, height=460, pickable=True)
+        widgets.step_picking_chart(fig, key=f"cmp_tl_{tag}", axis="y", n_steps=n)  # a click selects that step
         export.download_buttons(cells, f"{run.name}-lod-timeline", key=f"cmp_tl_{tag}_dl")
         dec = qs.step_decisions(path, ver, step) if step <= ov["s1"] else pd.DataFrame()
         applied = dec[dec["outcome"] == "applied"] if not dec.empty else dec
@@ -57,6 +58,7 @@ lines = {line.title: line for line in q.LINES}
 metric = st.selectbox("over time", list(lines), index=list(lines).index("Utilization"), key="cmp_m")
 line = lines[metric]
 both = q.overlay_series([(names[0], path_a), (names[1], path_b)], line)
-fig = charts_metrics.metric_lines(both, list(names), y_title=line.columns[0], step=step, connect=line.connect)
-st.plotly_chart(fig, key="cmp_series")
+fig = charts_metrics.metric_lines(both, list(names), y_title=line.columns[0], step=step, connect=line.connect,
+                                  pickable=True)  # fmt: skip
+widgets.step_picking_chart(fig, key="cmp_series", n_steps=n)
 export.download_buttons(both, f"compare-{metric}-{run_a.name}-{run_b.name}", key="cmp_series_dl")

@@ -188,12 +188,13 @@ def main() -> None:
     left, right = st.columns(2)
     with left:
         cells = _cells(path, ver, None, last_step, tokens)
-        st.plotly_chart(lod_heatmap(cells, title="recorded", max_lod=max_lod, step=step, height=420), key="lab_rec")
+        fig = lod_heatmap(cells, title="recorded", max_lod=max_lod, step=step, height=420, pickable=True)
+        widgets.step_picking_chart(fig, key="lab_rec", axis="y", n_steps=last_step + 1)  # a click selects that step
         export.download_buttons(cells, f"{run.name}-lod-timeline-recorded", key="lab_rec_dl")
     with right:
         cells = _cells(path, ver, overrides, last_step, tokens)
-        fig = lod_heatmap(cells, title="re-planned", max_lod=max_lod, step=step, height=420)
-        st.plotly_chart(fig, key="lab_new")
+        fig = lod_heatmap(cells, title="re-planned", max_lod=max_lod, step=step, height=420, pickable=True)
+        widgets.step_picking_chart(fig, key="lab_new", axis="y", n_steps=last_step + 1)
         export.download_buttons(cells, f"{run.name}-lod-timeline-replanned", key="lab_new_dl")
     metric = st.selectbox("per-step metric", PER_STEP, key="lab_metric")
     st.plotly_chart(metric_over_steps(recorded.per_step, res.per_step, metric, step=step), key="lab_series")
