@@ -259,17 +259,20 @@ def cmd_add_text(args) -> int:
 def cmd_probe(args) -> int:
     from studio.probe import probe_meta, probe_step, write_probe
 
-    def progress(stage: str) -> None:  # the app reads this file to show how far the probe got
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).with_name(Path(args.out).name + ".progress").write_text(stage)
+    # Beside --out, the stage reached: the app reads it to show how far the probe got (app/jobs.py).
+    stage_file = Path(args.out).with_name(Path(args.out).name + ".progress") if args.out else None
+
+    def progress(stage: str) -> None:
+        if stage_file:
+            stage_file.parent.mkdir(parents=True, exist_ok=True)
+            stage_file.write_text(stage)
         if not args.quiet:
             print(f"probe: {stage}", file=sys.stderr)
 
     table = probe_step(args.run_dir, args.step, top_k=args.top_k, horizon=args.horizon, device=args.device,
                        progress=progress)  # fmt: skip
-    if args.out:
+    if stage_file:
         write_probe(table, args.out)
-        Path(args.out).with_name(Path(args.out).name + ".progress").unlink(missing_ok=True)
+        stage_file.unlink(missing_ok=True)
     print(json.dumps({**probe_meta(table), "rows": table.to_pylist() if not args.out else table.num_rows}))
     return 0

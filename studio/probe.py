@@ -73,8 +73,8 @@ def _pick(score: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
     """Up to k entries of `pool`: the ceil(k/2) highest-scored and the rest lowest-scored, by position."""
     order = pool[np.argsort(-score[pool], kind="stable")]
     top = order[: (k + 1) // 2]
-    bottom = [i for i in order[::-1] if i not in set(top.tolist())][: k - top.size]
-    return np.sort(np.concatenate([top, np.asarray(bottom, np.int64)])).astype(np.int64)
+    bottom = order[top.size :][::-1][: k - top.size]  # the lowest of the rest
+    return np.sort(np.concatenate([top, bottom])).astype(np.int64)
 
 
 def probe_step(run_dir: str | Path, step: int, *, top_k: int = 16, horizon: int = 32, device: str = "auto",
