@@ -15,7 +15,7 @@ from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
 from app import export, paths, state
 from app import queries_step as qs
-from app.queries import get_run, key
+from app.queries import get_run, key, step_list
 from telemetry.reader import Run
 from telemetry.runs import RunReadError
 
@@ -99,6 +99,16 @@ def step_picking_chart(fig, *, key: str, axis: str = "x", n_steps: int | None = 
     st.session_state[f"{key}_picked"] = step
     state.set_param(state.STEP, step)
     st.rerun(scope=scope)
+
+
+def require_step(run: Run, path: str, ver: str) -> int:
+    """The step the shared scrubber selects in a run's recorded steps; with none, a one-line message
+    and stop."""
+    steps = step_list(path, ver)
+    if steps.size == 0:
+        st.info(f"Run `{run.name}` has no recorded steps yet.")
+        st.stop()
+    return step_scrubber(int(steps.max()) + 1)
 
 
 def link(page: str, **params: object) -> str:

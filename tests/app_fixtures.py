@@ -89,6 +89,11 @@ def run_roots(tmp: Path) -> dict:
     return {"samples": samples, "mine": mine, "events": evs}
 
 
+def event_at(evs, kind, step: int):
+    """The first event of type `kind` at `step` in an event stream."""
+    return next(e for e in evs if isinstance(e, kind) and e.step == step)
+
+
 def point_app_at(monkeypatch, roots: dict) -> None:
     monkeypatch.setenv("MCS_SAMPLE_RUNS", str(roots["samples"]))
     monkeypatch.setenv("MCS_RUNS_DIR", str(roots["mine"]))

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app import jobs, probe
 from tests.app_fixtures import capture_downloads, charts, clean, decode, downloads, open_page, point_app_at, texts
+from tests.cli_fixtures import SAMPLE, engine
 from tests.lab_fixtures import stop
 
-REPO = Path(__file__).resolve().parents[1]
-TEXT = (REPO / "tests" / "data" / "sample.txt").read_text()[:4000]
+TEXT = SAMPLE.read_text()[:4000]
 STEP = 110  # late enough that gists exist (expands) beside blocks (collapses)
 
 
@@ -29,9 +26,8 @@ def roots(tmp_path_factory):
     samples.mkdir()
     mine.mkdir()
     (tmp / "input.txt").write_text(TEXT)
-    r = subprocess.run([sys.executable, "-m", "engine", "record", "--quiet", "--model", "tiny", "--input",
-                        str(tmp / "input.txt"), "--out", str(samples / "rec"), "--scorer", "recency",
-                        "--set", "wc.w_max=2000"], cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    r = engine("record", "--quiet", "--model", "tiny", "--input", str(tmp / "input.txt"), "--out", str(samples / "rec"),
+               "--scorer", "recency", "--set", "wc.w_max=2000")  # fmt: skip
     assert r.returncode == 0, r.stderr
     shutil.copytree(samples / "rec", samples / "lost-model")
     m = json.loads((samples / "lost-model" / "manifest.json").read_text())

@@ -7,7 +7,18 @@ import numpy as np
 import pytest
 
 from contract import OUTCOMES, AttentionRecorded, DecisionsRecorded, EntriesRecorded, LensAttention
-from tests.app_fixtures import charts, clean, decode, frame_with, open_page, point_app_at, run_roots, shown_rows, texts
+from tests.app_fixtures import (
+    charts,
+    clean,
+    decode,
+    event_at,
+    frame_with,
+    open_page,
+    point_app_at,
+    run_roots,
+    shown_rows,
+    texts,
+)
 from tests.telemetry_fixtures import events, record
 
 
@@ -24,14 +35,10 @@ def _env(monkeypatch, roots):
     point_app_at(monkeypatch, roots)
 
 
-def _event(evs, kind, step):
-    return next(e for e in evs if isinstance(e, kind) and e.step == step)
-
-
 def test_wc_table_and_score_stages_are_the_recorded_entries(roots):
     at = open_page("step_inspector", run="samples/small", step=2)
     clean(at)
-    e = _event(roots["events"], EntriesRecorded, 2)
+    e = event_at(roots["events"], EntriesRecorded, 2)
     wc = frame_with(at, "preview", "raw_score")
     assert wc["node_id"].tolist() == e.node_id.tolist()
     assert wc["lod"].tolist() == e.lod.tolist() and wc["start"].tolist() == e.start.tolist()
@@ -55,7 +62,7 @@ def test_wc_table_and_score_stages_are_the_recorded_entries(roots):
 def test_decisions_of_the_step_with_their_reasons(roots):
     at = open_page("step_inspector", run="samples/small", step=4)
     clean(at)
-    d = _event(roots["events"], DecisionsRecorded, 4).decisions
+    d = event_at(roots["events"], DecisionsRecorded, 4).decisions
     rows = shown_rows(d)
     table = frame_with(at, "outcome", "change")
     assert table["node_id"].tolist() == d.node_id[rows].tolist()
@@ -66,8 +73,8 @@ def test_decisions_of_the_step_with_their_reasons(roots):
 def test_attention_heatmap_on_a_recorded_step(roots):
     at = open_page("step_inspector", run="samples/small", step=2)
     clean(at)
-    a = _event(roots["events"], AttentionRecorded, 2)
-    n = _event(roots["events"], EntriesRecorded, 2).lod.size
+    a = event_at(roots["events"], AttentionRecorded, 2)
+    n = event_at(roots["events"], EntriesRecorded, 2).lod.size
     mass = np.stack([np.arange(n + 1) / 1000 + layer for layer in (0, 1)])  # layer + position / 1000
     assert a.mass.size == mass.size
 
@@ -107,7 +114,7 @@ def test_run_without_attention_tables_says_so(roots):
     info = texts(at.info)
     assert "This run recorded no base-model attention (record with `session.attention_every` above 0)." in info
     assert "No LensNet cross-attention in this run: its scorer is `recency`, and only `lensnet` has one." in info
-    assert len(frame_with(at, "preview", "raw_score")) == _event(events(4), EntriesRecorded, 1).lod.size
+    assert len(frame_with(at, "preview", "raw_score")) == event_at(events(4), EntriesRecorded, 1).lod.size
 
 
 def test_decisions_read_applied_first_filter_and_hide_the_impossible(roots):

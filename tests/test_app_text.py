@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from contract import DecisionsRecorded, EntriesRecorded, TextRecorded
-from tests.app_fixtures import capture_downloads, clean, downloads, open_page, point_app_at, run_roots, texts
+from tests.app_fixtures import capture_downloads, clean, downloads, event_at, open_page, point_app_at, run_roots, texts
 from tests.telemetry_fixtures import events, record
 
 
@@ -32,10 +32,6 @@ def _env(monkeypatch, roots):
     point_app_at(monkeypatch, roots)
 
 
-def _event(evs, kind, step):
-    return next(e for e in evs if isinstance(e, kind) and e.step == step)
-
-
 def _doc(at) -> str:
     """The rendered document: the page's largest HTML block."""
     return max((h.proto.body for h in at.get("html")), key=len)
@@ -49,8 +45,8 @@ def test_the_document_at_a_step_is_the_recorded_text_over_the_recorded_wc(roots,
     files = capture_downloads(monkeypatch)
     at = open_page("text", run="samples/scenario", step=4)
     clean(at)
-    e = _event(roots["events"], EntriesRecorded, 4)
-    dec = _event(roots["events"], DecisionsRecorded, 4).decisions
+    e = event_at(roots["events"], EntriesRecorded, 4)
+    dec = event_at(roots["events"], DecisionsRecorded, 4).decisions
     (csv, parquet, _), *more = downloads(at, files)
     assert not more
     pd.testing.assert_frame_equal(csv, parquet.replace("", np.nan), check_dtype=False)  # CSV: "" reads as missing
@@ -92,7 +88,7 @@ def test_whole_text_mode_shows_every_gist_span_in_full(roots):
     clean(at)
     doc = _doc(at)
     assert "as one gist" not in doc
-    e = _event(roots["events"], EntriesRecorded, 4)
+    e = event_at(roots["events"], EntriesRecorded, 4)
     for s in e.start.tolist():
         assert _block_text(s // 32) in doc
 
@@ -102,7 +98,7 @@ def test_folded_mode_keeps_detail_edits_and_needle_and_folds_the_other_gists(roo
     at.radio(key="tx_gists").set_value("folded").run()
     clean(at)
     doc = _doc(at)
-    e = _event(roots["events"], EntriesRecorded, 4)
+    e = event_at(roots["events"], EntriesRecorded, 4)
     n_spans = len(re.findall(r"<span title=", doc))
     folds = re.findall(r"⋯ (\d+) gists?, tokens ([\d,]+)-([\d,]+)", doc)
     edited = set(re.findall(r"L\d #(\d+), tokens \d+-\d+, score [-\d.]+, (?:expand|collapse)", doc))

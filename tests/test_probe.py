@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,18 +13,13 @@ import pytest
 
 from studio.probe import probe_meta, probe_step, spearman
 from telemetry import Run
+from tests.cli_fixtures import SAMPLE, engine
 
-REPO = Path(__file__).resolve().parents[1]
-TEXT = (REPO / "tests" / "data" / "sample.txt").read_text()[:4000]
+TEXT = SAMPLE.read_text()[:4000]
 # A budget the first ~60 steps fit in and thresholds no recency score passes: those steps edit nothing
 # (their recorded NLL was measured after the very WC a probe rebuilds); later ones collapse, so gists exist.
 RECORD_SETS = ("--set", "wc.w_max=2000", "--set", "allocator.tau_expand=0.99", "--set", "allocator.tau_collapse=0.99",
                "--set", "session.nll_every=1")  # fmt: skip
-
-
-def engine(*args):
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

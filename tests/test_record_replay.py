@@ -17,15 +17,9 @@ import pytest
 from contract import nodes
 from engine import WorkingContext, check_invariants
 from telemetry import Run, metrics
+from tests.cli_fixtures import REPO, SAMPLE, engine
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "tests" / "data" / "sample.txt"
 DECISION_COLS = ["step", "iteration", "node_id", "lod_from", "lod_to", "action", "score", "outcome", "forced", "seq"]
-
-
-def engine(*args, timeout=600, **kw):
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, **kw)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,14 +13,9 @@ import pytest
 from telemetry import Run
 from telemetry.amend import AmendError, add_table
 from telemetry.writer import RunLock
+from tests.cli_fixtures import SAMPLE, engine
 
-REPO = Path(__file__).resolve().parents[1]
-TEXT = (REPO / "tests" / "data" / "sample.txt").read_text()[:3000]
-
-
-def engine(*args):
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+TEXT = SAMPLE.read_text()[:3000]
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,7 @@ ENTRY_COLUMNS = ["position", "node", "lod", "start", "end", "cost", "preview", *
 
 st.title("Step inspector")
 run, (path, ver) = widgets.require_run()
-steps = q.step_list(path, ver)
-if steps.size == 0:
-    st.info(f"Run `{run.name}` has no recorded steps yet.")
-    st.stop()
-step = widgets.step_scrubber(int(steps.max()) + 1)
+step = widgets.require_step(run, path, ver)
 row = qs.step_row(path, ver, step)
 if row:
     c = st.columns(5)

@@ -15,11 +15,7 @@ from app import queries as q
 
 st.title("Text")
 run, (path, ver) = widgets.require_run()
-steps = q.step_list(path, ver)
-if steps.size == 0:
-    st.info(f"Run `{run.name}` has no recorded steps yet.")
-    st.stop()
-step = widgets.step_scrubber(int(steps.max()) + 1)
+step = widgets.require_step(run, path, ver)
 df = queries_text.step_text(path, ver, step)
 if not df.attrs.get("has_text", False):
     st.info(f"Run `{run.name}` did not record its text (recorded before recorders kept it). "
