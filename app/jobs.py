@@ -40,6 +40,11 @@ def lock_path(target: Path) -> Path:
     return _side(target, ".running")
 
 
+def error_path(target: Path) -> Path:
+    """Where a job that can say why it failed writes that one line (the UMAP worker does)."""
+    return _side(target, ".error")
+
+
 def running(target: Path) -> bool:
     """True while the job making `target` runs (its pid is alive and not a zombie)."""
     try:
@@ -58,7 +63,7 @@ def error(target: Path) -> str | None:
     """Why the last job for `target` failed (one line), or None: its `.error` file, else, once it has
     ended without making the target, the last `error: ...` line of its log."""
     try:
-        return _side(target, ".error").read_text().strip() or None
+        return error_path(target).read_text().strip() or None
     except OSError:
         pass
     if running(target) or target.exists():

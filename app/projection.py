@@ -228,7 +228,7 @@ def main(argv: list[str]) -> int:
         return 0
     except Exception as e:  # the page shows this one line; the traceback stays in the log
         line = str(e).splitlines()[0] if str(e) else ""
-        cache.with_name(UMAP_FILE + ".error").write_text(f"{type(e).__name__}: {line}")
+        jobs.error_path(cache).write_text(f"{type(e).__name__}: {line}")
         raise
     finally:
         jobs.lock_path(cache).unlink(missing_ok=True)
