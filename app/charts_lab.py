@@ -16,12 +16,16 @@ import plotly.graph_objects as go
 from app.charts import LOD_COLOURS  # the same LOD colours as the timeline
 
 
-def metric_over_steps(recorded: pd.DataFrame, replanned: pd.DataFrame, column: str, *, step: int | None = None):
-    """One per-step metric, recorded vs re-planned, as two lines over the refocus step."""
+def metric_over_steps(recorded: pd.DataFrame, replanned: pd.DataFrame, column: str, *, step: int | None = None,
+                      pickable: bool = False):  # fmt: skip
+    """One per-step metric, recorded vs re-planned, as two lines over the refocus step. `pickable`:
+    every step gets a small marker, since a click selects a point, not a line."""
     fig = go.Figure()
+    mode = "lines+markers" if pickable else "lines"
     for df, name, dash in ((recorded, "recorded", "solid"), (replanned, "re-planned", "dot")):
         if column in df.columns:
-            fig.add_trace(go.Scattergl(x=df["step"], y=df[column], mode="lines", name=name, line={"dash": dash}))
+            fig.add_trace(go.Scattergl(x=df["step"], y=df[column], mode=mode, name=name, line={"dash": dash},
+                                       marker={"size": 3}))  # fmt: skip
     if step is not None:
         fig.add_vline(x=step, line={"color": "#d62728", "width": 1})
     fig.update_layout(

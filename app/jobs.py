@@ -100,6 +100,21 @@ def start(target: Path, cmd: list[str]) -> subprocess.Popen | None:
     return proc
 
 
+def cannot_rerun(manifest: dict) -> str | None:
+    """Why a job that re-runs the run's model over its text (the probe, the exact re-plan) cannot work,
+    found without loading anything (None: try it): its text came from stdin or its input file is
+    gone, or its model is a local folder that is not there."""
+    src = manifest.get("input")
+    if src in (None, "", "-"):
+        return "its text was read from stdin, so there is no document to re-read"
+    if not (Path(src) if Path(src).is_absolute() else paths.REPO / src).is_file():
+        return f"its input {src} is not a readable file any more"
+    model = str((manifest.get("model") or {}).get("id", ""))
+    if model not in ("", "default") and not model.startswith("tiny") and not Path(model).expanduser().is_dir():
+        return f"its model folder {model} is not on this machine"
+    return None
+
+
 def processes() -> list[subprocess.Popen]:
     """The jobs this server process started that may still run (tests stop them)."""
     return _PROCS

@@ -4,8 +4,8 @@ scores the scorer gave), one cached Parquet file per step (`app.jobs.cache_dir(r
 
 `probe_state` says where a step's probe stands: done (its rows, settings and rank correlations),
 running (its last progress line), failed (its one-line error: a missing model or input, a step that
-cannot be probed) or not started. `check_probe` refuses at once what would surely fail. Imports no
-streamlit.
+cannot be probed) or not started. `app.jobs.cannot_rerun` refuses at once what would surely fail.
+Imports no streamlit.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from app import jobs, paths
+from app import jobs
 
 TOP_K = 16  # entries probed by default: half the highest-scored, half the lowest
 META = b"mcs.probe"  # studio.probe.META: the app reads the file, it does not import the probe
@@ -28,20 +28,6 @@ META = b"mcs.probe"  # studio.probe.META: the app reads the file, it does not im
 
 def probe_path(run_dir: str | os.PathLike, step: int) -> Path:
     return jobs.cache_dir(run_dir, "probe") / f"step-{int(step):06d}.parquet"
-
-
-def check_probe(manifest: dict) -> str | None:
-    """Why a probe of this run cannot work, found without loading anything (None: try it): its text
-    came from stdin or its input file is gone, or its model is a local folder that is not there."""
-    src = manifest.get("input")
-    if src in (None, "", "-"):
-        return "its text was read from stdin, so there is no document to rebuild the step from"
-    if not (Path(src) if Path(src).is_absolute() else paths.REPO / src).is_file():
-        return f"its input {src} is not a readable file any more"
-    model = str((manifest.get("model") or {}).get("id", ""))
-    if model not in ("", "default") and not model.startswith("tiny") and not Path(model).expanduser().is_dir():
-        return f"its model folder {model} is not on this machine"
-    return None
 
 
 def start_probe(run_dir: str | os.PathLike, step: int, top_k: int = TOP_K) -> subprocess.Popen | None:

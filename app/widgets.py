@@ -101,6 +101,17 @@ def step_picking_chart(fig, *, key: str, axis: str = "x", n_steps: int | None = 
     st.rerun(scope=scope)
 
 
+def step_links(ref: str | None, step: int) -> None:
+    """One row: the selected step, and links that open it on the Timeline, the Step inspector and the
+    Text page (under a chart whose click selected it)."""
+    c_step, *c_links = st.columns(4)
+    c_step.markdown(f"**Step {step}:**")
+    for col, (label, page) in zip(c_links, [("Timeline", "timeline"), ("Step inspector", "step"), ("Text", "text")],
+                                  strict=True):  # fmt: skip
+        with col:
+            nav_link(label, page, run=ref, step=step)
+
+
 def require_step(run: Run, path: str, ver: str) -> int:
     """The step the shared scrubber selects in a run's recorded steps; with none, a one-line message
     and stop."""

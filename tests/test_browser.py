@@ -30,6 +30,7 @@ Skipped, with the reason, when /usr/bin/chromium is missing (Playwright cannot d
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -174,7 +175,7 @@ def app(tmp_path_factory):
             assert time.monotonic() < deadline, "streamlit not healthy in 60 s:\n" + (tmp / "server.log").read_text()
             time.sleep(0.25)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        yield {"base": base, "mine": mine, "metrics": metrics}
+        yield {"base": base, "samples": samples, "mine": mine, "metrics": metrics}
     finally:
         for p in procs:  # no process of ours outlives the module
             if p.poll() is None:
@@ -496,10 +497,14 @@ def test_step_inspector_probes_a_step(app, page):
     finish(page, "step-probe")
 
 
-def test_a_click_on_a_metric_line_selects_its_step(app, page):
-    visit(page, app, "metrics")
-    assert url_param(page, "step") is None
-    plot = page.locator(".js-plotly-plot").first
+@pytest.mark.parametrize("name", ["metrics", "knobs"])
+def test_a_click_on_a_metric_line_selects_its_step(app, page, name):
+    visit(page, app, name)
+    before = url_param(page, "step")
+    assert before is None or name == "knobs"  # the lab's scrubber puts its step (the last) in the URL
+    # Metrics: its first line; Knobs lab: its per-step series, the last chart on the page.
+    plot = page.locator(".js-plotly-plot").first if name == "metrics" else page.locator(".js-plotly-plot").last
+    plot.scroll_into_view_if_needed()
     # A point of the first line, half way along, placed on screen from plotly's own axes.
     step, x, y = plot.evaluate(
         """gd => {
@@ -513,9 +518,12 @@ def test_a_click_on_a_metric_line_selects_its_step(app, page):
     page.mouse.click(x, y)
     wait_url_param(page, "step", str(int(step)))
     settle(page)
-    assert page.get_by_text(f"Step {int(step)}:").count() == 1  # selected: links to it on three pages
-    assert page.get_by_role("link", name="Text").count() >= 1
-    assert_clean(page, "Metrics")
+    if name == "metrics":
+        assert page.get_by_text(f"Step {int(step)}:").count() == 1  # selected: links to it on three pages
+        assert page.get_by_role("link", name="Text").count() >= 1
+    else:
+        assert page.locator(SCRUBBER).get_attribute("value") == str(int(step))  # the lab's scrubber follows
+    assert_clean(page, PAGES[name][1])
 
 
 def test_metrics_page(app, page):
@@ -570,6 +578,25 @@ def test_knobs_page_replans_like_the_replay(app, page):
     assert page.errors == []
 
 
+def test_knobs_lab_exact_replan_runs_and_shows_both_sides(app, page):
+    """The exact re-plan (tiny model, seconds): started from the page, followed, then its metrics beside
+    the recording's and a link that compares the two runs."""
+    page.goto(f"{app['base']}/knobs?run={REC}&k.allocator.cooldown_steps={COOLDOWN}")
+    settle(page)
+    page.get_by_role("button", name="Start exact re-plan").click()
+    page.get_by_role("link", name="Compare side by side").wait_for(timeout=180_000)
+    settle(page)
+    rows = {r[0]: r[1:] for r in grid_rows(page, "metric") if r}  # the first metric grid: the fast re-plan's
+    assert rows
+    exact_rows = page.evaluate("""() => [...document.querySelectorAll('[data-testid=stDataFrame]')].map(
+        df => [...df.querySelectorAll('[role=columnheader]')].map(c => c.innerText.trim()))""")
+    assert any("exact re-plan" in h for h in exact_rows), exact_rows
+    out = [p for p in app["mine"].iterdir() if p.name.startswith("rec-cooldown_steps4-exact-")]
+    assert len(out) == 1 and json.loads((out[0] / "manifest.json").read_text())["status"] == "complete"
+    assert_clean(page, "Knobs lab")
+    screenshot(page, "knobs-exact")
+
+
 def test_compare_page(app, page):
     visit(page, app, "compare")
     table = metric_table(page)
@@ -577,6 +604,46 @@ def test_compare_page(app, page):
         want = [app["metrics"][REC][key], app["metrics"][REP][key]]
         assert [float(v) for v in table[key][:2]] == pytest.approx(want, rel=1e-9, abs=1e-12), key
     finish(page, "compare")
+
+
+def test_a_click_on_the_live_page_selects_a_step_while_it_records(app, page):
+    """A run that is recording (a copy of `rec` whose heartbeat the test keeps fresh): a click on the
+    live timeline selects that step and links to it, and the page goes on following the run."""
+    import shutil
+    import threading
+
+    run = app["mine"] / "live-copy"
+    shutil.copytree(app["samples"] / "rec", run)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            m = json.loads((run / "manifest.json").read_text())
+            m.update(status="recording", heartbeat_at=datetime.datetime.now(datetime.UTC).isoformat())
+            (run / "manifest.tmp").write_text(json.dumps(m))
+            (run / "manifest.tmp").replace(run / "manifest.json")
+            stop.wait(1.0)
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        page.goto(f"{app['base']}/live?run=mine/live-copy")
+        page.get_by_text("steps so far").wait_for()
+        settle(page)
+        plot = page.locator('[data-testid="stPlotlyChart"]').first
+        box = plot.locator(".nsewdrag").first.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.4, box["y"] + box["height"] / 2)
+        page.wait_for_function("() => new URLSearchParams(location.search).get('step') !== null")
+        step = int(url_param(page, "step"))
+        page.get_by_text(f"Step {step}:").wait_for()
+        assert page.get_by_role("link", name="Step inspector").count() >= 1
+        page.wait_for_timeout(2500)  # a refresh later: still following, still selected
+        assert page.get_by_text("steps so far").count() == 1 and url_param(page, "step") == str(step)
+        assert_clean(page, "Live")
+        screenshot(page, "live-picked")
+    finally:
+        stop.set()
+        beater.join(timeout=5)
 
 
 def test_live_page(app, page):

@@ -2,14 +2,16 @@
 
 The run comes from the URL (`?run=`), the knobs too (`k.section.field=value`, see `app.state`), so a
 lab view can be shared. Re-planning and metrics are `app.lab.replan` (fast mode: recorded scores);
-this page only draws widgets, tables and charts, and saves a replay run on request.
+this page only draws widgets, tables and charts, and saves a replay run on request. Beside the fast
+re-plan, an exact one (`app.exact`: scorer and base model re-run in the background, into a run
+folder) measures what the fast one cannot, the knobs' effect on NLL.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app import export, lab, paths, state, widgets
+from app import charts_metrics, exact, export, jobs, lab, paths, state, widgets
 from app import queries as q
 from app.charts import lod_heatmap
 from app.charts_lab import metric_over_steps
@@ -130,6 +132,65 @@ def _save(run, sets: list[str], changed: dict) -> None:
     st.markdown(f"[Open it on the Runs page]({link('runs', run=ref)}) or [in the Knobs lab]({link('knobs', run=ref)})")
 
 
+@st.fragment(run_every=2.0)
+def _wait_for_exact(path: str, sets: tuple[str, ...], total: int) -> None:
+    status, done = exact.exact_state(path, list(sets))
+    if status != "running":
+        st.rerun()  # finished (or failed): the whole page shows it
+    what = "loading the model" if done is None else f"{done:,} of {total:,} steps"
+    st.progress(min((done or 0) / max(total, 1), 1.0), text=f"Exact re-plan in the background: {what}")
+
+
+def _exact_section(run, ref: str, path: str, ver: str, overrides: tuple[str, ...], total: int) -> None:
+    """Start, follow and show the exact re-plan of this run with the page's knobs."""
+    st.subheader("Exact re-plan: the knobs' effect on NLL")
+    st.caption("Re-runs the scorer and the base model over the run's text with these knobs, in the background "
+               "(`python -m engine replay --exact`), into a new run folder listed on the Runs page. The fast "
+               "re-plan above reuses the recorded scores and runs no model, so it cannot say what the knobs do "
+               "to NLL; this can.")  # fmt: skip
+    why_not = jobs.cannot_rerun(run.manifest)
+    if why_not:
+        st.info(f"Run `{run.name}` cannot be re-planned exactly: {why_not}.")
+        return
+    recorded_baselines = bool(run.knob("session.baselines", False))
+    baselines = st.checkbox("with the NLL baselines (slower: full-context and recency forwards on every NLL step)",
+                            value=False, key="lab_exact_baselines", disabled=not recorded_baselines,
+                            help="The recorded run's baselines serve the comparison unless w_max changes.")  # fmt: skip
+    sets = tuple(exact.exact_sets(list(overrides), baselines and recorded_baselines))
+    status, detail = exact.exact_state(path, list(sets))
+    if status != "done":
+        label = "Re-planning ..." if status == "running" else "Start exact re-plan"
+        st.button(label, key="lab_exact_go", disabled=status == "running", on_click=exact.start_exact,
+                  args=(path, list(sets)))  # fmt: skip
+    if status == "running":
+        out = paths.run_ref(exact.exact_dir(path, list(sets)))
+        st.markdown(f"[Follow it on the Live page]({link('live', run=out)})")
+        _wait_for_exact(path, sets, total)
+        return
+    if status == "failed":
+        st.warning(f"The exact re-plan failed: {detail}")
+    if status != "done":
+        return
+    out_ref = paths.run_ref(detail)
+    out_path, out_ver = q.key(q.get_run(detail))
+    names = ("recorded", "exact re-plan")
+    table = q.compare_table(q.summary(path, ver), q.summary(out_path, out_ver), names)
+    st.markdown(f"Exact re-plan: run **{out_ref}** ({', '.join(sets) or 'the recorded knobs'}). "
+                f"[Compare side by side]({link('compare', run=ref, run2=out_ref)}) · "
+                f"[its Timeline]({link('timeline', run=out_ref)})")  # fmt: skip
+    st.dataframe(table, hide_index=True, key="lab_exact_metrics")
+    export.download_buttons(table, f"{run.name}-lab-exact-metrics", key="lab_exact_metrics_dl")
+    nll = q.overlay_series([(names[0], path), (names[1], out_path)], q.LINES[0])
+    if not any(n in nll.columns and nll[n].notna().any() for n in names):
+        st.info("Neither side measured NLL (the run was recorded with `session.compute_nll=false`).")
+        return
+    step = state.int_param(state.STEP, 0, 0, 10**9)
+    fig = charts_metrics.metric_lines(nll, list(names), title="NLL of the next block", y_title="nats per token",
+                                      step=step, connect=True, pickable=True)  # fmt: skip
+    widgets.step_picking_chart(fig, key="lab_exact_nll")
+    export.download_buttons(nll, f"{run.name}-lab-exact-nll", key="lab_exact_nll_dl")
+
+
 def main() -> None:
     st.title("Knobs lab")
     run, (path, ver) = widgets.require_run()
@@ -182,6 +243,7 @@ def main() -> None:
         column_config={c: st.column_config.NumberColumn(format="%.4g") for c in ("recorded", "re-planned", "delta")},
     )
     export.download_buttons(table, f"{run.name}-lab-metrics", key="lab_metrics_dl")
+    _exact_section(run, ref, path, ver, overrides, last_step + 1)
 
     step = widgets.step_scrubber(last_step + 1)
     max_lod = rec.config.tree.max_lod
@@ -197,7 +259,8 @@ def main() -> None:
         widgets.step_picking_chart(fig, key="lab_new", axis="y", n_steps=last_step + 1)
         export.download_buttons(cells, f"{run.name}-lod-timeline-replanned", key="lab_new_dl")
     metric = st.selectbox("per-step metric", PER_STEP, key="lab_metric")
-    st.plotly_chart(metric_over_steps(recorded.per_step, res.per_step, metric, step=step), key="lab_series")
+    fig = metric_over_steps(recorded.per_step, res.per_step, metric, step=step, pickable=True)
+    widgets.step_picking_chart(fig, key="lab_series", n_steps=last_step + 1)  # a click selects that step
     both = recorded.per_step.merge(res.per_step, on="step", how="outer", suffixes=("_recorded", "_replanned"))
     export.download_buttons(both, f"{run.name}-lab-per-step", key="lab_series_dl")
 

@@ -5,7 +5,8 @@ version) and redraws steps and tokens so far, the timeline of the latest steps a
 and swap rate so far. A run that is not recording (finished, interrupted, failed) gets a one-line
 message and a link to its Timeline instead; with no `?run=` the page offers the runs recording now.
 A run whose recorder was just started from the Record page has no folder until the model has loaded:
-the page waits for it (polling), and says so, or shows the recorder's error if it fails first.
+the page waits for it (polling), and says so, or shows the recorder's error if it fails first. A click
+on any chart selects that step and links to it on the Timeline, the Step inspector and the Text page.
 Queries: `app/queries.py`; charts: `app/charts.py`, `app/charts_metrics.py`.
 """
 
@@ -79,16 +80,23 @@ def follow() -> None:
         st.info("No WC recorded yet: the first part files appear after the recorder's first flush.")
         return
     s0 = max(ov["s0"], ov["s1"] - WINDOW_STEPS + 1)
+    # A click on any chart selects its step (kept while the run goes on) and offers it on the other pages.
+    marker = state.int_param(state.STEP, -1, -1, 10**9) if state.param(state.STEP) is not None else None
+    if marker is not None and marker >= 0:
+        widgets.step_links(ref, marker)
     w, h = q.grid_size(1000, WINDOW_STEPS, ov["s1"] - s0 + 1, ov["t1"] - ov["t0"])
     cells = q.heatmap(path, ver, "lod", w, h, (s0, ov["s1"]), (ov["t0"], ov["t1"]))
-    fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], title=f"Steps {s0} to {ov['s1']}", height=420)
-    st.plotly_chart(fig, key="live_tl")
+    mark = marker if marker is not None and s0 <= marker <= ov["s1"] else None
+    fig = charts.lod_heatmap(cells, max_lod=ov["max_lod"], title=f"Steps {s0} to {ov['s1']}", step=mark, height=420,
+                             pickable=True)  # fmt: skip
+    widgets.step_picking_chart(fig, key="live_tl", axis="y", n_steps=ov["s1"] + 1, scope="fragment")
     export.download_buttons(cells, f"{run.name}-lod-timeline-live", key="live_tl_dl")
     cols = st.columns(2)
     for col, (name, y) in zip(cols, (("utilization", "utilization"), ("swap_rate", "swap_rate")), strict=True):
         with col:
             df = q.series(path, ver, name)
-            st.plotly_chart(charts_metrics.metric_lines(df, [y], title=name.replace("_", " ")), key=f"live_{name}")
+            fig = charts_metrics.metric_lines(df, [y], title=name.replace("_", " "), step=marker, pickable=True)
+            widgets.step_picking_chart(fig, key=f"live_{name}", n_steps=ov["s1"] + 1, scope="fragment")
             export.download_buttons(df, f"{run.name}-{name}-live", key=f"live_{name}_dl")
 
 

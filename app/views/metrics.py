@@ -43,13 +43,7 @@ st.caption(f"{s['applied_edits']} applied edits, {s['ping_pongs']} ping-pongs, {
 
 marker = state.int_param(state.STEP, -1, -1, 10**9) if state.param(state.STEP) is not None else None
 if marker is not None:  # the selected step (a click on a line selects one): open it elsewhere
-    ref = state.param(state.RUN)
-    c_step, *c_links = st.columns(4)
-    c_step.markdown(f"**Step {marker}:**")
-    for col, (label, page) in zip(c_links, [("Timeline", "timeline"), ("Step inspector", "step"), ("Text", "text")],
-                                  strict=True):  # fmt: skip
-        with col:
-            widgets.nav_link(label, page, run=ref, step=marker)
+    widgets.step_links(state.param(state.RUN), marker)
 cols = st.columns(2)
 for i, line in enumerate(LINES):
     name, ys, title, y_title = line.series, list(line.columns), line.title, line.y_title

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts_step, export, probe, state, widgets
+from app import charts_step, export, jobs, probe, state, widgets
 from app import queries as q
 from app import queries_step as qs
 
@@ -116,7 +116,7 @@ def _start_probe(path: str, step: int) -> None:
 
 
 status, detail = probe.probe_state(path, step)
-why_not = probe.check_probe(run.manifest)
+why_not = jobs.cannot_rerun(run.manifest)
 c_k, c_go = st.columns([1, 3], vertical_alignment="bottom")
 c_k.number_input("top-k", 2, 64, probe.TOP_K, step=2, key="si_probe_k", help="entries probed")
 label = {"none": "Probe this step", "failed": "Probe this step", "running": "Probing ..."}.get(status, "Probe again")
