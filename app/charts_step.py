@@ -78,18 +78,26 @@ def attention_colour(z: np.ndarray, scale: str) -> np.ndarray:
     raise ValueError(f"attention scale must be one of {', '.join(ATTENTION_SCALES)}, got {scale!r}")
 
 
-def attention_heatmap(att: pd.DataFrame, scale: str = "log") -> go.Figure:
-    """Attention mass from the newest block's queries: rows = layers, columns = WC entries (and the
-    tail), coloured on `scale` (`attention_colour`); the hover always gives the mass itself."""
+ROW_TITLES = {"layer": "layer", "head": "head", "query": "LensNet query"}
+
+
+def attention_heatmap(att: pd.DataFrame, scale: str = "log", *, rows: str = "layer") -> go.Figure:
+    """Attention mass onto the WC entries (and the tail): columns = WC positions, one row per value of
+    `rows` (`layer`: the newest block's queries per layer; `head`: per head of one layer; `query`:
+    per LensNet query, labelled by its `query_label`), coloured on `scale` (`attention_colour`, whose
+    rank is within a row); the hover always gives the mass itself."""
     fig = go.Figure()
+    keys = np.sort(att[rows].unique()) if len(att) else np.zeros(0)
     if len(att):
         pos = np.sort(att["position"].unique())
-        layers = np.sort(att["layer"].unique())
-        z = np.full((layers.size, pos.size), np.nan, np.float32)
-        z[np.searchsorted(layers, att["layer"]), np.searchsorted(pos, att["position"])] = att["mass"].to_numpy()
+        z = np.full((keys.size, pos.size), np.nan, np.float32)
+        z[np.searchsorted(keys, att[rows]), np.searchsorted(pos, att["position"])] = att["mass"].to_numpy()
         labels = att.drop_duplicates("position").set_index("position")["node"].reindex(pos).fillna("?").to_numpy()
+        y = keys
+        if rows == "query":  # the query's own label (a gist, or a token and its text), top to bottom in order
+            y = att.drop_duplicates("query").set_index("query")["query_label"].reindex(keys).to_numpy()
         colour = attention_colour(z, scale)
-        bar = {"title": {"text": {"log": "mass (log)", "rank": "rank in layer", "linear": "mass"}[scale]}}
+        bar = {"title": {"text": {"log": "mass (log)", "rank": "rank in row", "linear": "mass"}[scale]}}
         if scale == "log":  # ticks in mass, not in its logarithm
             lo, hi = np.nanmin(colour), np.nanmax(colour)
             ticks = np.arange(np.floor(lo), np.ceil(hi) + 1)
@@ -98,19 +106,25 @@ def attention_heatmap(att: pd.DataFrame, scale: str = "log") -> go.Figure:
             go.Heatmap(
                 z=colour,
                 x=pos,
-                y=layers,
+                y=y,
                 colorscale="Viridis",
                 customdata=np.stack([np.broadcast_to(labels, z.shape), z.astype(np.float64)], axis=-1),
                 colorbar=bar,
-                hovertemplate="layer %{y}<br>%{customdata[0]} (WC position %{x})<br>mass %{customdata[1]:.4g}"
-                "<extra></extra>",
+                hovertemplate=f"{ROW_TITLES[rows]} %{{y}}<br>%{{customdata[0]}} (WC position %{{x}})"
+                "<br>mass %{customdata[1]:.4g}<extra></extra>",
             )
         )
+    per_row = 16 if rows == "query" else 28
+    yaxis = {"title": {"text": ROW_TITLES[rows]}}
+    if rows == "query":
+        yaxis.update(autorange="reversed", type="category", tickfont={"size": 10})
+    else:
+        yaxis["dtick"] = 1
     fig.update_layout(
-        height=120 + 28 * max(1, att["layer"].nunique() if len(att) else 1),
-        margin={"l": 50, "r": 20, "t": 10, "b": 40},
+        height=120 + per_row * max(1, keys.size),
+        margin={"l": 50 if rows != "query" else 220, "r": 20, "t": 10, "b": 40},
         xaxis={"title": {"text": "WC position"}},
-        yaxis={"title": {"text": "layer"}, "dtick": 1},
+        yaxis=yaxis,
     )
     return fig
 

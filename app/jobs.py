@@ -14,9 +14,13 @@ Imports no streamlit.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from app import paths
 
@@ -98,6 +102,30 @@ def start(target: Path, cmd: list[str]) -> subprocess.Popen | None:
     lock_path(target).write_text(str(proc.pid))
     _PROCS.append(proc)
     return proc
+
+
+def read_parquet(path: Path, key: bytes):
+    """A job's Parquet product as a pandas DataFrame with its JSON metadata `key` in attrs["meta"],
+    or None while there is none (or it cannot be read)."""
+    try:
+        t = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid):
+        return None
+    df = t.to_pandas()
+    df.attrs["meta"] = json.loads((t.schema.metadata or {}).get(key, b"{}"))
+    return df
+
+
+def file_state(target: Path, read) -> tuple[str, object]:
+    """Where the job making `target` stands: ("done", read(target)) once `read` gives something, else
+    ("running", its progress line or None), ("failed", its one-line error) or ("none", None)."""
+    if running(target):
+        return "running", progress(target)
+    got = read(target)
+    if got is not None:
+        return "done", got
+    err = error(target)
+    return ("failed", err) if err else ("none", None)
 
 
 def cannot_rerun(manifest: dict) -> str | None:

@@ -10,15 +10,12 @@ Imports no streamlit.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from app import jobs
 
@@ -41,24 +38,9 @@ def start_probe(run_dir: str | os.PathLike, step: int, top_k: int = TOP_K) -> su
 
 def read_probe(run_dir: str | os.PathLike, step: int) -> pd.DataFrame | None:
     """The cached probe of `step` (attrs["meta"]: settings, Spearman, seconds), or None."""
-    try:
-        t = pq.read_table(probe_path(run_dir, step))
-    except (OSError, pa.ArrowInvalid):
-        return None
-    df = t.to_pandas()
-    df.attrs["meta"] = json.loads((t.schema.metadata or {}).get(META, b"{}"))
-    return df
+    return jobs.read_parquet(probe_path(run_dir, step), META)
 
 
 def probe_state(run_dir: str | os.PathLike, step: int) -> tuple[str, object]:
     """("done", DataFrame) | ("running", progress line or None) | ("failed", one line) | ("none", None)."""
-    target = probe_path(run_dir, step)
-    if jobs.running(target):
-        return "running", jobs.progress(target)
-    df = read_probe(run_dir, step)
-    if df is not None:
-        return "done", df
-    err = jobs.error(target)
-    if err:
-        return "failed", err
-    return "none", None
+    return jobs.file_state(probe_path(run_dir, step), lambda p: jobs.read_parquet(p, META))

@@ -95,7 +95,7 @@ def _df(t: pa.Table) -> pd.DataFrame:
 
 # The metric registry as pages read it (pages import the query layer, not telemetry).
 HEADLINE = registry.HEADLINE  # the Runs table's metric columns
-METRICS, LINES, LINE_NAMES = registry.METRICS, registry.LINES, registry.LINE_NAMES
+METRICS, METRIC, LINES, LINE_NAMES = registry.METRICS, registry.METRIC, registry.LINES, registry.LINE_NAMES
 
 
 def overlay_series(runs: list[tuple[str, str]], line: registry.Line) -> pd.DataFrame:

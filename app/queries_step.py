@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from app.queries import _df, get_run, node_labels
+from contract import nodes
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
@@ -165,3 +166,29 @@ def _with_positions(path: str, ver: str, step: int, a: pd.DataFrame, iteration: 
     out.loc[tail, "position"] = (e["position"].max() + 1) if not e.empty else 0
     out["position"] = out["position"].fillna(-1).astype(np.int64)
     return out.sort_values([c for c in ("iteration", "layer", "position") if c in out.columns]).reset_index(drop=True)
+
+
+def attention_detail_rows(detail: pd.DataFrame, kind: str, block_size: int) -> pd.DataFrame:
+    """The rows of one kind (`heads` or `lens`) of a step's attention detail (`app.attention.read_detail`),
+    with each entry's WC position (entries in token order, the tail after them) and node label, in the
+    columns `charts_step.attention_heatmap` reads."""
+    d = detail[detail["kind"] == kind].drop(columns="kind").reset_index(drop=True)
+    ids = np.unique(d["node_id"].to_numpy())
+    real = ids[ids >= 0]
+    lod, idx = nodes.node_lod(real), nodes.node_index(real)
+    order = real[np.argsort(nodes.node_start(lod, idx, block_size), kind="stable")]
+    position = pd.Series(np.arange(order.size), index=order)
+    d["position"] = d["node_id"].map(position).fillna(order.size).astype(np.int64)  # the tail (-1) last
+    d["node"] = node_labels(d["node_id"], block_size)
+    return d
+
+
+def heads_view(heads: pd.DataFrame, layer: int | None, head: int | None) -> tuple[pd.DataFrame, str]:
+    """What the heads chart draws, and its row column: every layer (`layer` None) or one layer's heads,
+    each head's own mass or (`head` None) their mean over heads, which is what the recorder keeps."""
+    d = heads if layer is None else heads[heads["layer"] == layer]
+    if head is not None:
+        d = d[d["head"] == head]
+    elif layer is None:
+        d = d.groupby(["layer", "node_id", "position", "node"], as_index=False)["mass"].mean()
+    return d.reset_index(drop=True), ("layer" if layer is None else "head")

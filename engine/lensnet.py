@@ -94,6 +94,21 @@ class LensOutput(NamedTuple):
     attn_e2q: torch.Tensor  # [n, m]
 
 
+def query_gists_used(view: ScoreView, query_gists: int) -> int:
+    """How many of the view's recent gists lead LensNet's queries (the rest are `view.query_vecs`)."""
+    g = view.recent_gists
+    return min(g.shape[0], query_gists) if g is not None and query_gists > 0 else 0
+
+
+def lens_queries(view: ScoreView, query_gists: int) -> torch.Tensor:
+    """[m, d] LensNet's queries for a view: its newest `query_gists` recent gists (if any), then its
+    `query_vecs` (the newest blocks' and the tail's token embeddings), in the query vectors' dtype."""
+    parts, k = [view.query_vecs], query_gists_used(view, query_gists)
+    if k:
+        parts.insert(0, view.recent_gists[-k:].to(view.query_vecs.device, view.query_vecs.dtype))
+    return torch.cat(parts, dim=0)
+
+
 class LensNet(nn.Module):
     """Scores WC entries from their vectors, their features and the tail's query vectors.
 
@@ -139,26 +154,28 @@ class LensNet(nn.Module):
         return LensOutput(scores, aux, a_q2e[0], a_e2q[0])
 
     @torch.no_grad()
-    def score_view(self, view: ScoreView) -> ScoreResult:
-        """Score a view: float32 scores [n] and per-entry attention mass [n] (attn_q2e summed over queries).
+    def explain(self, view: ScoreView) -> LensOutput:
+        """The whole forward on a view (n >= 1): scores, and where each query looked (`attn_q2e`
+        [m, n]). Queries are the newest `cfg.query_gists` rows of `view.recent_gists` (may be None or
+        empty) followed by `view.query_vecs`. Needs `view.entry_vecs` and `view.query_vecs`."""
+        if view.entry_vecs is None or view.query_vecs is None:
+            raise ValueError("LensNet needs view.entry_vecs and view.query_vecs; the session must fill them")
+        if view.entry_vecs.shape[0] != view.n:
+            raise ValueError(f"view.entry_vecs has {view.entry_vecs.shape[0]} rows for {view.n} entries")
+        queries = lens_queries(view, self.cfg.query_gists)  # [m, d]
+        if queries.shape[0] == 0:
+            raise ValueError("LensNet needs at least one query vector (recent gists or tail/newest-block tokens)")
+        return self.forward(view.entry_vecs, entry_features(view), queries)
 
-        Queries are the newest `cfg.query_gists` rows of `view.recent_gists` (may be None or empty)
-        followed by `view.query_vecs`. Needs `view.entry_vecs` and `view.query_vecs`.
-        """
+    @torch.no_grad()
+    def score_view(self, view: ScoreView) -> ScoreResult:
+        """Score a view: float32 scores [n] and per-entry attention mass [n] (attn_q2e summed over
+        queries; see `explain`)."""
         if view.entry_vecs is None or view.query_vecs is None:
             raise ValueError("LensNet needs view.entry_vecs and view.query_vecs; the session must fill them")
         if view.n == 0:
             return ScoreResult(scores=np.zeros(0, np.float32), attention=np.zeros(0, np.float32))
-        if view.entry_vecs.shape[0] != view.n:
-            raise ValueError(f"view.entry_vecs has {view.entry_vecs.shape[0]} rows for {view.n} entries")
-        parts = [view.query_vecs]
-        g = view.recent_gists
-        if g is not None and g.shape[0] and self.cfg.query_gists:
-            parts.insert(0, g[-self.cfg.query_gists :].to(view.query_vecs.device, view.query_vecs.dtype))
-        queries = torch.cat(parts, dim=0)  # [m, d]
-        if queries.shape[0] == 0:
-            raise ValueError("LensNet needs at least one query vector (recent gists or tail/newest-block tokens)")
-        out = self.forward(view.entry_vecs, entry_features(view), queries)
+        out = self.explain(view)
         scores, attention = out.scores, out.attn_q2e.sum(dim=0)  # [n], [n]: how much the queries looked at each entry
         return ScoreResult(
             scores=scores.float().cpu().numpy().astype(np.float32),

@@ -30,15 +30,16 @@ TAIL_ATTN = "mcs_tail_sdpa"  # SDPA for the output, plus the attention rows of t
 def _tail_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """SDPA attention that also records, per layer, the attention mass of the last `q` queries.
 
-    The caller passes `mcs_tail=(q, out_list)` through the model's forward kwargs; this appends a
-    float32 [B, T] tensor per layer: the softmax rows of the last q query positions, averaged over
-    heads and queries (each row sums to 1). Costs q x T scores per head instead of T x T. Without
-    `mcs_tail` it is plain SDPA. Assumes unpadded causal inputs (the engine never pads).
+    The caller passes `mcs_tail=(q, out_list, heads)` through the model's forward kwargs; this appends
+    a float32 [B, T] tensor per layer: the softmax rows of the last q query positions, averaged over
+    heads and queries (each row sums to 1), or with `heads` one row per head, [B, H, T]. Costs q x T
+    scores per head instead of T x T. Without `mcs_tail` it is plain SDPA. Assumes unpadded causal
+    inputs (the engine never pads).
     """
     tail = kwargs.pop("mcs_tail", None)
     out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if tail is not None:
-        q, sink = tail
+        q, sink, heads = tail
         T = key.shape[2]
         q = min(q, query.shape[2])
         groups = getattr(module, "num_key_value_groups", 1)
@@ -47,7 +48,8 @@ def _tail_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         scores = (query[:, :, -q:, :].float() @ k.float().transpose(-1, -2)) * scale  # [B, H, q, T]
         rows = torch.arange(T - q, T, device=scores.device)[:, None]  # [q, 1] absolute query positions
         scores = scores.masked_fill(torch.arange(T, device=scores.device)[None, :] > rows, float("-inf"))
-        sink.append(torch.softmax(scores, dim=-1).mean(dim=(1, 2)))  # [B, T]
+        probs = torch.softmax(scores, dim=-1)  # [B, H, q, T]
+        sink.append(probs.mean(dim=2) if heads else probs.mean(dim=(1, 2)))  # [B, H, T] or [B, T]
     return out
 
 
@@ -179,29 +181,32 @@ class BaseModel:
 
     @torch.no_grad()
     def forward_tail(
-        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, tail: int, logits_to_keep: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, tail: int, logits_to_keep: int = 0,
+        heads: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """`forward`, plus where the last `tail` queries look: (logits float32, mass float32 [L, B, T]).
 
         mass[l, b] is layer l's attention of the last `tail` positions of row b, averaged over heads
-        and those queries (sums to 1 over the causal prefix). SDPA stays the kernel (no T x T map);
-        on an eager-only architecture the eager maps are reduced the same way.
+        and those queries (sums to 1 over the causal prefix); with `heads`, one row per head,
+        mass [L, B, H, T]. SDPA stays the kernel (no T x T map); on an eager-only architecture the
+        eager maps are reduced the same way.
         """
         keep = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
         x = inputs_embeds.to(self._device, self._dtype)  # [B, T, d]
         pos = position_ids.to(self._device, torch.long)  # [B, T]
         if self._attn_impl == "eager":
             logits, attns = self.forward(x, pos, output_attentions=True, logits_to_keep=logits_to_keep)
-            return logits, torch.stack([a[:, :, -tail:, :].mean(dim=(1, 2)) for a in attns])
+            dims = 2 if heads else (1, 2)
+            return logits, torch.stack([a[:, :, -tail:, :].mean(dim=dims) for a in attns])
         sink: list[torch.Tensor] = []
         self._model.set_attn_implementation(TAIL_ATTN)
         try:
-            out = lm_forward(self._model, x, pos, mcs_tail=(tail, sink), **keep)
+            out = lm_forward(self._model, x, pos, mcs_tail=(tail, sink, heads), **keep)
         finally:
             self._model.set_attn_implementation(self._attn_impl)
         if len(sink) != self._model.config.num_hidden_layers:
             raise RuntimeError(f"model {self._model_id} did not route attention through the tail capture")
-        return out.logits.float(), torch.stack(sink)  # [1, k, V], [L, B, T]
+        return out.logits.float(), torch.stack(sink)  # [1, k, V], [L, B, T] (or [L, B, H, T] with heads)
 
     @torch.no_grad()
     def continuation(

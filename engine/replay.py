@@ -66,6 +66,8 @@ class ReplayStats:
     steps: int = 0
     approximate_lookups: int = 0  # entries whose score was not recorded at that step
     allocator_ms: float = 0.0
+    # With `replay_fast(stop_before=t)`: the WC and allocator state as step t-1 left them.
+    stopped_at: tuple[WorkingContext, AllocatorState] | None = None
 
     @property
     def approximate(self) -> bool:
@@ -165,11 +167,15 @@ def _lookup(lod, idx, v, at, stamp, levels, bs, max_lod, out):
     return miss
 
 
-def replay_fast(rec: Recording, cfg: RunConfig, sink: Sink, *, record_entries: bool = True) -> ReplayStats:
+def replay_fast(rec: Recording, cfg: RunConfig, sink: Sink, *, record_entries: bool = True,
+                stop_before: int | None = None) -> ReplayStats:  # fmt: skip
     """Re-plan `rec` under `cfg`, emitting entries/decisions/steps events. Returns counts and timings.
 
     Each step is one `engine.refocus.refocus` whose scores are the recorded ones (`recorded` below);
     the recorded scores are keyed once for the whole recording, so a round's lookup is one compiled pass.
+    `stop_before=t`: stop as step t begins, before its tokens are read, and return the WC and the
+    allocator state as step t-1 left them in `stopped_at` (with the recording's own knobs, what the
+    recorder had; `t` may be the number of steps: the state at the end).
     """
     knobs, stats = PlanKnobs.from_config(cfg), ReplayStats()
     bs, max_lod = cfg.tree.block_size, cfg.tree.max_lod
@@ -201,6 +207,9 @@ def replay_fast(rec: Recording, cfg: RunConfig, sink: Sink, *, record_entries: b
         return Scores(raw)
 
     for t, tokens in enumerate(rec.tokens_seen.tolist()):
+        if t == stop_before:
+            stats.stopped_at = (wc, state)
+            return stats
         wc = wc.advance(tokens)
         lo, hi = int(bounds[t]), int(bounds[t + 1])
         its, n_start = rec.iteration[lo:hi], wc.n
@@ -210,4 +219,6 @@ def replay_fast(rec: Recording, cfg: RunConfig, sink: Sink, *, record_entries: b
                                r.n_forced, None, None, None, 0.0, 0.0, r.t_allocator_ms, 0.0))  # fmt: skip
         stats.steps += 1
         stats.allocator_ms += r.t_allocator_ms
+    if stop_before == stats.steps:
+        stats.stopped_at = (wc, state)
     return stats

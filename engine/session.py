@@ -196,10 +196,13 @@ class Session:
 
     def _score(self, wc: WorkingContext, state: AllocatorState, iteration: int) -> Scores:
         """One round's scores from the session's scorer (`engine.refocus.ScoreFn`)."""
-        res = self.scorer.score(self._view(wc, state))
+        res = self.scorer.score(self.view(wc, state))
         return Scores(res.scores, res.attention)
 
-    def _view(self, wc: WorkingContext, state: AllocatorState) -> ScoreView:
+    def view(self, wc: WorkingContext, state: AllocatorState) -> ScoreView:
+        """What the scorer sees of `wc` at the session's current step, given the allocator's `state`
+        (its vectors come from the session's tree: a caller rebuilding a recorded step fills the tree
+        and sets `step` first, as `studio.attention_detail` does)."""
         vecs = {}
         if getattr(self.scorer, "needs_vectors", True) and wc.n:
             vecs = {
@@ -243,7 +246,7 @@ class Session:
         T = m.inputs_embeds.shape[1]
         q = min(self.cfg.tree.block_size, T)
         _, mass = self.model.forward_tail(m.inputs_embeds, m.position_ids, tail=q)  # [L, 1, T]
-        per_entry = _per_entry(mass[:, 0].float().cpu().numpy(), m.entry_of_pos, self.wc.n + 1)  # [L, n+1]
+        per_entry = entry_mass(mass[:, 0].float().cpu().numpy(), m.entry_of_pos, self.wc.n + 1)  # [L, n+1]
         L = per_entry.shape[0]
         ids = np.append(self.wc.node_id, -1)  # the tail is node -1
         self.sink.emit(AttentionRecorded(step, np.repeat(np.arange(L, dtype=np.int16), ids.shape[0]),
@@ -285,7 +288,7 @@ class Session:
         nlls, mass = self.model.continuation(m.inputs_embeds, m.position_ids, torch.from_numpy(target), tpos,
                                              attention=self.needs_attention)  # fmt: skip
         if mass is not None:
-            per_entry = _per_entry(mass.mean(axis=0, keepdims=True), m.entry_of_pos, wc.n + 1)[0, : wc.n]  # [n]
+            per_entry = entry_mass(mass.mean(axis=0, keepdims=True), m.entry_of_pos, wc.n + 1)[0, : wc.n]  # [n]
             order = np.argsort(wc.node_id, kind="stable")
             self._attention = (wc.node_id[order], per_entry[order])
         return float(nlls.mean(dtype=np.float64)) if nlls.size else None
@@ -303,7 +306,7 @@ class Session:
         return self.model.nll_of_continuation(emb, pos, torch.from_numpy(target), tpos)
 
 
-def _per_entry(mass: np.ndarray, entry_of_pos: np.ndarray, n: int) -> np.ndarray:
+def entry_mass(mass: np.ndarray, entry_of_pos: np.ndarray, n: int) -> np.ndarray:
     """float32 [L, n]: attention mass per position [L, T] summed over each entry's positions."""
     out = np.zeros((mass.shape[0], n), np.float64)
     for layer in range(mass.shape[0]):

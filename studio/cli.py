@@ -4,6 +4,7 @@
   replay  re-plan a recorded run with other knobs into a new run folder (fast or --exact)
   add-text  backfill the text table of runs recorded before recorders wrote it (from their input)
   probe   the true NLL change of one-level edits at one step, against the scorer's scores
+  attention  the attention at one step by layer and head, and LensNet's by query (recomputed)
   run     stream a text through the engine and print a JSON summary (nothing recorded)
   eval    compare every policy at one budget (and the gists) on texts; JSON on stdout, a table on stderr
   knobs   every knob: one name, default, what it allows, meaning (from its declaration; --json)
@@ -31,7 +32,7 @@ from contract.events import interrupt_reason
 from engine.textio import InputError
 from engine.threads import configure_process
 from studio.cli_eval import cmd_eval, cmd_knobs
-from studio.cli_record import cmd_add_text, cmd_probe, cmd_record, cmd_replay, cmd_run
+from studio.cli_record import cmd_add_text, cmd_attention, cmd_probe, cmd_record, cmd_replay, cmd_run
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -125,6 +126,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("attention", help="the base model's attention at one step by layer and head, and LensNet's "
+                                         "by query, recomputed on the rebuilt step (--out: Parquet)")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN", help="the recorded run (its input file and model must be here)")
+    p.add_argument("--step", type=int, required=True, help="the refocus step")
+    p.add_argument("--out", default=None, help="write the rows to this Parquet file (progress beside it)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=cmd_attention)
     return ap
 
 

@@ -256,10 +256,9 @@ def cmd_add_text(args) -> int:
     return 0
 
 
-def cmd_probe(args) -> int:
-    from studio.probe import probe_meta, probe_step, write_probe
-
-    # Beside --out, the stage reached: the app reads it to show how far the probe got (app/jobs.py).
+def _stages(args, name: str):
+    """A progress callback: each stage goes to a file beside `--out` (the app reads it to show how far
+    the job got, app/jobs.py) and, unless --quiet, to stderr. Returns (callback, stage file or None)."""
     stage_file = Path(args.out).with_name(Path(args.out).name + ".progress") if args.out else None
 
     def progress(stage: str) -> None:
@@ -267,12 +266,31 @@ def cmd_probe(args) -> int:
             stage_file.parent.mkdir(parents=True, exist_ok=True)
             stage_file.write_text(stage)
         if not args.quiet:
-            print(f"probe: {stage}", file=sys.stderr)
+            print(f"{name}: {stage}", file=sys.stderr)
 
+    return progress, stage_file
+
+
+def cmd_probe(args) -> int:
+    from studio.probe import probe_meta, probe_step, write_probe
+
+    progress, stage_file = _stages(args, "probe")
     table = probe_step(args.run_dir, args.step, top_k=args.top_k, horizon=args.horizon, device=args.device,
                        progress=progress)  # fmt: skip
     if stage_file:
         write_probe(table, args.out)
         stage_file.unlink(missing_ok=True)
     print(json.dumps({**probe_meta(table), "rows": table.to_pylist() if not args.out else table.num_rows}))
+    return 0
+
+
+def cmd_attention(args) -> int:
+    from studio.attention_detail import attention_detail, detail_meta, write_detail
+
+    progress, stage_file = _stages(args, "attention")
+    table = attention_detail(args.run_dir, args.step, device=args.device, progress=progress)
+    if stage_file:
+        write_detail(table, args.out)
+        stage_file.unlink(missing_ok=True)
+    print(json.dumps({**detail_meta(table), "rows": table.num_rows}))
     return 0

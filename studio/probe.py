@@ -1,7 +1,7 @@
 """The probe: does the scorer's ranking match the truth at one recorded step?
 
-`probe_step` rebuilds the run's state at step t exactly (its document re-tokenised and proved against
-the recording, `studio.run_text.document_tokens`; the gist tree over the tokens read by then, with the
+`probe_step` rebuilds the run's state at step t exactly (`studio.rebuild.rebuild_step`: its document
+re-tokenised and proved against the recording; the gist tree over the tokens read by then, with the
 run's own model and GistNet; the WC the step's first scorer round saw, from the entries table), then
 measures, for the top-k candidate entries, the counterfactual LensNet is trained on
 (`studio.train.lens_labels`): the base model's NLL of the next `horizon` tokens after the WC with that
@@ -28,18 +28,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contract import nodes
-from contract.config import RunConfig, protected_blocks
-from contract.events import NullSink
-from studio.replay import model_spec_of
-from studio.run_text import TextError, document_tokens
+from contract.config import protected_blocks
+from studio.rebuild import StepError, rebuild_step, run_config
+from studio.run_text import TextError
 from telemetry.reader import Run
 
 META = b"mcs.probe"
 EDITS = ("collapse", "expand")  # one_level_edit: LOD0 collapses, a gist expands
 
 
-class ProbeError(ValueError):
+class ProbeError(StepError):
     """The step cannot be probed; one line naming the run and the reason."""
 
 
@@ -79,46 +77,25 @@ def _pick(score: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
 
 def probe_step(run_dir: str | Path, step: int, *, top_k: int = 16, horizon: int = 32, device: str = "auto",
                progress: Callable[[str], None] = lambda s: None) -> pa.Table:  # fmt: skip
-    """One row per probed entry (see the module doc). Raises ProbeError, TextError (the document
-    cannot be rebuilt) or `engine.model_loader.ModelLoadError` (the run's model is missing)."""
-    from engine.runtime import build_engine  # torch and the model: only a probe needs them
-    from engine.working_context import WorkingContext, protected_from
+    """One row per probed entry (see the module doc). Raises ProbeError (a StepError), TextError (the
+    document cannot be rebuilt) or `engine.model_loader.ModelLoadError` (the run's model is missing)."""
+    from engine.working_context import protected_from
     from studio.train.lens_labels import one_level_edit
     from studio.train.wc_nll import wc_scores
 
     if top_k < 1 or horizon < 1:
         raise ProbeError(f"top_k and horizon must be >= 1, got {top_k} and {horizon}")
     run = Run(run_dir)
-    try:
-        cfg = RunConfig.from_dict(run.manifest["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ProbeError(f"{run.path}: no usable config in its manifest ({str(e).splitlines()[0]})") from None
-    steps = run.table("steps", columns=["step", "tokens_seen"], where=f"step = {int(step)}")
-    e = run.table("entries", columns=["node_id", "start", "raw_score", "score"],
-                  where=f"step = {int(step)} AND iteration = 0")  # fmt: skip
-    if steps.num_rows == 0 or e.num_rows == 0:
-        raise ProbeError(f"{run.path}: step {step} has no recorded working context to probe")
-    seen = int(steps["tokens_seen"][0].as_py())
-    if seen >= int(run.manifest.get("tokens") or 0):
+    cfg = run_config(run)
+    last = run.table("steps", columns=["tokens_seen"], where=f"step = {int(step)}")
+    if last.num_rows and int(last["tokens_seen"][0].as_py()) >= int(run.manifest.get("tokens") or 0):
         raise ProbeError(f"{run.path}: step {step} is the last one: there are no next tokens to predict")
-    progress("loading the run's model")
-    engine = build_engine(cfg, model_spec_of(run.manifest.get("model", {})), device)
-    model = engine.model
-    progress("re-reading the document")
-    tokens = document_tokens(run, model)
-    targets = tokens[seen : seen + horizon]
-    progress(f"building the gist tree over {seen:,} tokens")
     t0 = time.perf_counter()
-    tree = engine.session(NullSink()).tree
-    every = cfg.session.refocus_every
-    for lo in range(0, seen, every):  # as the session appends: one refocus step's tokens at a time
-        tree.append(tokens[lo : min(seen, lo + every)])
-    order = np.argsort(e["start"].to_numpy(), kind="stable")
-    ids = e["node_id"].to_numpy()[order]
-    raw, score = e["raw_score"].to_numpy()[order], e["score"].to_numpy()[order]
+    r = rebuild_step(run_dir, step, device=device, progress=progress)
+    model, tree, wc, seen = r.model, r.session.tree, r.wc, r.seen
+    targets = r.tokens[seen : seen + horizon]
+    ids, raw, score = wc.node_id, r.raw, r.score
     bs = cfg.tree.block_size
-    first = int(e["start"].to_numpy()[order][0])
-    wc = WorkingContext(bs, cfg.tree.max_lod, seen, first, nodes.node_lod(ids), nodes.node_index(ids))
     pool = np.flatnonzero(wc.end <= protected_from(wc, protected_blocks(cfg.tree, cfg.wc)))
     if pool.size == 0:
         raise ProbeError(f"{run.path}: at step {step} every entry is protected: nothing the allocator could edit")

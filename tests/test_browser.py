@@ -497,6 +497,19 @@ def test_step_inspector_probes_a_step(app, page):
     finish(page, "step-probe")
 
 
+def test_step_inspector_computes_the_attention_by_head(app, page):
+    visit(page, app, "step")
+    page.get_by_role("button", name="Compute the attention by head").click()
+    page.locator('[data-testid="stSelectbox"] input[aria-label="layer"]').wait_for(timeout=120_000)
+    settle(page)
+    page.locator('[data-testid="stSelectbox"] input[aria-label="layer"]').click()
+    page.get_by_role("option", name="layer 0", exact=True).click()
+    settle(page)
+    assert page.get_by_text("The newest block's").count() == 1
+    assert_clean(page, "Step inspector")
+    finish(page, "step-attention-heads")
+
+
 @pytest.mark.parametrize("name", ["metrics", "knobs"])
 def test_a_click_on_a_metric_line_selects_its_step(app, page, name):
     visit(page, app, name)

@@ -172,6 +172,10 @@ def test_tail_attention_equals_the_eager_maps(tiny):
     ref = torch.stack([a[:, :, -3:, :].mean(dim=(1, 2)) for a in att])  # [L, 1, T]
     assert mass.shape == ref.shape and torch.allclose(mass, ref, atol=1e-6)
     assert torch.allclose(logits, tiny.forward(x, pos)[0]) and torch.allclose(mass.sum(-1), torch.ones(2, 1))
+    _, by_head = tiny.forward_tail(x, pos, tail=3, heads=True)  # one row per head, the same maps
+    ref_h = torch.stack([a[:, :, -3:, :].mean(dim=2) for a in att])  # [L, 1, H, T]
+    assert by_head.shape == ref_h.shape and torch.allclose(by_head, ref_h, atol=1e-6)
+    assert torch.allclose(by_head.mean(dim=2), mass, atol=1e-6)
     ids = torch.tensor(tiny.tokenize("ok then"))
     tpos = torch.arange(x.shape[1], x.shape[1] + ids.shape[0])
     nll, per_pos = tiny.continuation(x, pos, ids, tpos, attention=True)

@@ -175,6 +175,10 @@ def _exact_section(run, ref: str, path: str, ver: str, overrides: tuple[str, ...
     out_path, out_ver = q.key(q.get_run(detail))
     names = ("recorded", "exact re-plan")
     table = q.compare_table(q.summary(path, ver), q.summary(out_path, out_ver), names)
+    # As the fast table reads: the metric's label first, and the NLL rows (what only this side has) on top.
+    nll_first = table["metric"].map(lambda k: not getattr(q.METRIC.get(k), "nll", False))
+    table = table.assign(_order=nll_first).sort_values("_order", kind="stable").drop(columns=["_order", "metric"])
+    table = table.rename(columns={"label": "metric"})[["metric", *names, "delta", "better"]]
     st.markdown(f"Exact re-plan: run **{out_ref}** ({', '.join(sets) or 'the recorded knobs'}). "
                 f"[Compare side by side]({link('compare', run=ref, run2=out_ref)}) · "
                 f"[its Timeline]({link('timeline', run=out_ref)})")  # fmt: skip

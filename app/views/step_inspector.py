@@ -3,7 +3,9 @@
 Shows the step's WC entries (node, LOD, span, cost, text preview, and the score after each pipeline
 stage: raw, interpolated, shifted, final), every decision with its outcome, the base-model attention
 over the entries (only on the steps that recorded it: the page says which, and jumps to the nearest)
-and LensNet's cross-attention when the scorer was LensNet. "Probe this step" measures, in a background
+and LensNet's cross-attention when the scorer was LensNet. "Compute the attention by head" recomputes,
+in a background process with the run's own model, the step's attention by layer and head and LensNet's
+by query, at any step (`app/attention.py`, cached per step). "Probe this step" measures, in a background
 process with the run's own model, the true NLL change of moving each of the top-k candidates one level,
 and plots it against the score the scorer gave (`app/probe.py`, cached per step). Data:
 `app/queries_step.py`; charts: `app/charts_step.py`.
@@ -11,9 +13,10 @@ and plots it against the score the scorer gave (`app/probe.py`, cached per step)
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
-from app import charts_step, export, jobs, probe, state, widgets
+from app import attention, charts_step, export, jobs, probe, state, widgets
 from app import queries as q
 from app import queries_step as qs
 
@@ -77,7 +80,61 @@ else:
         st.plotly_chart(charts_step.attention_heatmap(att, scale), key="si_attention")
         export.download_buttons(att, f"{run.name}-attention-step{step}", key="si_att")
 
+
+@st.fragment(run_every=1.5)
+def _wait_for_detail(path: str, step: int) -> None:
+    status, stage = attention.detail_state(path, step)
+    if status != "running":
+        st.rerun()  # finished (or failed): the whole page shows it
+    st.info(f"Computing the attention of step {step} in the background: {stage or 'starting'} ...")
+
+
+st.markdown("**By layer and head** (recomputed at this step)")
+st.caption("The recording keeps the base model's attention averaged over heads, on some steps only, and "
+           "LensNet's summed over its queries. This rebuilds the step and re-runs the run's model and LensNet "
+           "on it in the background (about 10 s for the default model on a 2-core CPU), at any step; the "
+           "result is kept for the step.")  # fmt: skip
+detail_status, detail = attention.detail_state(path, step)
+detail_why_not = jobs.cannot_rerun(run.manifest)
+if detail_status != "done":
+    st.button("Compute the attention by head" if detail_status != "running" else "Computing ...",
+              on_click=attention.start_detail, args=(path, step), key="si_detail_go",
+              disabled=bool(detail_why_not) or detail_status == "running", help=detail_why_not)  # fmt: skip
+if detail_why_not:
+    st.info(f"Run `{run.name}` cannot be re-run: {detail_why_not}.")
+elif detail_status == "running":
+    _wait_for_detail(path, step)
+elif detail_status == "failed":
+    st.warning(f"Computing the attention of step {step} failed: {detail}")
+elif detail_status == "done":
+    meta = detail.attrs.get("meta", {})
+    bs = int(run.knob("tree.block_size", 32))
+    heads = qs.attention_detail_rows(detail, "heads", bs)
+    c_layer, c_head, c_scale = st.columns([1, 1, 2])
+    layer = c_layer.selectbox("layer", [None, *range(int(meta.get("layers", 0)))], key="si_detail_layer",
+                              format_func=lambda v: "every layer" if v is None else f"layer {v}")  # fmt: skip
+    head = c_head.selectbox("head", [None, *range(int(meta.get("heads", 0)))], key="si_detail_head",
+                            format_func=lambda v: "mean of the heads" if v is None else f"head {v}")  # fmt: skip
+    d_scale = c_scale.radio("colour scale", charts_step.ATTENTION_SCALES, horizontal=True, key="si_detail_scale")
+    shown, rows = qs.heads_view(heads, layer, head)
+    st.plotly_chart(charts_step.attention_heatmap(shown, d_scale, rows=rows), key="si_detail_heads")
+    export.download_buttons(shown, f"{run.name}-attention-heads-step{step}", key="si_detail_heads_dl")
+    st.caption(f"The newest block's {meta.get('queries', '?')} queries on the WC after the step's edits; "
+               f"{meta.get('seconds', '?')} s on {meta.get('device', '?')}.")  # fmt: skip
+
 st.subheader("LensNet cross-attention")
+lens_by_query = pd.DataFrame()
+if detail_status == "done":
+    lens_by_query = qs.attention_detail_rows(detail, "lens", int(run.knob("tree.block_size", 32)))
+if not lens_by_query.empty:
+    diff = detail.attrs["meta"].get("lens_max_abs_diff") or 0.0
+    st.markdown("**By query** (recomputed at this step: where each of LensNet's queries looked, last layer, "
+                "heads averaged)")  # fmt: skip
+    l_scale = st.radio("colour scale", charts_step.ATTENTION_SCALES, horizontal=True, key="si_lens_scale")
+    st.plotly_chart(charts_step.attention_heatmap(lens_by_query, l_scale, rows="query"), key="si_lens_queries")
+    export.download_buttons(lens_by_query, f"{run.name}-lens-attention-queries-step{step}", key="si_lens_q_dl")
+    st.caption(f"Queries: the newest gists, then the newest block's and the tail's tokens. LensNet's scores on "
+               f"the rebuilt step differ from the recorded ones by at most {diff:.2g}.")  # fmt: skip
 lens_steps = qs.table_steps(path, ver, "lens_attention")
 if lens_steps.size == 0:
     why, elsewhere = q.missing_attention(run.manifest, "lens_attention")

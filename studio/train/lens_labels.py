@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from contract.config import RunConfig, apply_overrides, check_knobs, check_rule, knob, protected_blocks
-from engine.lensnet import entry_features
+from engine.lensnet import entry_features, lens_queries
 from engine.scorers import build_scorer
 from engine.session import Session
 from engine.structure_scorers import attention_utility
@@ -96,15 +96,6 @@ class _Snapshotting:
         if view.step in self.steps:
             self.views.append(view)
         return self.inner.score(view)
-
-
-def lens_queries(view: ScoreView, query_gists: int) -> torch.Tensor:
-    """[m, d] LensNet's query vectors for a view, exactly as `LensNet.score_view` assembles them."""
-    parts = [view.query_vecs.float()]
-    g = view.recent_gists
-    if g is not None and g.shape[0] and query_gists:
-        parts.insert(0, g[-query_gists:].float())
-    return torch.cat(parts, dim=0)
 
 
 def one_level_edit(wc: WorkingContext, i: int) -> tuple[WorkingContext, bool]:
@@ -215,7 +206,7 @@ def run_episode(model, gistnet, doc: TokenDoc, cfg: LabelConfig, engine_cfg: Run
         out.append({
             "entry_vecs": view.entry_vecs.float(),
             "feats": entry_features(view),
-            "queries": lens_queries(view, ecfg.lensnet.query_gists),
+            "queries": lens_queries(view, ecfg.lensnet.query_gists).float(),
             "label": torch.from_numpy(u),
             "aux": torch.from_numpy(aux),
             "lod": torch.from_numpy(view.wc.lod.astype(np.int64)),
