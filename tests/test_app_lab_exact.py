@@ -14,6 +14,7 @@ import pytest
 
 from app import exact, jobs
 from telemetry import Run, run_metrics
+from telemetry.registry import METRIC
 from tests.app_fixtures import charts, clean, decode, open_page, point_app_at, texts
 from tests.lab_fixtures import record, stop
 
@@ -67,10 +68,11 @@ def test_exact_replan_runs_in_the_background_and_shows_its_nll(roots):
     assert m["status"] == "complete" and m["replay"] == "exact" and m["changed_knobs"] == {KNOB: 4}
     want = run_metrics.summary(Run(out))
     table = next(d.value for d in at.dataframe if "exact re-plan" in d.value.columns).set_index("metric")
-    assert table.index[0] == "NLL"  # what only an exact re-plan measures comes first
-    assert want["nll"] is not None and table.loc["NLL", "exact re-plan"] == pytest.approx(want["nll"], rel=1e-9)
-    assert table.loc["NLL", "recorded"] == pytest.approx(run_metrics.summary(Run(roots["samples"] / "rec"))["nll"])
-    assert table.loc["applied edits", "exact re-plan"] == want["applied_edits"]
+    nll, edits = METRIC["nll"].title, METRIC["applied_edits"].title
+    assert table.index[0] == nll  # what only an exact re-plan measures comes first
+    assert want["nll"] is not None and table.loc[nll, "exact re-plan"] == pytest.approx(want["nll"], rel=1e-9)
+    assert table.loc[nll, "recorded"] == pytest.approx(run_metrics.summary(Run(roots["samples"] / "rec"))["nll"])
+    assert table.loc[edits, "exact re-plan"] == want["applied_edits"]
     # NLL over steps: the exact run's own per-step NLL, beside the recording's.
     fig = next(f for f in charts(at) if any(t.get("name") == "exact re-plan" for t in f["data"]))
     lines = {t["name"]: t for t in fig["data"]}
