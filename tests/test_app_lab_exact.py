@@ -15,7 +15,7 @@ import pytest
 from app import exact, jobs
 from telemetry import Run, run_metrics
 from telemetry.registry import METRIC
-from tests.app_fixtures import charts, clean, decode, open_page, point_app_at, texts
+from tests.app_fixtures import capture_downloads, charts, clean, decode, downloads, open_page, point_app_at, texts
 from tests.lab_fixtures import record, stop
 
 # NLL on every step: the exact re-plan's point is its effect on NLL.
@@ -53,7 +53,8 @@ def _finish(at):
     return at.run()
 
 
-def test_exact_replan_runs_in_the_background_and_shows_its_nll(roots):
+def test_exact_replan_runs_in_the_background_and_shows_its_nll(roots, monkeypatch):
+    files = capture_downloads(monkeypatch)
     at = open_page("knobs_lab", run="samples/rec", **{f"k.{KNOB}": "4"})
     clean(at)
     assert at.button(key="lab_exact_go").label == "Start exact re-plan"
@@ -79,6 +80,9 @@ def test_exact_replan_runs_in_the_background_and_shows_its_nll(roots):
     steps = Run(out).table("steps", ["step", "nll"]).to_pandas().dropna()
     np.testing.assert_allclose(decode(lines["exact re-plan"]["y"]), steps.sort_values("step")["nll"], rtol=1e-6)
     assert "recorded" in lines
+    nll_file = next(pq_ for _, pq_, _ in downloads(at, files) if "exact re-plan" in pq_.columns and "step" in pq_)
+    got = nll_file.dropna(subset=["exact re-plan"]).sort_values("step")
+    np.testing.assert_allclose(got["exact re-plan"], steps.sort_values("step")["nll"], rtol=1e-6)  # the chart's data
     # Found again for the same knobs: a fresh page shows it at once and starts nothing.
     jobs.processes().clear()
     again = open_page("knobs_lab", run="samples/rec", **{f"k.{KNOB}": "4"})
