@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from app import exact, jobs
-from telemetry import Run, run_metrics
-from telemetry.registry import METRIC
+from telemetry import METRIC, Run, run_metrics
 from tests.app_fixtures import capture_downloads, charts, clean, decode, downloads, open_page, point_app_at, texts
 from tests.lab_fixtures import record, stop
 
