@@ -38,6 +38,7 @@ pages = [
     st.Page(_PAGES / "knobs_lab.py", title="Knobs lab", url_path="knobs"),
     st.Page(_PAGES / "compare.py", title="Compare", url_path="compare"),
     st.Page(_PAGES / "gist_map.py", title="Gist map", url_path="gists"),
+    st.Page(_PAGES / "sweep.py", title="Sweep", url_path="sweep"),
     st.Page(_PAGES / "live.py", title="Live", url_path="live"),
     st.Page(_PAGES / "record.py", title="Record", url_path="record"),
 ]

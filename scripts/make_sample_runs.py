@@ -16,6 +16,8 @@ the Metrics page shows ΔNLL against both):
   depth 0.3, asked for at the end; the manifest names the needle, which the Timeline marks), lensnet;
 - `topics`: several documents on different topics concatenated (topic switches), lensnet;
 - `compare-lensnet` and `compare-recency`: one text under both policies, for the Compare page;
+- `_sweeps/samples-budget`: a knob sweep (`engine sweep`) of every run above over w_max x tau_expand x
+  sharpen_gamma, for the Sweep page;
 - `compare-lensnet-w768`: a fast replay of `compare-lensnet` at a smaller budget with a longer
   cooldown. (Hysteresis and sharpening alone change nothing on the default model's recordings: the
   shipped LensNet's scores stay under the thresholds, so every applied edit is a forced collapse;
@@ -49,6 +51,8 @@ COMMON = ["--set", "wc.w_max=1024", "--set", "session.nll_every=4", "--set", "se
           "--set", "session.max_tokens=16384"]  # fmt: skip
 BASELINES = ["--set", "session.baselines=true"]
 REPLAY_KNOBS = ["wc.w_max=768", "allocator.cooldown_steps=6"]
+SWEEP = "samples-budget"
+SWEEP_GRID = ["wc.w_max=512,640,768,896,1024", "allocator.tau_expand=0.1,0.2,0.4", "allocator.sharpen_gamma=0.5,1,2"]
 
 
 def _read(rel: str, limit_chars: int) -> str:
@@ -149,6 +153,11 @@ def main() -> None:
         shutil.rmtree(out / replay, ignore_errors=True)
         _engine("replay", str(out / "compare-lensnet"), "--out", str(out / replay),
                 *[a for k in REPLAY_KNOBS for a in ("--set", k)])  # fmt: skip
+    if args.only is None or SWEEP in args.only:  # the Sweep page's sample: every run above x a small grid
+        print(f"sweeping {SWEEP}", file=sys.stderr)
+        shutil.rmtree(out / "_sweeps" / SWEEP, ignore_errors=True)
+        _engine("sweep", "--runs", str(out / "*"), "--out", str(out / "_sweeps" / SWEEP), "--quiet",
+                *[a for g in SWEEP_GRID for a in ("--grid", g)])  # fmt: skip
     too_big = []
     for run in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("_")):
         relative_paths(run)

@@ -1,6 +1,8 @@
 """Orchestration above the engine and the telemetry: the command line (`studio.cli`, run as
 `python -m engine`), replay from and into run folders (`studio.replay`), the Knobs lab's one-pass
-re-plan and measure (`studio.measure`), evaluation (`studio.eval`) and training (`studio.train`).
+re-plan and measure (`studio.measure`), one recorded step rebuilt (`studio.rebuild`) for the probe
+and the attention detail, knob sweeps on Ray (`studio.sweep`), evaluation (`studio.eval`) and
+training (`studio.train`).
 It may import `engine` and `telemetry`; neither imports it. Public names are below, each imported
 from its module on first use.
 """
@@ -26,6 +28,14 @@ PUBLIC = {
     # studio.replay
     "load_recording": "studio.replay",
     "replay_run": "studio.replay",
+    # studio.rebuild (studio.attention_detail and studio.sweep are modules named as their functions)
+    "StepError": "studio.rebuild",
+    "rebuild_step": "studio.rebuild",
+    # studio.sweep
+    "Grid": "studio.sweep",
+    "SweepError": "studio.sweep",
+    "read_results": "studio.sweep",
+    "results_schema": "studio.sweep",
 }
 
 __all__, __getattr__, __dir__ = exports(__name__, PUBLIC)

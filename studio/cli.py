@@ -5,6 +5,7 @@
   add-text  backfill the text table of runs recorded before recorders wrote it (from their input)
   probe   the true NLL change of one-level edits at one step, against the scorer's scores
   attention  the attention at one step by layer and head, and LensNet's by query (recomputed)
+  sweep   every recording x every setting of a knob grid, re-planned and measured on Ray (resumable)
   run     stream a text through the engine and print a JSON summary (nothing recorded)
   eval    compare every policy at one budget (and the gists) on texts; JSON on stdout, a table on stderr
   knobs   every knob: one name, default, what it allows, meaning (from its declaration; --json)
@@ -31,7 +32,7 @@ from contract.config import SCORER_NAMES
 from contract.events import interrupt_reason
 from engine.textio import InputError
 from engine.threads import configure_process
-from studio.cli_eval import cmd_eval, cmd_knobs
+from studio.cli_eval import cmd_eval, cmd_knobs, cmd_sweep
 from studio.cli_record import cmd_add_text, cmd_attention, cmd_probe, cmd_record, cmd_replay, cmd_run
 
 
@@ -135,6 +136,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("sweep", help="re-plan and measure every recording with every setting of a knob grid, "
+                                     "on Ray; results in one Parquet table (resumable)")  # fmt: skip
+    p.add_argument("--runs", nargs="+", required=True, metavar="GLOB",
+                   help="run folders (globs; or URIs pyarrow reads: s3://..., gs://..., file://...)")  # fmt: skip
+    p.add_argument("--grid", action="append", required=True, metavar="SECTION.KNOB=V1,V2,...",
+                   help="a knob and its values (repeatable: the settings are every combination; a pair knob's "
+                        "values are separated by ';')")  # fmt: skip
+    p.add_argument("--out", required=True, help="the sweep's folder (a re-run skips the cells already there)")
+    p.add_argument("--exact", action="store_true", help="re-run the scorer and the base model (one GPU per task "
+                                                        "where the cluster has GPUs)")  # fmt: skip
+    p.add_argument("--ray", default="local", metavar="local|auto|ADDRESS|none",
+                   help="local: an embedded Ray on this machine (default); auto or ADDRESS: join a cluster; "
+                        "none: run the cells here, one after another")  # fmt: skip
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cores, or the cluster's)")
+    p.add_argument("--flush-cells", type=int, default=16, help="finished cells per results part (what a kill loses)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="exact, without GPUs")
+    p.set_defaults(func=cmd_sweep)
     return ap
 
 

@@ -1,8 +1,9 @@
-"""`python -m engine eval` and `knobs`: the commands that report on policies and knobs, recording nothing.
+"""`python -m engine eval`, `knobs` and `sweep`: the commands that report on policies and knobs, recording nothing.
 
 `eval` compares every policy at one budget (and the gists) on texts, or a passkey scenario, or
 unites earlier results (`--combine`): JSON on stdout, a table on stderr; the work is in
 `studio/eval.py` and `studio/eval_scenario.py`. `knobs` lists every knob from its declaration.
+`sweep` re-plans recordings over a knob grid on Ray (`studio/sweep.py`).
 
 This module does not parse the command line or own the process's signals and exit status (that is
 `studio/cli.py`), and holds no `record`, `run` or `replay` (`studio/cli_record.py`).
@@ -75,4 +76,17 @@ def cmd_knobs(args) -> int:
             print(json.dumps({"knob": name, "default": default, "allowed": allowed, "help": spec.help}))
         else:
             print(f"{name}={value}\t{allowed or 'any'}\t{spec.help}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from studio.sweep import sweep
+
+    for flag, v in (("--workers", args.workers), ("--flush-cells", args.flush_cells)):
+        if v is not None and v < 1:
+            raise ValueError(f"{flag} must be >= 1, got {v}")
+    m = sweep(args.runs, args.grid, args.out, exact=args.exact, ray=args.ray, workers=args.workers,
+              device=args.device, flush_cells=args.flush_cells, progress=not args.quiet)  # fmt: skip
+    print(json.dumps({k: m[k] for k in ("cells", "skipped", "done", "status", "engine", "workers", "elapsed_s",
+                                        "task_s", "ray_start_s", "ray_stop_s")} | {"out": str(args.out)}))  # fmt: skip
     return 0

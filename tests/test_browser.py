@@ -76,6 +76,7 @@ PAGES = {
     "compare": (f"compare?run={REC}&run2={REP}", "Compare"),
     "gists": (f"gists?run={REC}", "Gist map"),
     "live": (f"live?run={REC}", "Live"),
+    "sweep": ("sweep?sweep=samples/grid", "Sweep"),
     "record": ("record", "Record"),
 }
 
@@ -165,9 +166,13 @@ def app(tmp_path_factory):
         procs.append(replay := _cli("engine", "replay", str(samples / "rec"), "--out", str(samples / "rep"),
                                     "--set", f"allocator.cooldown_steps={COOLDOWN}", env=env))  # fmt: skip
         procs.append(m_rec := _cli("telemetry", "metrics", str(samples / "rec"), env=env))
+        grid = ("--grid", "allocator.cooldown_steps=0,4", "--grid", "allocator.hysteresis_margin=0,0.2")
+        procs.append(swept := _cli("engine", "sweep", "--runs", str(samples / "rec"), *grid, "--out",
+                                   str(samples / "_sweeps" / "grid"), "--ray", "none", "--quiet", env=env))  # fmt: skip
         _output(replay)
         procs.append(m_rep := _cli("telemetry", "metrics", str(samples / "rep"), env=env))
         metrics = {REC: json.loads(_output(m_rec)), REP: json.loads(_output(m_rep))}
+        _output(swept)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while not _healthy(f"{base}/_stcore/health"):
@@ -610,6 +615,29 @@ def test_knobs_lab_exact_replan_runs_and_shows_both_sides(app, page):
     screenshot(page, "knobs-exact")
 
 
+def test_sweep_page_a_click_on_a_pareto_point_opens_it_in_the_knobs_lab(app, page):
+    visit(page, app, "sweep")
+    plot = page.locator(".js-plotly-plot").first
+    x, y = plot.evaluate(
+        """gd => {
+            const t = gd._fullData[1], L = gd._fullLayout, r = gd.getBoundingClientRect();  // a non-dominated point
+            return [r.left + L.xaxis._offset + L.xaxis.l2p(t.x[0]), r.top + L.yaxis._offset + L.yaxis.l2p(t.y[0])];
+        }"""
+    )
+    page.mouse.click(x, y)
+    link = page.get_by_role("link", name=f"Open it in the Knobs lab on {REC}")
+    link.wait_for()
+    settle(page)
+    assert page.get_by_text("Setting:").count() == 1
+    assert_clean(page, "Sweep")
+    screenshot(page, "sweep")
+    href = link.get_attribute("href")
+    assert "k.allocator.cooldown_steps=" in href and "k.allocator.hysteresis_margin=" in href
+    page.goto(f"{app['base']}/{href.lstrip('/')}" if not href.startswith("http") else href)
+    settle(page)
+    assert_clean(page, "Knobs lab")
+
+
 def test_compare_page(app, page):
     visit(page, app, "compare")
     table = metric_table(page)
@@ -665,7 +693,7 @@ def test_live_page(app, page):
     finish(page, "live")
 
 
-@pytest.mark.parametrize("name", ["timeline", "step", "text", "metrics", "compare", "knobs", "gists"])
+@pytest.mark.parametrize("name", ["timeline", "step", "text", "metrics", "compare", "knobs", "gists", "sweep"])
 def test_exports_download_and_decode_after_a_rerun(app, page, name):
     """The first chart's CSV and Parquet of each page download and decode to the same rows, also when
     the page has rerun between drawing the buttons and the click (a lazily made file was forgotten
