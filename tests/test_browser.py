@@ -711,7 +711,9 @@ def test_exports_download_and_decode_after_a_rerun(app, page, name):
     pair = page.locator('[data-testid="stHorizontalBlock"]', has=page.locator('[data-testid="stDownloadButton"]')).first
     for label in ("CSV", "Parquet"):  # the two buttons of the same export
         with page.expect_download() as got:
-            pair.locator('[data-testid="stDownloadButton"] button', has_text=label).first.click()
+            # A DOM click on the button itself: a mouse click goes to screen coordinates, and on a heavy page
+            # (heatmaps still mounting) the layout can shift under it onto the next export's button.
+            pair.locator('[data-testid="stDownloadButton"] button', has_text=label).first.dispatch_event("click")
         data = Path(got.value.path()).read_bytes()
         frames.append(pd.read_csv(io.BytesIO(data)) if label == "CSV" else pd.read_parquet(io.BytesIO(data)))
     assert len(frames[0]) == len(frames[1]) > 0 and list(frames[0].columns) == list(frames[1].columns)
