@@ -14,10 +14,13 @@ task (worker time not spent inside a cell, `workers x elapsed - sum of cell time
 as a share of a cell's mean time), and the scaling model `mean cell time x cells / workers` against
 the measured elapsed time on 1 and 2 workers.
 
+`--long` adds `samples-long` (the samples x 900 settings, 5,400 cells: minutes), where Ray's start and
+stop weigh little, to measure the ratio with them included (sequential and 2 workers only).
+
 Targets: throughput >= 1.7x sequential with local Ray on this 2-core machine; Ray's overhead per
 task < 5% of a task's time.
 
-    python bench/bench_sweep.py [--json bench/results/sweep.json] [--only samples|256k]
+    python bench/bench_sweep.py [--json bench/results/sweep.json] [--only NAME] [--long]
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ WORKLOADS = {
     "256k": ([str(REPO / "bench" / ".cache" / "replay256k")],
              ["allocator.cooldown_steps=0,2,4,8", "allocator.hysteresis_margin=0,0.2"]),
 }  # fmt: skip
+# A sweep long enough (minutes) that Ray's start and stop, once per sweep, weigh little: run with --long.
+LONG = {
+    "samples-long": ([str(REPO / "sample_runs" / "*")],
+                     ["wc.w_max=512,576,640,704,768,832,896,960,1024", "allocator.tau_expand=0.1,0.15,0.2,0.3,0.4",
+                      "allocator.sharpen_gamma=0.5,1,1.5,2", "allocator.max_edits=2,4,8,12,16"]),
+}  # fmt: skip
 
 
 def one(runs: list[str], grid: list[str], ray: str, workers: int | None) -> dict:
@@ -63,17 +72,21 @@ def one(runs: list[str], grid: list[str], ray: str, workers: int | None) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "sweep.json"))
-    ap.add_argument("--only", choices=tuple(WORKLOADS), default=None)
+    ap.add_argument("--only", choices=(*WORKLOADS, *LONG), default=None)
+    ap.add_argument("--long", action="store_true", help="also the long sweep (about 8 minutes here)")
     args = ap.parse_args()
     ensure_recording(REPO / "bench" / ".cache" / "replay256k", 262144, "random")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results = {"load": os.getloadavg()[0], "workloads": {}}
-    for name, (runs, grid) in WORKLOADS.items():
+    workloads = {**WORKLOADS, **(LONG if args.long or args.only in LONG else {})}
+    for name, (runs, grid) in workloads.items():
         if args.only and name != args.only:
             continue
         seq = one(runs, grid, "none", None)
-        r1 = one(runs, grid, "local", 1)
+        r1 = one(runs, grid, "local", 1) if name not in LONG else None  # the long one: sequential and 2 workers
         r2 = one(runs, grid, "local", 2)
+        r1 = r1 or {**seq, "model_s": float("nan"), "sweep_s": float("nan"), "cells_per_s": float("nan"),
+                    "overhead_per_task_s": float("nan")}  # fmt: skip
         res = {"sequential": seq, "ray_1": r1, "ray_2": r2,
                "ratio": r2["cells_per_s"] / seq["cells_per_s"],
                "ratio_with_start": r2["cells_per_s_with_start"] / seq["cells_per_s_with_start"],
@@ -88,6 +101,8 @@ def main() -> None:
               f"{res['overhead_share']:.1%} (x1: {res['overhead_share_1']:.1%}); model vs measured: "
               f"x1 {r1['model_s']:.1f}/{r1['sweep_s']:.1f} s, "
               f"x2 {r2['model_s']:.1f}/{r2['sweep_s']:.1f} s")  # fmt: skip
+        if name in LONG:  # one worker was not run: no numbers (the line above prints nan)
+            res.update(ray_1=None, overhead_share_1=None)
     results["load_after"] = os.getloadavg()[0]
     pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
