@@ -109,3 +109,17 @@ def test_a_sweep_started_on_the_page_runs_and_is_shown(roots):
     assert at.query_params["sweep"] == ["mine/from-page"] or at.query_params["sweep"] == "mine/from-page"
     assert "2 of 2 cells" in texts(at.markdown)
     assert len(next(d.value for d in at.dataframe if "non_dominated" in d.value.columns)) == 2
+
+
+def test_a_corrupt_results_part_is_one_line_and_loses_nothing(roots):
+    import shutil
+
+    bad = roots["samples"] / "_sweeps" / "corrupt"
+    shutil.copytree(roots["samples"] / "_sweeps" / "constructed", bad)
+    (bad / "results" / "part-000001.parquet").write_bytes(b"not parquet at all")
+    before = (bad / "results" / "part-000000.parquet").read_bytes()
+    at = open_page("sweep", sweep="samples/corrupt")
+    assert not at.exception and len(at.error) == 1
+    assert "Cannot read sweep samples/corrupt" in texts(at.error) and "part-000001.parquet" in texts(at.error)
+    assert (bad / "results" / "part-000000.parquet").read_bytes() == before  # nothing recorded is touched
+    shutil.rmtree(bad)

@@ -79,8 +79,12 @@ if status == "running":
     _follow(path)
 elif status == "failed":
     st.warning(f"The sweep stopped: {detail}. Start it again with the same folder: finished cells are kept.")
-m = sweeps.manifest(path)
-df = qsw.results(str(path), qsw.version(path))
+try:
+    m = sweeps.manifest(path)
+    df = qsw.results(str(path), qsw.version(path))
+except ValueError as e:  # an unreadable sweep.json or results part: say which, in one line
+    st.error(f"Cannot read sweep {ref}: {str(e).splitlines()[0]}")
+    st.stop()
 n_runs = len(m.get("runs", []))
 st.markdown(f"**{ref}**: {m.get('mode', '?')} re-plans, {m.get('done', 0):,} of {m.get('cells', 0):,} cells, "
             f"{n_runs} recording{'s' if n_runs != 1 else ''}, {m.get('engine', '?')} "
