@@ -34,6 +34,16 @@ def _manifest(run_dir: Path, **changes) -> None:
     p.write_text(json.dumps(m))
 
 
+def copy_with_model(src: Path, dst: Path, model_id: str) -> Path:
+    """A copy of run `src` whose manifest names another model (a folder that is gone, or not a model)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    _manifest(dst, model={**m["model"], "id": model_id})
+    return dst
+
+
 def heartbeat(run_dir: Path, seconds_ago: float = 0.0) -> None:
     stamp = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)).isoformat()
     _manifest(run_dir, status="recording", heartbeat_at=stamp)

@@ -5,7 +5,8 @@
 - `synthetic_run(path, gists=...)`: a hand-made run folder (tests/telemetry_fixtures events) with,
   optionally, hand-made gists (two clusters, an LOD2 gist too) recorded by the sink like any other;
 - `plotly_points(element)`: how many points a rendered plotly chart draws (typed arrays decoded);
-- `stop(procs)`: end the background processes a test started, by their Popen handles.
+- `stop(procs)`: end the background processes a test started, by their Popen handles; `stop_jobs()`
+  those the app's background jobs started.
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ def _count(v) -> int:
 def plotly_points(element) -> int:
     spec = json.loads(element.proto.spec)
     return sum(_count(tr.get("x")) for tr in spec["data"])
+
+
+def stop_jobs() -> None:
+    """End the background jobs this process's app started (`app.jobs`) and forget them."""
+    from app import jobs
+
+    stop(jobs.processes())
+    jobs.processes().clear()
 
 
 def stop(procs: list) -> None:

@@ -5,17 +5,24 @@ export; a run whose model is missing says so and starts nothing."""
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 
 from app import attention, jobs
 from telemetry import Run
-from tests.app_fixtures import capture_downloads, charts, clean, decode, downloads, open_page, point_app_at, texts
+from tests.app_fixtures import (
+    capture_downloads,
+    charts,
+    clean,
+    copy_with_model,
+    decode,
+    downloads,
+    open_page,
+    point_app_at,
+    texts,
+)
 from tests.cli_fixtures import SAMPLE, engine
-from tests.lab_fixtures import stop
+from tests.lab_fixtures import stop_jobs
 
 TEXT = SAMPLE.read_text()[:4000]
 EVERY = 5
@@ -32,10 +39,7 @@ def roots(tmp_path_factory):
                "--scorer", "lensnet", "--set", "wc.w_max=600", "--set", f"session.attention_every={EVERY}",
                "--set", "session.compute_nll=false")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    shutil.copytree(samples / "rec", samples / "lost-model")
-    m = json.loads((samples / "lost-model" / "manifest.json").read_text())
-    m["model"]["id"] = str(tmp / "gone-model")
-    (samples / "lost-model" / "manifest.json").write_text(json.dumps(m))
+    copy_with_model(samples / "rec", samples / "lost-model", str(tmp / "gone-model"))
     return {"samples": samples, "mine": mine}
 
 
@@ -43,8 +47,7 @@ def roots(tmp_path_factory):
 def _env(monkeypatch, roots):
     point_app_at(monkeypatch, roots)
     yield
-    stop(jobs.processes())
-    jobs.processes().clear()
+    stop_jobs()
 
 
 def _chart(at, title_word: str) -> dict:

@@ -244,16 +244,14 @@ def test_every_chart_has_csv_and_parquet_downloads_of_the_same_data(roots, monke
     """Every chart (and table) offers its data as CSV and as Parquet, made when the page runs (a file
     made on click was forgotten by any rerun in between: a silent failure); both decode to the same
     frame. The Timeline's heatmap file is the chart's cells."""
-    from app import jobs
     from tests.app_fixtures import capture_downloads, downloads, open_page
-    from tests.lab_fixtures import stop
+    from tests.lab_fixtures import stop_jobs
 
     files = capture_downloads(monkeypatch)
     try:
         at = open_page(page, **params)
     finally:
-        stop(jobs.processes())  # the Gist map starts UMAP in the background: end ours
-        jobs.processes().clear()
+        stop_jobs()  # the Gist map starts UMAP in the background: end ours
     clean(at)
     got = downloads(at, files)
     assert len(got) >= len(page_charts(at)) >= 1, (len(got), len(page_charts(at)))

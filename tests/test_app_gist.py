@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from app import jobs, projection
 from contract import nodes
 from telemetry import Run
-from tests.lab_fixtures import REPO, plotly_points, stop, synthetic_run
+from tests.lab_fixtures import REPO, plotly_points, stop_jobs, synthetic_run
 
 PAGE = str(REPO / "app" / "views" / "gist_map.py")
 
@@ -25,8 +25,7 @@ def roots(tmp_path, monkeypatch):
     monkeypatch.setenv("MCS_SAMPLE_RUNS", str(src))
     monkeypatch.setenv("MCS_RUNS_DIR", str(tmp_path / "runs"))
     yield src, n
-    stop(jobs.processes())  # the page starts UMAP in the background: end ours, by their handles
-    jobs.processes().clear()
+    stop_jobs()  # the page starts UMAP in the background: end ours, by their handles
 
 
 def page(run: str, colour: str | None = None) -> AppTest:

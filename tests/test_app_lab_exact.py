@@ -7,15 +7,24 @@ re-plan shows its one-line error."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from app import exact, jobs
 from telemetry import METRIC, Run, run_metrics
-from tests.app_fixtures import capture_downloads, charts, clean, decode, downloads, open_page, point_app_at, texts
-from tests.lab_fixtures import record, stop
+from tests.app_fixtures import (
+    capture_downloads,
+    charts,
+    clean,
+    copy_with_model,
+    decode,
+    downloads,
+    open_page,
+    point_app_at,
+    texts,
+)
+from tests.lab_fixtures import record, stop_jobs
 
 # NLL on every step: the exact re-plan's point is its effect on NLL.
 SETS = ("wc.w_max=400", "allocator.cooldown_steps=0", "session.compute_nll=true", "session.max_tokens=2000",
@@ -29,11 +38,8 @@ def roots(tmp_path_factory):
     samples, mine = tmp / "samples", tmp / "mine"
     mine.mkdir()
     record(samples / "rec", *SETS, scorer="recency")
-    for name, model in (("lost-model", str(tmp / "gone")), ("bad-model", str(tmp / "empty-model"))):
-        shutil.copytree(samples / "rec", samples / name)
-        m = json.loads((samples / name / "manifest.json").read_text())
-        m["model"]["id"] = model
-        (samples / name / "manifest.json").write_text(json.dumps(m))
+    copy_with_model(samples / "rec", samples / "lost-model", str(tmp / "gone"))
+    copy_with_model(samples / "rec", samples / "bad-model", str(tmp / "empty-model"))
     (tmp / "empty-model").mkdir()  # there, but no model in it: the job itself fails
     return {"samples": samples, "mine": mine}
 
@@ -42,8 +48,7 @@ def roots(tmp_path_factory):
 def _env(monkeypatch, roots):
     point_app_at(monkeypatch, roots)
     yield
-    stop(jobs.processes())
-    jobs.processes().clear()
+    stop_jobs()
 
 
 def _finish(at):

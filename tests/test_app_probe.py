@@ -5,15 +5,24 @@ cached for the step; a run whose model or input is missing says so, and a failed
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from app import jobs, probe
-from tests.app_fixtures import capture_downloads, charts, clean, decode, downloads, open_page, point_app_at, texts
+from tests.app_fixtures import (
+    capture_downloads,
+    charts,
+    clean,
+    copy_with_model,
+    decode,
+    downloads,
+    open_page,
+    point_app_at,
+    texts,
+)
 from tests.cli_fixtures import SAMPLE, engine
-from tests.lab_fixtures import stop
+from tests.lab_fixtures import stop_jobs
 
 TEXT = SAMPLE.read_text()[:4000]
 STEP = 110  # late enough that gists exist (expands) beside blocks (collapses)
@@ -29,10 +38,7 @@ def roots(tmp_path_factory):
     r = engine("record", "--quiet", "--model", "tiny", "--input", str(tmp / "input.txt"), "--out", str(samples / "rec"),
                "--scorer", "recency", "--set", "wc.w_max=2000")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    shutil.copytree(samples / "rec", samples / "lost-model")
-    m = json.loads((samples / "lost-model" / "manifest.json").read_text())
-    m["model"]["id"] = str(tmp / "gone-model")
-    (samples / "lost-model" / "manifest.json").write_text(json.dumps(m))
+    copy_with_model(samples / "rec", samples / "lost-model", str(tmp / "gone-model"))
     return {"samples": samples, "mine": mine}
 
 
@@ -40,8 +46,7 @@ def roots(tmp_path_factory):
 def _env(monkeypatch, roots):
     point_app_at(monkeypatch, roots)
     yield
-    stop(jobs.processes())
-    jobs.processes().clear()
+    stop_jobs()
 
 
 def _finish(at):

@@ -15,7 +15,7 @@ import pytest
 from app import jobs
 from studio import Grid, results_schema
 from tests.app_fixtures import charts, clean, decode, open_page, point_app_at, texts
-from tests.lab_fixtures import THRASH, record, stop
+from tests.lab_fixtures import THRASH, record, stop_jobs
 
 KNOBS = ("allocator.cooldown_steps", "allocator.hysteresis_margin")
 # setting -> (ping_pongs_per_edit: lower is better, locality: higher is better), the mean of two runs
@@ -54,8 +54,7 @@ def roots(tmp_path_factory):
 def _env(monkeypatch, roots):
     point_app_at(monkeypatch, roots)
     yield
-    stop(jobs.processes())
-    jobs.processes().clear()
+    stop_jobs()
 
 
 def _front_rows(at) -> set:
