@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from app import jobs, paths
+from studio.sweep import MANIFEST, find_runs, parse_grid, plan
 
 SWEEPS = "_sweeps"
-MANIFEST = "sweep.json"  # studio.sweep.MANIFEST
 
 
 def sweep_dirs() -> list[Path]:
@@ -72,8 +72,6 @@ def new_sweep_dir(name: str) -> Path:
 def check(runs: list[str], grid: list[str]) -> None:
     """ValueError (one line) if the sweep of `runs` (folders) over `grid` would not start: the checks
     `python -m engine sweep` makes before any cell runs."""
-    from studio.sweep import find_runs, parse_grid, plan
-
     plan(find_runs(runs), parse_grid(grid, exact=False), exact=False)
 
 

@@ -45,6 +45,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="set any knob (repeatable)")
 
 
+def _add_step_job(p: argparse.ArgumentParser, step_help: str) -> None:
+    """The arguments of a command that rebuilds one recorded step and re-runs its model (probe, attention)."""
+    p.add_argument("run_dir", metavar="RUN", help="the recorded run (its input file and model must be here)")
+    p.add_argument("--step", type=int, required=True, help=step_help)
+    p.add_argument("--out", default=None, help="write the rows to this Parquet file (progress beside it)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -119,22 +128,14 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probe", help="the true NLL change of moving each top-k candidate entry of one step "
                                      "one level, against the scorer's score (JSON; --out: a Parquet file)")  # fmt: skip
-    p.add_argument("run_dir", metavar="RUN", help="the recorded run (its input file and model must be here)")
-    p.add_argument("--step", type=int, required=True, help="the refocus step to probe")
+    _add_step_job(p, "the refocus step to probe")
     p.add_argument("--top-k", type=int, default=16, help="entries probed: half the highest-scored, half the lowest")
     p.add_argument("--horizon", type=int, default=32, help="next tokens whose NLL an edit changes")
-    p.add_argument("--out", default=None, help="write the rows to this Parquet file (progress beside it)")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("attention", help="the base model's attention at one step by layer and head, and LensNet's "
                                          "by query, recomputed on the rebuilt step (--out: Parquet)")  # fmt: skip
-    p.add_argument("run_dir", metavar="RUN", help="the recorded run (its input file and model must be here)")
-    p.add_argument("--step", type=int, required=True, help="the refocus step")
-    p.add_argument("--out", default=None, help="write the rows to this Parquet file (progress beside it)")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _add_step_job(p, "the refocus step")
     p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("sweep", help="re-plan and measure every recording with every setting of a knob grid, "

@@ -42,12 +42,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contract.config import RunConfig, apply_overrides, knob_spec
+from engine.replay import FAST_KNOB_SECTIONS
 from telemetry.registry import METRICS
 
 MANIFEST = "sweep.json"
 RESULTS = "results"
 REPO = Path(__file__).resolve().parents[1]
-FAST_SECTIONS = ("allocator", "wc")  # engine.replay.FAST_KNOB_SECTIONS: what recorded scores allow
 METRIC_KEYS = tuple(m.key for m in METRICS)
 # What a cluster's workers need of this folder (the rest is data, environments and caches).
 CLUSTER_EXCLUDES = [".venv", ".cache", ".git", "runs", "sample_runs", "bench/.cache", "test-artifacts", "models/*.md"]
@@ -90,9 +90,9 @@ def parse_grid(items: list[str], exact: bool) -> Grid:
             raise SweepError(f"--grid {item!r}: unknown knob {key!r} (python -m engine knobs lists them)") from None
         if key in knobs:
             raise SweepError(f"--grid {key} is given twice")
-        if not exact and key.split(".")[0] not in FAST_SECTIONS:
+        if not exact and key.split(".")[0] not in FAST_KNOB_SECTIONS:
             raise SweepError(f"--grid {key}: a fast sweep re-plans with the recorded scores and can change "
-                             f"{' and '.join(s + '.*' for s in FAST_SECTIONS)} only; use --exact")  # fmt: skip
+                             f"{' and '.join(s + '.*' for s in FAST_KNOB_SECTIONS)} only; use --exact")  # fmt: skip
         sep_v = ";" if ";" in text or str(typ).startswith("tuple") else ","
         vals = tuple(v.strip() for v in text.split(sep_v) if v.strip())
         if len(set(vals)) != len(vals):
