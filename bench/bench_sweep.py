@@ -69,6 +69,18 @@ def one(runs: list[str], grid: list[str], ray: str, workers: int | None) -> dict
             "model_s": m["task_s"] / w}  # fmt: skip
 
 
+def _line(r: dict | None) -> str:
+    """One way's figures: throughput, cell time, and for Ray its start, stop, overhead and the model."""
+    if r is None:
+        return "not run"
+    out = f"{r['cells_per_s']:.2f} cells/s (cell {r['mean_task_s'] * 1e3:.0f} ms"
+    if r["ray"] != "none":
+        out += (f"; start {r['ray_start_s']:.1f} s, stop {r['ray_stop_s']:.1f} s; overhead per task "
+                f"{r['overhead_per_task_s'] / r['mean_task_s']:.1%}; model {r['model_s']:.1f} s against "
+                f"{r['sweep_s']:.1f} s measured")  # fmt: skip
+    return out + ")"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "sweep.json"))
@@ -85,24 +97,14 @@ def main() -> None:
         seq = one(runs, grid, "none", None)
         r1 = one(runs, grid, "local", 1) if name not in LONG else None  # the long one: sequential and 2 workers
         r2 = one(runs, grid, "local", 2)
-        r1 = r1 or {**seq, "model_s": float("nan"), "sweep_s": float("nan"), "cells_per_s": float("nan"),
-                    "overhead_per_task_s": float("nan")}  # fmt: skip
         res = {"sequential": seq, "ray_1": r1, "ray_2": r2,
                "ratio": r2["cells_per_s"] / seq["cells_per_s"],
                "ratio_with_start": r2["cells_per_s_with_start"] / seq["cells_per_s_with_start"],
                "overhead_share": r2["overhead_per_task_s"] / r2["mean_task_s"],
-               "overhead_share_1": r1["overhead_per_task_s"] / r1["mean_task_s"]}  # fmt: skip
+               "overhead_share_1": r1["overhead_per_task_s"] / r1["mean_task_s"] if r1 else None}  # fmt: skip
         results["workloads"][name] = res
-        ms = {k: f"{r['mean_task_s'] * 1e3:.0f} ms" for k, r in (("seq", seq), ("x1", r1), ("x2", r2))}
-        print(f"{name}: {seq['cells']} cells; sequential {seq['cells_per_s']:.2f} cells/s (cell {ms['seq']}); "
-              f"Ray x1 {r1['cells_per_s']:.2f} (cell {ms['x1']}), x2 {r2['cells_per_s']:.2f} cells/s (cell {ms['x2']}; "
-              f"start {r2['ray_start_s']:.1f} s, stop {r2['ray_stop_s']:.1f} s): ratio {res['ratio']:.2f}x "
-              f"({res['ratio_with_start']:.2f}x with start and stop); Ray overhead per task "
-              f"{res['overhead_share']:.1%} (x1: {res['overhead_share_1']:.1%}); model vs measured: "
-              f"x1 {r1['model_s']:.1f}/{r1['sweep_s']:.1f} s, "
-              f"x2 {r2['model_s']:.1f}/{r2['sweep_s']:.1f} s")  # fmt: skip
-        if name in LONG:  # one worker was not run: no numbers (the line above prints nan)
-            res.update(ray_1=None, overhead_share_1=None)
+        print(f"{name}: {seq['cells']} cells; sequential {_line(seq)}; Ray x1 {_line(r1)}; x2 {_line(r2)}; "
+              f"ratio {res['ratio']:.2f}x ({res['ratio_with_start']:.2f}x with Ray's start and stop)")  # fmt: skip
     results["load_after"] = os.getloadavg()[0]
     pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
