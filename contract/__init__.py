@@ -19,6 +19,7 @@ PUBLIC = {
     "INT_MAX": "contract.config",
     "INT_MIN": "contract.config",
     "LensNetConfig": "contract.config",
+    "PlanKnobs": "contract.config",
     "RunConfig": "contract.config",
     "SCORER_NAMES": "contract.config",
     "ScorerConfig": "contract.config",

@@ -269,6 +269,19 @@ def protected_blocks(tree: TreeConfig, wc: WorkingContextConfig) -> int:
     return math.ceil(wc.protect_recent / tree.block_size)
 
 
+@dataclass(frozen=True)
+class PlanKnobs:
+    """What the focus allocator reads of a run config: its own section, the budget and the protected blocks."""
+
+    allocator: AllocatorConfig
+    w_max: int  # wc.w_max
+    protect_blocks: int  # newest complete blocks kept at LOD0
+
+    @staticmethod
+    def from_config(cfg: RunConfig) -> PlanKnobs:
+        return PlanKnobs(cfg.allocator, cfg.wc.w_max, protected_blocks(cfg.tree, cfg.wc))
+
+
 def min_w_max(tree: TreeConfig, wc: WorkingContextConfig) -> int:
     """Smallest budget that eviction can always honour.
 

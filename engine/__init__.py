@@ -14,7 +14,6 @@ PUBLIC = {
     # engine.allocator_types
     "AllocatorError": "engine.allocator_types",
     "AllocatorState": "engine.allocator_types",
-    "PlanKnobs": "engine.allocator_types",
     # engine.default_model
     "CACHE_DIR": "engine.default_model",
     "model_identity": "engine.default_model",
@@ -39,9 +38,10 @@ PUBLIC = {
     "cpu_has_bf16": "engine.model_loader",
     "load_model": "engine.model_loader",
     "resolve_device": "engine.model_loader",
-    # engine.planner
-    "plan": "engine.planner",
     # engine.refocus
+    "IMPL": "engine.refocus",
+    "PLANNERS": "engine.refocus",
+    "plan": "engine.refocus",
     "Scores": "engine.refocus",
     # engine.replay
     "FAST_KNOB_SECTIONS": "engine.replay",

@@ -20,9 +20,10 @@ identical inputs give identical decisions. Its pipeline (DESIGN section 3), each
 Outcome precedence for a candidate that fails several stages: illegal, protected, cooldown,
 hysteresis, then budget / edit_cap. Every expand/collapse moves the cost by +/-(block_size - 1).
 
-This module holds the stages only: the types they read and return (`PlanKnobs`, `AllocatorState`,
-`Plan`, `AllocatorError`) are in `engine/allocator_types.py`, the compiled twin in
-`engine/allocator_jit.py`, the choice between the two in `engine/planner.py`.
+This module holds the stages only: the knobs they read (`PlanKnobs`) are the contract's
+(`contract/config.py`), the types they return (`AllocatorState`, `Plan`, `AllocatorError`) are in
+`engine/allocator_types.py`, the compiled twin in `engine/allocator_jit.py`, and the choice between
+the two in `engine/refocus.py` (`PLANNERS`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract import nodes
-from contract.config import AllocatorConfig
+from contract.config import AllocatorConfig, PlanKnobs
 from contract.decisions import (
     APPLIED,
     BUDGET,
@@ -49,7 +50,7 @@ from contract.decisions import (
     Decisions,
     make_decisions,
 )
-from engine.allocator_types import PENDING, AllocatorError, AllocatorState, Plan, PlanKnobs, _lookup
+from engine.allocator_types import PENDING, AllocatorError, AllocatorState, Plan, _lookup
 from engine.edits import apply
 from engine.working_context import WorkingContext, protected_from
 

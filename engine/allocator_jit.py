@@ -44,7 +44,8 @@ import numpy as np
 from contract.decisions import Decisions
 from engine import allocator as ref
 from engine.allocator_jit_stages import _pipeline, _plan
-from engine.allocator_types import AllocatorState, Plan, PlanKnobs
+from contract.config import PlanKnobs
+from engine.allocator_types import AllocatorState, Plan
 from engine.working_context import WorkingContext
 
 _LIM = np.float32(1.0 + 1e-5)  # the reference's |raw| bound, as its float32 comparison sees it

@@ -1,9 +1,10 @@
 """The focus allocator's data types, shared by the reference and its compiled twin.
 
-`PlanKnobs` (what a round reads of the config), `AllocatorState` (the allocator's memory between
-rounds, with its lookups), `Plan` (what a round returns: decisions, new state, stage scores, new WC),
-`AllocatorError` (a budget no collapse or eviction can meet) and `PENDING` (the outcome of a
-candidate not decided yet). Pure numpy: no torch, no model, no globals.
+`AllocatorState` (the allocator's memory between rounds, with its lookups), `Plan` (what a round
+returns: decisions, new state, stage scores, new WC), `AllocatorError` (a budget no collapse or
+eviction can meet) and `PENDING` (the outcome of a candidate not decided yet). What a round reads of
+the config, `PlanKnobs`, is the contract's (`contract/config.py`). Pure numpy: no torch, no model,
+no globals.
 
 This module plans nothing: the stages are `engine/allocator.py` (the reference `plan`) and
 `engine/allocator_jit_stages.py` (compiled, behind `engine/allocator_jit.py`'s `plan_jit`).
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contract.config import AllocatorConfig, RunConfig, protected_blocks
 from contract.decisions import Decisions
 from engine.working_context import WorkingContext
 
@@ -24,17 +24,6 @@ PENDING = -1
 
 class AllocatorError(RuntimeError):
     """The budget cannot be met even after every collapse and eviction (a config the checks missed)."""
-
-
-@dataclass(frozen=True)
-class PlanKnobs:
-    allocator: AllocatorConfig
-    w_max: int  # wc.w_max
-    protect_blocks: int  # newest complete blocks kept at LOD0
-
-    @staticmethod
-    def from_config(cfg: RunConfig) -> PlanKnobs:
-        return PlanKnobs(cfg.allocator, cfg.wc.w_max, protected_blocks(cfg.tree, cfg.wc))
 
 
 # ---------------------------------------------------------------------------------------------

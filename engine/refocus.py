@@ -5,6 +5,13 @@ run a step through `refocus`; they differ only in where a round's scores come fr
 callback. Each round emits the WC it planned on (`EntriesRecorded`, with every stage of the score
 pipeline; `LensAttention` when the scorer returned attention) and its decisions (`DecisionsRecorded`),
 in that order; the step's `StepRecorded` is the caller's (the session measures NLL first).
+
+Which allocator plans a round is the registry `PLANNERS`: "numpy", the reference
+(`engine/allocator.py`, named by the DESIGN's stages), and "numba", its compiled twin
+(`engine/allocator_jit.py`), which gives exactly the reference's decisions (tested call by call)
+about 10x faster. `plan` is the compiled one when numba can be imported, else the reference, with the
+same results; `IMPL` says which. A Plan says which made it (`Plan.compiled`): the twin hands the calls
+it does not cover to the reference.
 """
 
 from __future__ import annotations
@@ -17,9 +24,21 @@ import numpy as np
 
 from contract import nodes
 from contract.events import DecisionsRecorded, EntriesRecorded, LensAttention, Sink
-from engine.allocator_types import AllocatorState, PlanKnobs
-from engine.planner import plan
+from contract.config import PlanKnobs
+from engine.allocator_types import AllocatorState
+from engine.allocator import plan as reference_plan
 from engine.working_context import WorkingContext, check_invariants
+
+PLANNERS: dict[str, Callable] = {"numpy": reference_plan}
+try:
+    from engine.allocator_jit import plan_jit
+
+    PLANNERS["numba"] = plan_jit
+except ImportError:  # pragma: no cover - numba is in requirements.txt; this keeps a broken install usable
+    pass
+
+IMPL = "numba" if "numba" in PLANNERS else "numpy"
+plan = PLANNERS[IMPL]
 
 
 @dataclass(frozen=True)
@@ -61,7 +80,7 @@ def refocus(
     planner: Callable = plan,
 ) -> Refocused:
     """Run refocus step `step` on `wc`: `iterations` rounds, each scored by `score` and planned by the
-    allocator (`planner`: `engine.planner.plan`, the compiled one when numba is present; the allocator
+    allocator (`planner`: `plan` above, the compiled one when numba is present; the allocator
     tests pass the reference). `record_entries=False` skips the per-entry events (a cadence above 1);
     `check` verifies every WC invariant after the last round (raises on a breach)."""
     t_sc = t_al = 0.0
@@ -88,3 +107,7 @@ def refocus(
     if check:
         check_invariants(wc, knobs.w_max, knobs.protect_blocks)
     return Refocused(wc, state, applied, forced, t_sc, t_al)
+
+
+# `plan` is chosen here, not defined here (engine's PUBLIC table names this module for it).
+__all__ = ["IMPL", "PLANNERS", "Refocused", "ScoreFn", "Scores", "plan", "refocus"]

@@ -20,12 +20,12 @@ import numba
 import numpy as np
 
 from contract import nodes
-from contract.config import RunConfig
+from contract.config import PlanKnobs, RunConfig
 from contract.events import (
     Sink,
     StepRecorded,
 )
-from engine.allocator_types import AllocatorState, PlanKnobs
+from engine.allocator_types import AllocatorState
 from engine.refocus import Scores, refocus
 from engine.working_context import WorkingContext
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from contract import nodes
-from contract.config import RunConfig
+from contract.config import PlanKnobs, RunConfig
 from contract.events import (
     AttentionRecorded,
     GistsRecorded,
@@ -34,7 +34,7 @@ from contract.events import (
     TextRecorded,
     interrupt_reason,
 )
-from engine.allocator_types import AllocatorState, PlanKnobs
+from engine.allocator_types import AllocatorState
 from engine.materialize import entry_vectors, materialize, query_vectors, recent_gists
 from engine.refocus import Scores, refocus
 from engine.textio import token_chunks

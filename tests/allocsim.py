@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from contract import APPLIED, EVICT, Decisions, DecisionsRecorded, MemorySink, RunConfig, apply_overrides
-from engine import AllocatorState, PlanKnobs, Scores, WorkingContext, apply, check_invariants
+from contract import APPLIED, EVICT, Decisions, DecisionsRecorded, MemorySink, PlanKnobs, RunConfig, apply_overrides
+from engine import AllocatorState, Scores, WorkingContext, apply, check_invariants
 from engine.allocator import plan
 from engine.refocus import refocus
 

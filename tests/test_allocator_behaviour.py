@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contract import APPLIED, COLLAPSE, EXPAND, HYSTERESIS, nodes
-from engine import AllocatorState, PlanKnobs, WorkingContext, plan_jit
+from contract import APPLIED, COLLAPSE, EXPAND, HYSTERESIS, PlanKnobs, nodes
+from engine import AllocatorState, WorkingContext, plan_jit
 from engine.allocator import plan
 from tests.allocsim import config
 

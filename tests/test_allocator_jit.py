@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 import tests.allocsim as allocsim
 import tests.test_allocator_knobs as knob_tests
-from contract import EVICT, AllocatorConfig
-from engine import AllocatorError, AllocatorState, PlanKnobs, WorkingContext, apply, check_invariants, plan_jit
+from contract import EVICT, AllocatorConfig, PlanKnobs
+from engine import AllocatorError, AllocatorState, WorkingContext, apply, check_invariants, plan_jit
 from engine.allocator import plan
 from tests.allocsim import config, simulate
 from tests.test_allocator_properties import _cfg, _stream, knob_sets

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contract import APPLIED, BUDGET, EDIT_CAP, EXPAND, ILLEGAL, PROTECTED, nodes
-from engine import AllocatorState, PlanKnobs, WorkingContext
+from contract import APPLIED, BUDGET, EDIT_CAP, EXPAND, ILLEGAL, PROTECTED, PlanKnobs, nodes
+from engine import AllocatorState, WorkingContext
 from engine.allocator import plan
 from tests.allocsim import config, simulate
 

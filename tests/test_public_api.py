@@ -59,7 +59,7 @@ def test_tests_import_public_names_from_their_package():
 
 def test_the_public_allocator_stack_imports_without_torch():
     code = (
-        "import sys; from engine import plan, apply, WorkingContext, PlanKnobs, AllocatorState;"
+        "import sys; from engine import plan, apply, WorkingContext, AllocatorState; from contract import PlanKnobs;"
         "from contract import RunConfig, Decisions; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -22,6 +22,7 @@ from contract import (
     StepRecorded,
     WorkingContextConfig,
     apply_overrides,
+    PlanKnobs,
     nodes,
     protected_blocks,
 )
@@ -31,7 +32,6 @@ from engine import (
     CompressiveScorer,
     HopfieldScorer,
     LensNetScorer,
-    PlanKnobs,
     RandomScorer,
     RecencyScorer,
     RetrievalScorer,
