@@ -43,10 +43,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from the repo root without installing
 
-from contract.config import AllocatorConfig  # noqa: E402
+from contract.config import (
+    AllocatorConfig,  # noqa: E402
+    PlanKnobs,  # noqa: E402
+)
 from engine.allocator import plan  # noqa: E402
 from engine.allocator_jit import plan_jit  # noqa: E402
-from contract.config import PlanKnobs  # noqa: E402
 from engine.allocator_types import AllocatorState  # noqa: E402
 from engine.edits import apply  # noqa: E402
 from engine.working_context import WorkingContext, check_invariants  # noqa: E402

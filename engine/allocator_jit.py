@@ -41,10 +41,10 @@ import functools
 
 import numpy as np
 
+from contract.config import PlanKnobs
 from contract.decisions import Decisions
 from engine import allocator as ref
 from engine.allocator_jit_stages import _pipeline, _plan
-from contract.config import PlanKnobs
 from engine.allocator_types import AllocatorState, Plan
 from engine.working_context import WorkingContext
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract import nodes
-from contract.events import DecisionsRecorded, EntriesRecorded, LensAttention, Sink
 from contract.config import PlanKnobs
-from engine.allocator_types import AllocatorState
+from contract.events import DecisionsRecorded, EntriesRecorded, LensAttention, Sink
 from engine.allocator import plan as reference_plan
+from engine.allocator_types import AllocatorState
 from engine.working_context import WorkingContext, check_invariants
 
 PLANNERS: dict[str, Callable] = {"numpy": reference_plan}
