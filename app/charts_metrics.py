@@ -25,11 +25,13 @@ def metric_lines(
     height: int = 260,
     connect: bool = False,
     pickable: bool = False,
+    webgl: bool = False,
 ) -> go.Figure:
     """One line per column against `step`; nulls break the line (a step with no value is not zero),
     or with `connect` (a value measured at some steps only) the line joins the measured steps, each
     marked. A column with no value at all gets no line. `pickable`: every step gets a small marker,
-    since a click selects a point, not a line."""
+    since a click selects a point, not a line. `webgl`: draw with WebGL, for series not thinned to a
+    screen (the Knobs lab's, a point per step of the whole run)."""
     fig = go.Figure()
     for col in columns:
         if col in df.columns:
@@ -39,7 +41,7 @@ def metric_lines(
             if y.size == 0 or np.isnan(y).all():
                 continue
             fig.add_trace(
-                go.Scatter(
+                (go.Scattergl if webgl else go.Scatter)(
                     x=x,
                     y=y,
                     mode="lines+markers" if (connect and y.size <= 200) or pickable else "lines",

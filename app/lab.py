@@ -1,4 +1,9 @@
-"""Knobs lab logic: re-plan a recorded session with other knobs, in memory, and measure both sides.
+"""The knobs as the app shows them, and the Knobs lab's logic: re-plan a recorded session with other
+knobs, in memory, and measure both sides.
+
+A knob's type, range and meaning are declared once, on its config field (`contract.config.knob`);
+`knob_widget(name)` turns them into what an input needs (kind, closed bounds, help), for this page
+and the Record page alike, so that no page restates a range. `LAB_KNOBS` lists the lab's knobs.
 
 `replan(recording, overrides, grid)` is the one entry point the page uses: fast replay (recorded
 raw scores) measured as it runs by `studio.measure.replan`, which computes the metrics and the
@@ -6,7 +11,6 @@ binned LOD timeline step by step without building per-entry tables (the same num
 `telemetry.metrics` on the replay's tables; tests hold them equal). `measure(steps, entries,
 decisions, block_size, tau)` computes the recorded side from the recorded tables with
 `telemetry.run_metrics.summarize`, so identical knobs give identical numbers.
-`LAB_KNOBS` lists the page's knobs.
 
 Pure: no streamlit, no files (saving a replay run is `studio.replay.replay_run`).
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import re
 import time
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,8 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from app.knobs import knob_widget
-from contract.config import RunConfig, apply_overrides, changed_knobs
+from contract.config import RunConfig, apply_overrides, changed_knobs, knob_spec
 from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayError, ReplayStats, replay_fast
 from studio.measure import replan as replan_measured
 from studio.replay import load_recording, replay_run
@@ -48,6 +52,39 @@ LAB_KNOBS: tuple[str, ...] = (
     "wc.w_max",
     "wc.protect_recent",
 )
+
+
+@dataclass(frozen=True)
+class KnobWidget:
+    """How a page draws one knob: kind ("int", "float" or "pair": left,right), the closed bounds a
+    number input can enforce (None where the range is open or unbounded: validation still refuses
+    the value, with its one line), and the help text (meaning and what it allows)."""
+
+    name: str
+    kind: str
+    lo: float | None
+    hi: float | None
+    help: str
+
+
+def knob_widget(name: str) -> KnobWidget:
+    typ, spec = knob_spec(name)
+    kind = "pair" if typing.get_origin(typ) is tuple else "int" if typ is int else "float"
+    lo = None if spec.lo is None or spec.lo_open or kind == "pair" else typ(spec.lo)
+    hi = None if spec.hi is None or spec.hi_open or kind == "pair" else typ(spec.hi)
+    allowed = "; ".join(spec.allowed())
+    return KnobWidget(name, kind, lo, hi, f"{spec.help} ({allowed})" if allowed else spec.help)
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The values a text knob allows (e.g. `scorer.name`), from its declaration."""
+    return knob_spec(name)[1].choices
+
+
+def defaults() -> dict[str, object]:
+    """Every knob's default, by its one name."""
+    return RunConfig().flat()
+
 
 # Metric rows of the comparison table: (summary key, label), from the one registry. A fast re-plan has
 # no base model, so the metrics that need its NLL are left out.

@@ -12,7 +12,7 @@
 - `gist_colours(run, node_ids)` gives what the points can be coloured by: level, token position,
   latest recorded score, step of the last applied expansion.
 
-Does not draw (see `app.charts_lab.gist_scatter`) and imports no streamlit.
+Does not draw (see `app.charts_gist.gist_scatter`) and imports no streamlit.
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def test_a_run_too_long_to_hold_is_one_error_before_loading(env, monkeypatch):
 
 
 def test_lab_widgets_take_bounds_and_help_from_the_knob_declaration():
-    from app.knobs import knob_widget
+    from app.lab import knob_widget
 
     w = knob_widget("allocator.hysteresis_margin")
     assert (w.kind, w.lo, w.hi) == ("float", 0.0, 1.0) and "reverse a recent edit" in w.help and "in [0, 1]" in w.help

@@ -173,7 +173,7 @@ def test_the_wall_sees_function_level_imports(tmp_path):
 
 def test_pages_reach_the_system_only_through_the_app_layer():
     """A page (app/views/*.py) draws: its data comes from the query layer and the app's own modules
-    (lab, knobs, projection, recorder), never straight from engine, telemetry or studio."""
+    (lab, projection, recorder), never straight from engine, telemetry or studio."""
     pages = sorted((REPO / "app" / "views").glob("*.py"))
     assert len(pages) >= 9
     for f in pages:

@@ -5,7 +5,7 @@ Timeline at the step it was last expanded (else made) at. UMAP runs in a backgro
 (`app.projection.start_umap`) the first time the page opens a run without a cached one; while it
 runs, a fragment polls every few seconds and reruns the page once the cache is there. A cache made
 from fewer gists (the run was still recording) is shown as stale, with a button to recompute. Data
-and projections: `app.projection`; figure: `app.charts_lab.gist_scatter`.
+and projections: `app.projection`; figure: `app.charts_gist.gist_scatter`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import streamlit as st
 
 from app import export, projection, state, widgets
 from app import queries as q
-from app.charts_lab import gist_scatter
+from app.charts_gist import gist_scatter
 
 COLOURS = {"level": "lod", "position": "start", "score": "score", "step of last expansion": "last_expand"}
 

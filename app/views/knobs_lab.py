@@ -14,8 +14,7 @@ import streamlit as st
 from app import charts_metrics, exact, export, jobs, lab, paths, state, widgets
 from app import queries as q
 from app.charts import lod_heatmap
-from app.charts_lab import metric_over_steps
-from app.knobs import KnobWidget, knob_widget
+from app.lab import KnobWidget, knob_widget
 from app.queries import grid_size
 from app.widgets import link
 
@@ -263,9 +262,11 @@ def main() -> None:
         widgets.step_picking_chart(fig, key="lab_new", axis="y", n_steps=last_step + 1)
         export.download_buttons(cells, f"{run.name}-lod-timeline-replanned", key="lab_new_dl")
     metric = st.selectbox("per-step metric", PER_STEP, key="lab_metric")
-    fig = metric_over_steps(recorded.per_step, res.per_step, metric, step=step, pickable=True)
-    widgets.step_picking_chart(fig, key="lab_series", n_steps=last_step + 1)  # a click selects that step
     both = recorded.per_step.merge(res.per_step, on="step", how="outer", suffixes=("_recorded", "_replanned"))
+    sides = {f"{metric}_recorded": "recorded", f"{metric}_replanned": "re-planned"}
+    fig = charts_metrics.metric_lines(both, list(sides), names=sides, y_title=metric, step=step, pickable=True,
+                                      webgl=True)  # fmt: skip
+    widgets.step_picking_chart(fig, key="lab_series", n_steps=last_step + 1)  # a click selects that step
     export.download_buttons(both, f"{run.name}-lab-per-step", key="lab_series_dl")
 
 

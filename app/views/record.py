@@ -12,7 +12,7 @@ import datetime as dt
 import streamlit as st
 
 from app import paths, recorder
-from app.knobs import choices, defaults, knob_widget
+from app.lab import choices, defaults, knob_widget
 from app.widgets import link
 
 SOURCES = ("file path", "paste text", "upload a file")

@@ -1,8 +1,7 @@
-"""Chart builders for the Knobs lab and the Gist map: pandas DataFrame in, plotly figure out.
+"""Chart builder for the Gist map: projected gists (pandas DataFrame) in, plotly figure out.
 
-Pure: no streamlit, no I/O, no binning or projection (the callers pass data already reduced to
-what a screen can show, e.g. at most ~50k projected points). The LOD timeline itself is
-`app.charts.lod_heatmap`, shared with the Timeline page.
+Pure: no streamlit, no I/O, no projection (the caller passes at most ~50k points, already
+projected by `app.projection`).
 """
 
 from __future__ import annotations
@@ -14,24 +13,6 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from app.charts import LOD_COLOURS  # the same LOD colours as the timeline
-
-
-def metric_over_steps(recorded: pd.DataFrame, replanned: pd.DataFrame, column: str, *, step: int | None = None,
-                      pickable: bool = False):  # fmt: skip
-    """One per-step metric, recorded vs re-planned, as two lines over the refocus step. `pickable`:
-    every step gets a small marker, since a click selects a point, not a line."""
-    fig = go.Figure()
-    mode = "lines+markers" if pickable else "lines"
-    for df, name, dash in ((recorded, "recorded", "solid"), (replanned, "re-planned", "dot")):
-        if column in df.columns:
-            fig.add_trace(go.Scattergl(x=df["step"], y=df[column], mode=mode, name=name, line={"dash": dash},
-                                       marker={"size": 3}))  # fmt: skip
-    if step is not None:
-        fig.add_vline(x=step, line={"color": "#d62728", "width": 1})
-    fig.update_layout(
-        xaxis_title="refocus step", yaxis_title=column, height=280, margin={"l": 40, "r": 10, "t": 20, "b": 40}
-    )
-    return fig
 
 
 def gist_scatter(points: pd.DataFrame, *, colour: str, title: str, axes: tuple[str, str] | None = None) -> go.Figure:
