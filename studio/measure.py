@@ -9,9 +9,10 @@ score, utilization and coherence; the summary's headline numbers; and the LOD ti
 exactly as `telemetry.reader.Run.lod_timeline` bins a recorded run, so that recorded and re-planned
 can be drawn side by side.
 
-Per-entry work (locality, residency runs, coherence candidates, adjacency of expansions, timeline
-binning) runs in small compiled kernels, once per step, over the WC the allocator saw; decision
-metrics (oscillation, sequential) run on the applied decisions only, with `telemetry.metrics`.
+The per-entry metrics (locality, residency runs, coherence, adjacency of expansions) are
+`telemetry.reductions.StepReducer`, the code behind `telemetry.metrics` too, fed one step per call
+with the WC the allocator saw; the timeline is binned by a small compiled kernel; decision metrics
+(oscillation, sequential) run on the applied decisions only, with `telemetry.metrics`.
 This module writes nothing and keeps no tables of entries (except for the steps in `keep_steps`).
 """
 
@@ -24,84 +25,12 @@ import numpy as np
 
 from contract import nodes
 from contract.config import RunConfig
-from contract.decisions import ACTIONS, APPLIED, EVICT, EXPAND, OUTCOMES
+from contract.decisions import ACTIONS, APPLIED, EXPAND, OUTCOMES
 from contract.events import DecisionsRecorded, EntriesRecorded, Event, StepRecorded
 from telemetry import binning
+from telemetry.reductions import LEVELS, StepReducer
 
-# ------------------------------------------------------------------------------------ kernels
-
-
-_SHIFT, _MASK = nodes.LOD_SHIFT, nodes.INDEX_MASK
-
-
-@numba.njit(cache=True, nogil=True)
-def _keys(node_id, width, out):
-    """Dense per-node keys `lod * width + index` of node ids."""
-    for i in range(node_id.shape[0]):
-        out[i] = (node_id[i] >> _SHIFT) * width + (node_id[i] & _MASK)
-    return out[: node_id.shape[0]]
-
-
-@numba.njit(cache=True, nogil=True)
-def _entries_step(t, lod, start, end, score, node_id, width, tau, since, seen_at, prev_keys, n_prev, prev_t, closed,
-                  n_closed, key, cand):  # fmt: skip
-    """One step's iteration-0 WC: residency runs (closed ones appended to `closed`), locality counts,
-    coherence candidates (keys into `cand`). Returns (n_closed, detail_blocks, runs, n_cand)."""
-    n = lod.shape[0]
-    _keys(node_id, width, key)
-    for i in range(n):  # a node not present at the previous recorded step starts a run here
-        k = key[i]
-        if prev_t < 0 or seen_at[k] != prev_t:
-            since[k] = t
-    for i in range(n):
-        seen_at[key[i]] = t
-    for j in range(n_prev):  # present before, absent now: its run closed at this step
-        k = prev_keys[j]
-        if seen_at[k] != t:
-            closed[n_closed] = t - since[k]
-            n_closed += 1
-    detail, runs, nc = 0, 0, 0
-    for i in range(n):
-        prev_keys[i] = key[i]
-        if lod[i] == 0:
-            detail += 1
-            if not (i > 0 and lod[i - 1] == 0 and end[i - 1] == start[i]):
-                runs += 1
-        elif score[i] > tau:
-            cand[nc] = key[i]
-            nc += 1
-    return n_closed, detail, runs, nc
-
-
-@numba.njit(cache=True, nogil=True)
-def _adjacent(lod, start, end, x_start, x_end, x_lod):
-    """How many expansions (spans [x_start, x_end) at LOD x_lod) touch a finer entry of this WC."""
-    n, hits = lod.shape[0], 0
-    for j in range(x_start.shape[0]):
-        hit = False
-        p = np.searchsorted(end, x_start[j])  # entries are in token order: ends ascend
-        if p < n and end[p] == x_start[j] and lod[p] < x_lod[j]:
-            hit = True
-        q = np.searchsorted(start, x_end[j])
-        if q < n and start[q] == x_end[j] and lod[q] < x_lod[j]:
-            hit = True
-        hits += hit
-    return hits
-
-
-@numba.njit(cache=True, nogil=True)
-def _coherence(cand, nc, d_node, d_action, width, last):
-    """Candidates whose node's last applied edit of the step (d_* in application order) is an expand;
-    evictions are not edits of detail and are skipped."""
-    for j in range(d_node.shape[0]):
-        if d_action[j] != EVICT:  # (module constants are compile-time constants to numba)
-            last[(d_node[j] >> _SHIFT) * width + (d_node[j] & _MASK)] = d_action[j]
-    hits = 0
-    for i in range(nc):
-        hits += last[cand[i]] == EXPAND
-    for j in range(d_node.shape[0]):
-        last[(d_node[j] >> _SHIFT) * width + (d_node[j] & _MASK)] = -1
-    return hits
+# ------------------------------------------------------------------------------------ timeline
 
 
 # `telemetry.binning`'s geometry, compiled as it is: the same formulas as the reader's SQL.
@@ -181,21 +110,16 @@ class MeasureSink:
                  keep_steps: tuple[int, ...] = (), agg: str = "mean") -> None:  # fmt: skip
         if agg not in ("mean", "min"):
             raise ValueError(f"timeline agg must be 'mean' or 'min', got {agg!r}")
-        self.bs, self.tau = block_size, np.float32(tau_expand)
-        self.width = tokens // block_size + 2  # indices at every LOD are below the LOD0 count
-        k = self.width * (max_lod + 1)
-        self.since, self.seen_at = np.zeros(k, np.int32), np.full(k, -1, np.int32)
-        self.last = np.full(k, -1, np.int8)
-        self.prev_keys, self.n_prev, self.prev_t = np.zeros(0, np.int64), 0, -1
-        self.closed, self.n_closed = np.zeros(1 << 16, np.int32), 0
-        self.cand, self.key, self.nc = np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+        self.bs = block_size
+        # The per-entry metrics, one step per call; node keys sized once (indices at every LOD are below
+        # the LOD0 count), so that the key space never grows during a replay.
+        self.red = StepReducer(tau_expand, keys=(tokens // block_size + 2) * LEVELS)
+        self._one, self._bounds = np.zeros(1, np.int64), np.zeros(2, np.int64)  # one group: step, rows
+        self._zero = np.zeros(1, np.int64)
         self.keep = set(keep_steps)
         self.entries: dict[int, EntriesRecorded] = {}
-        # Per step (filled at StepRecorded): counts of each per-step metric.
-        self.s_step, self.s_applied, self.s_start, self.s_cost, self.s_wmax = [], [], [], [], []
-        self.s_detail, self.s_runs, self.s_cand, self.s_finer, self.s_n = [], [], [], [], []
-        self._detail = self._runs = self._n = 0
-        self.adj_n = self.adj_hits = 0
+        # Per step (filled at StepRecorded): what the steps table would hold.
+        self.s_step, self.s_start, self.s_n, self.s_cost, self.s_wmax = [], [], [], [], []
         self._round: EntriesRecorded | None = None
         self._dec: list[tuple] = []  # this step's applied rows per round: (iteration, seq, node_id, lod_from, ...)
         self.applied: list[tuple] = []  # (step, *_dec row) of every step
@@ -220,19 +144,8 @@ class MeasureSink:
             self._step(ev)
 
     def _entries0(self, ev: EntriesRecorded) -> None:
-        n = ev.node_id.shape[0]
-        if self.prev_keys.shape[0] < n:
-            self.prev_keys = np.concatenate([self.prev_keys, np.zeros(2 * n, np.int64)])
-            self.cand, self.key = (
-                np.zeros(self.prev_keys.shape[0], np.int64),
-                np.zeros(self.prev_keys.shape[0], np.int64),
-            )
-        if self.closed.shape[0] < self.n_closed + self.n_prev:
-            self.closed = np.concatenate([self.closed, np.zeros(self.closed.shape[0] + self.n_prev, np.int32)])
-        self.n_closed, self._detail, self._runs, self.nc = _entries_step(
-            ev.step, ev.lod, ev.start, ev.end, ev.score, ev.node_id, self.width, self.tau, self.since, self.seen_at,
-            self.prev_keys, self.n_prev, self.prev_t, self.closed, self.n_closed, self.key, self.cand)  # fmt: skip
-        self.n_prev, self.prev_t, self._n = n, ev.step, n
+        self._one[0], self._bounds[1] = ev.step, ev.node_id.shape[0]
+        self.red.entries(self._one, self._bounds, ev.node_id, ev.lod, ev.start, ev.end, ev.score)
         if self.tl is not None:
             t0, t1, w, span, h, nsteps = self.tl_geom
             yb = binning.bin_of(ev.step, 0, nsteps, h)
@@ -254,28 +167,24 @@ class MeasureSink:
             lod, idx = nodes.node_lod(d.node_id[x]), nodes.node_index(d.node_id[x])
             xs = nodes.node_start(lod, idx, self.bs)
             xe = xs + nodes.span_tokens(lod, self.bs)
-            self.adj_hits += _adjacent(r.lod, r.start, r.end, xs, xe, d.lod_from[x].astype(np.int8))
-            self.adj_n += x.size
+            self._bounds[1] = r.node_id.shape[0]
+            self.red.adjacency(self._bounds, r.lod, r.start, r.end, np.zeros(x.size, np.int64), xs, xe,
+                               d.lod_from[x].astype(np.int8))  # fmt: skip
 
     def _step(self, ev: StepRecorded) -> None:
-        finer = 0
-        if self._dec and self.nc:
+        if self._dec:  # this step's applied edits, in application order, for coherence
             node, action = self._dec[0][2], self._dec[0][5]
             if len(self._dec) > 1:
                 node, action = np.concatenate([r[2] for r in self._dec]), np.concatenate([r[5] for r in self._dec])
-            finer = _coherence(self.cand, self.nc, node, action, self.width, self.last)
+            self._bounds[1] = node.shape[0]
+            self.red.decisions(self._zero, self._bounds[1:], node, action)
         self.s_step.append(ev.step)
-        self.s_applied.append(ev.n_applied)
         self.s_start.append(ev.n_entries_start)
+        self.s_n.append(ev.n_entries)
         self.s_cost.append(ev.wc_cost)
         self.s_wmax.append(ev.w_max)
-        self.s_detail.append(self._detail)
-        self.s_runs.append(self._runs)
-        self.s_cand.append(self.nc)
-        self.s_finer.append(finer)
-        self.s_n.append(self._n)
         self.applied.extend((ev.step, *r) for r in self._dec)  # one tuple of arrays per round
-        self._dec, self.nc, self._detail, self._runs, self._n = [], 0, 0, 0, 0
+        self._dec = []
 
     # ------------------------------------------------------------------------------- results
 
@@ -297,53 +206,22 @@ class MeasureSink:
         }
 
     def result(self, *, osc_window: int = 5) -> Measured:
-        from telemetry import metrics  # pyarrow: imported here, so that importing this module stays light
+        """Every metric, by the code that measures a recorded run (`telemetry.run_metrics.reduced`) over
+        the steps table the replay would have written, its applied decisions and the fed reducer."""
+        import pyarrow as pa  # imported here, so that importing this module stays light
 
-        step = np.array(self.s_step, np.int32)
-        applied = np.array(self.s_applied, np.float64)
-        start = np.array(self.s_start, np.float64)
-        detail, runs = np.array(self.s_detail, np.int32), np.array(self.s_runs, np.int32)
-        cand, finer = np.array(self.s_cand, np.int32), np.array(self.s_finer, np.int32)
-        cost, wmax = np.array(self.s_cost, np.float64), np.array(self.s_wmax, np.float64)
-        loc = 1.0 - (runs - 1.0) / np.maximum(1.0, detail - 1.0)
-        # As telemetry.metrics: locality has a row per step with a WC, coherence per step with a candidate.
-        has_wc, has_cand = np.array(self.s_n, np.int64) > 0, cand > 0
-        dec = decisions_table(self.applied_columns())
-        osc = metrics.oscillation(dec, osc_window, top=5)
-        ev = metrics.oscillation_events(dec, osc_window)
-        pp = np.bincount(ev.column("step").to_numpy() - step[0], minlength=step.size) if step.size else step
-        seq = metrics.sequential(dec, self.bs)
-        closed = self.closed[: self.n_closed].astype(np.float64)
-        n_open = int(self.n_prev)
-        series = {
-            "swap_rate": {"step": step, "applied": applied.astype(np.int32), "entries_start": start,
-                          "swap_rate": applied / np.maximum(start, 1.0)},
-            "oscillation": {"step": step, "ping_pongs": pp.astype(np.int32)},
-            "locality": {"step": step[has_wc], "detail_blocks": detail[has_wc], "runs": runs[has_wc],
-                         "locality": np.where(detail > 0, loc, np.nan)[has_wc]},
-            "sequential": {"step": seq.column("step").to_numpy(), "sequential": seq.column("sequential").to_numpy()},
-            "utilization": {"step": step, "utilization": cost / np.maximum(wmax, 1.0)},
-            "coherence": {"step": step[has_cand], "candidates": cand[has_cand], "finer": finer[has_cand],
-                          "coherence": (finer / np.maximum(cand, 1.0))[has_cand]},
-        }  # fmt: skip
-        n_cand = int(cand.sum())
-        summary = {
-            "steps": int(step.size),
-            "swap_rate": metrics.mean_of(series["swap_rate"]["swap_rate"]),
-            "ping_pongs": osc["ping_pongs"],
-            "applied_edits": osc["applied_edits"],
-            "ping_pongs_per_edit": osc["per_edit"],
-            "worst_nodes": osc["worst"].to_pylist(),
-            "locality": metrics.mean_of(series["locality"]["locality"]),
-            "adjacent_share": self.adj_hits / self.adj_n if self.adj_n else None,
-            "sequential_score": metrics.mean_of(series["sequential"]["sequential"].astype(np.float64)),
-            "residency_mean": float(closed.mean()) if closed.size else None,
-            "residency_p95": float(np.percentile(closed, 95)) if closed.size else None,
-            "residency_runs": int(closed.size),
-            "residency_open_runs": n_open,
-            "utilization": metrics.mean_of(series["utilization"]["utilization"]),
-            "coherence": int(finer.sum()) / n_cand if n_cand else None,
-        }
+        from telemetry import run_metrics
+
+        i32 = lambda xs: np.array(xs, np.int32)  # noqa: E731
+        steps = pa.table({"step": i32(self.s_step), "n_entries_start": i32(self.s_start), "n_entries": i32(self.s_n),
+                          "wc_cost": i32(self.s_cost), "w_max": i32(self.s_wmax)})  # fmt: skip
+        s = run_metrics.reduced(steps, decisions_table(self.applied_columns()), self.red, block_size=self.bs,
+                                osc_window=osc_window)  # fmt: skip
+        tables = {"swap_rate": s.swap_rate, "oscillation": s.ping_pongs, "locality": s.locality,
+                  "sequential": s.sequential, "utilization": s.utilization, "coherence": s.coherence}  # fmt: skip
+        series = {k: {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names} for k, t in tables.items()}
+        summary = {"steps": steps.num_rows, **s.numbers, "residency_runs": s.residency["runs"],
+                   "residency_open_runs": s.residency["open_runs"]}  # fmt: skip
         return Measured(series, summary, self.tl, self.applied_columns(), self.entries)
 
 

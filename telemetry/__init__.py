@@ -15,6 +15,8 @@ PUBLIC = {
     "LAB_ENTRIES": "telemetry.memory",
     # telemetry.reader
     "Run": "telemetry.reader",
+    # telemetry.reductions
+    "StepReducer": "telemetry.reductions",
     # telemetry.runs
     "RunReadError": "telemetry.runs",
     "derive_status": "telemetry.runs",

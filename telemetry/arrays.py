@@ -1,6 +1,6 @@
 """numpy primitives over the Arrow tables the focus metrics read: a column as numpy (the public
-action and outcome names back to their int8 codes), integer set and row membership, the applied
-decisions in application order, the entries of one refocus round, and sums per step.
+action and outcome names back to their int8 codes), the applied decisions in application order, the
+entries of one refocus round, and sums per step.
 
 Shared by the per-step metrics (`telemetry.metrics`) and their run-level entry points
 (`telemetry.run_metrics`): vectorised numpy, exact for any magnitudes. This module defines no metric
@@ -24,52 +24,6 @@ def _col(t: pa.Table, name: str, dtype=None) -> np.ndarray:
     if pa.types.is_floating(c.type):
         c = c.fill_null(float("nan"))
     return c.to_numpy().astype(dtype) if dtype else c.to_numpy()
-
-
-def _isin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """np.isin for int arrays, by sort + binary search: np.isin sorts both sides with a stable
-    mergesort, several times slower on the millions of rows of an entries table."""
-    if a.size == 0 or b.size == 0:
-        return np.zeros(a.shape[0], bool)
-    sb = np.sort(b)
-    idx = np.minimum(np.searchsorted(sb, a), sb.size - 1)
-    return sb[idx] == a
-
-
-def _pack(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
-    """One int64 key per row of `a` and of `b` (mixed radix over each column's joint range), equal
-    exactly when the rows are equal; None when the ranges' product does not fit in 62 bits."""
-    ka, kb, total = np.zeros(a[0].shape[0], np.int64), np.zeros(b[0].shape[0], np.int64), 1
-    for x, y in zip(a, b, strict=True):
-        lo, hi = min(int(x.min()), int(y.min())), max(int(x.max()), int(y.max()))
-        span = hi - lo + 1  # Python ints: no overflow whatever the magnitudes
-        total *= span
-        if total >= 2**62:
-            return None
-        ka = ka * span + (x.astype(np.int64, copy=False) - lo)
-        kb = kb * span + (y.astype(np.int64, copy=False) - lo)
-    return ka, kb
-
-
-def _rows_in(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
-    """bool[len(a[0])]: is each row of the int columns `a` also a row of `b`? (exact, any magnitudes)"""
-    if a[0].shape[0] == 0 or b[0].shape[0] == 0:
-        return np.zeros(a[0].shape[0], bool)
-    packed = _pack(a, b)
-    if packed is not None:  # the usual case: steps, rounds, token positions and node ids fit in one key
-        return _isin(*packed)
-    out = np.zeros(a[0].shape[0], bool)
-    # Row-wise unique is exact for any values but slow on millions of rows: first keep only the rows
-    # whose first column can match.
-    ka, kb = _isin(a[0], b[0]), _isin(b[0], a[0])
-    if not ka.any() or not kb.any():
-        return out
-    a, b = [x[ka] for x in a], [y[kb] for y in b]
-    both = np.stack([np.concatenate([x, y]).astype(np.int64, copy=False) for x, y in zip(a, b, strict=True)], axis=1)
-    _, ids = np.unique(both, axis=0, return_inverse=True)
-    ids = ids.reshape(-1)
-    out[ka] = np.isin(ids[: a[0].shape[0]], ids[a[0].shape[0] :])
-    return out
 
 
 def _applied(decisions: pa.Table, *, drop_evict: bool = False) -> dict[str, np.ndarray]:

@@ -2,9 +2,10 @@
 
 Every function takes pyarrow Tables with the recorded columns (`steps`, `entries`, `decisions`) and
 returns a Table (one row per step) or a dict of plain numbers; `mean_of` reduces a per-step series to
-its one number. They are vectorised numpy: no pandas, no I/O. Every per-entry metric is a per-step
-(or per-round) quantity, so it can be computed on batches of whole steps; residency runs are stitched
-across batch edges (`_Stitched`).
+its one number. No pandas, no I/O. The per-entry metrics (locality, residency runs, coherence,
+adjacency) are the one implementation in `telemetry.reductions`: `feed` and `feed_adjacency` hand it
+a table's steps, and a `StepReducer` fed batches of whole steps in order (residency runs cross batch
+edges) gives the numbers of the whole table.
 
 This module does not read runs and does not name the numbers: `telemetry.run_metrics` fetches a
 run's tables (in batches) and computes `series`, `summary` and `summarize` with these functions, and
@@ -25,7 +26,8 @@ import pyarrow.compute as pc
 
 from contract import nodes
 from contract.decisions import EXPAND
-from telemetry.arrays import _applied, _col, _first_iteration, _isin, _per_step, _positions, _rows_in, _unique
+from telemetry.arrays import _applied, _col, _first_iteration, _per_step, _unique
+from telemetry.reductions import StepReducer, coherence_of, locality_of, residency_of
 
 # ------------------------------------------------------------------------------------ per step
 
@@ -82,6 +84,13 @@ def oscillation_events(decisions: pa.Table, osc_window: int = 5) -> pa.Table:
     ).sort_by([("step", "ascending"), ("node_id", "ascending")])
 
 
+def ping_pongs_per_step(events: pa.Table, steps: pa.Table) -> pa.Table:
+    """Ping-pongs (`oscillation_events`) at each step of the steps table: columns step, ping_pongs."""
+    step = _col(steps, "step").astype(np.int64, copy=False)
+    n = _per_step(_col(events, "step").astype(np.int64, copy=False), np.ones(events.num_rows), step)
+    return pa.table({"step": step.astype(np.int32), "ping_pongs": n.astype(np.int32)})
+
+
 def oscillation(decisions: pa.Table, osc_window: int = 5, top: int = 10, *, events: pa.Table | None = None) -> dict:
     """Ping-pongs in all, per applied expand/collapse edit, and the `top` worst nodes (a Table).
     `events`: the `oscillation_events` of these decisions, when the caller has them already."""
@@ -104,25 +113,21 @@ def oscillation(decisions: pa.Table, osc_window: int = 5, top: int = 10, *, even
 def locality(entries: pa.Table, iteration: int = 0) -> pa.Table:
     """Per step: `1 - (runs - 1) / max(1, detail_blocks - 1)`; runs = maximal position-contiguous runs
     of LOD0 entries. Null at steps with no LOD0 entry. 1 = all detail in one contiguous region."""
-    e = _first_iteration(entries, iteration)
-    step, start, end, lod = (_col(e, c).astype(np.int64, copy=False) for c in ("step", "start", "end", "lod"))
-    if np.any(np.diff(step) < 0) or np.any((np.diff(start) <= 0) & (np.diff(step) == 0)):
-        order = np.lexsort((start, step))  # recorded order is already (step, start): sort only if not
-        step, start, end, lod = step[order], start[order], end[order], lod[order]
-    is0 = lod == 0
-    cont = np.zeros(step.size, bool)
-    cont[1:] = is0[1:] & is0[:-1] & (step[1:] == step[:-1]) & (start[1:] == end[:-1])
-    steps = _unique(step)
-    detail = _per_step(step, is0.astype(np.float64), steps)
-    runs = _per_step(step, (is0 & ~cont).astype(np.float64), steps)
-    loc = 1.0 - (runs - 1.0) / np.maximum(1.0, detail - 1.0)
-    mask = detail == 0
+    r = StepReducer(0.0)
+    feed(r, entries, iteration=iteration)
+    return locality_table(r.per_step())
+
+
+def locality_table(per: dict[str, np.ndarray]) -> pa.Table:
+    """The locality rows of a reducer's `per_step`: one per step with a WC."""
+    has = per["n"] > 0
+    loc = locality_of(per["detail_blocks"][has], per["runs"][has])
     return pa.table(
         {
-            "step": steps.astype(np.int32),
-            "detail_blocks": detail.astype(np.int32),
-            "runs": runs.astype(np.int32),
-            "locality": pa.array(loc, mask=mask),
+            "step": per["step"][has].astype(np.int32),
+            "detail_blocks": per["detail_blocks"][has],
+            "runs": per["runs"][has],
+            "locality": pa.array(loc, mask=np.isnan(loc)),
         }
     )
 
@@ -137,39 +142,9 @@ def adjacency(entries: pa.Table, decisions: pa.Table, block_size: int = 32) -> d
     """Share of applied expansions whose node touches existing detail: a neighbouring entry (ending
     where the node starts or starting where it ends) at a finer LOD than the node, in the WC of the
     same step and round. Expansions in rounds whose entries were not recorded are not counted."""
-    a = _applied(decisions, drop_evict=True)
-    x = a["action"] == EXPAND
-    step, it, node, lod_from = a["step"][x], a["iteration"][x], a["node_id"][x], a["lod_from"][x]
-    ns, ne = _spans(node, block_size)
-    e_step, e_it, e_lod = (_col(entries, c).astype(np.int64, copy=False) for c in ("step", "iteration", "lod"))
-    e_start, e_end = (
-        _col(entries, "start").astype(np.int64, copy=False),
-        _col(entries, "end").astype(np.int64, copy=False),
-    )
-    if e_step.size == 0 or step.size == 0:
-        return {"expansions": 0, "adjacent": 0, "share": None}
-    # A round's entries tile its WC without overlap, so the entry ending where a node starts is the one
-    # before the first entry starting at or after that token, and the entry starting where it ends is
-    # found by its start: two binary searches per expansion over one sorted key per entry row
-    # (round, start), instead of joins over every entry row (seconds on a 256k-token run).
-    lo_s, lo_i, t_span = int(min(e_step.min(), step.min())), int(min(e_it.min(), it.min())), int(e_end.max()) + 1
-    its = int(max(e_it.max(), it.max())) - lo_i + 1
-    rnd = (e_step - lo_s) * its + (e_it - lo_i)
-    key = rnd * t_span + e_start
-    if np.any(key[1:] < key[:-1]):  # recorded order is (step, iteration, start); sort only if it is not
-        order = np.argsort(key, kind="stable")
-        key, rnd, e_lod, e_start, e_end = key[order], rnd[order], e_lod[order], e_start[order], e_end[order]
-    x_rnd = (step.astype(np.int64) - lo_s) * its + (it.astype(np.int64) - lo_i)
-    g = np.minimum(np.searchsorted(rnd, x_rnd), rnd.size - 1)
-    seen = rnd[g] == x_rnd
-    p = np.searchsorted(key, x_rnd * t_span + np.minimum(ns, t_span)) - 1  # the entry before start `ns`
-    pc_ = np.clip(p, 0, key.size - 1)
-    left = (p >= 0) & (rnd[pc_] == x_rnd) & (e_end[pc_] == ns) & (e_lod[pc_] < lod_from)
-    q = np.minimum(np.searchsorted(key, x_rnd * t_span + np.minimum(ne, t_span)), key.size - 1)
-    right = (rnd[q] == x_rnd) & (e_start[q] == ne) & (e_lod[q] < lod_from)
-    adjacent = left | right
-    n = int(seen.sum())
-    hits = int((adjacent & seen).sum())
+    r = StepReducer(0.0)
+    feed_adjacency(r, entries, _applied(decisions, drop_evict=True), block_size)
+    n, hits = r.expansions, r.adjacent
     return {"expansions": n, "adjacent": hits, "share": hits / n if n else None}
 
 
@@ -195,112 +170,28 @@ _RUNS = pa.schema(
 )
 
 
-def _node_rank_order(node: np.ndarray, rank: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, ...] | None:
-    """(order, node[order], rank[order]): rows by (node, rank) via one radix sort, or None where that
-    shortcut does not apply.
-
-    Applies when rows are in step order and the nodes pack into 16 bits (LOD-major, so the order is
-    node-id order), as in every recording of up to 2M tokens: a stable sort by node alone then gives
-    (node, rank) order, and numpy sorts 16-bit keys stably by radix, several times faster than a
-    comparison sort. Returns None (the caller sorts the general way) if any (node, rank) repeats."""
-    if node.size < 2 or int(node.min()) < 0 or np.any(step[1:] < step[:-1]):
-        return None
-    lod, idx = node >> nodes.LOD_SHIFT, node & nodes.INDEX_MASK
-    width = int(idx.max()) + 1
-    if (int(lod.max()) + 1) * width > 2**16:
-        return None
-    lod *= width
-    lod += idx
-    order = np.argsort(lod.astype(np.uint16), kind="stable")
-    n, r = node[order], rank[order]
-    if np.any((r[1:] == r[:-1]) & (n[1:] == n[:-1])):
-        return None
-    return order, n, r
-
-
 def residency_runs(entries: pa.Table, iteration: int = 0) -> pa.Table:
     """Each stretch of recorded steps during which a node stays an entry (so keeps its LOD).
 
     `length` = first step it is seen missing - first step (so with a cadence of 1, the number of
     steps); a run still present at the last recorded step is `open`, its length counted to there.
     """
-    e = _first_iteration(entries, iteration)
-    step, node = _col(e, "step").astype(np.int64, copy=False), _col(e, "node_id").astype(np.int64, copy=False)
-    lod = _col(e, "lod").astype(np.int8)
-    if step.size == 0:
-        return _RUNS.empty_table()
-    recorded = _unique(step)
-    rank = _positions(recorded, step)
-    fast = _node_rank_order(node, rank, step)
-    if fast is not None:
-        order, node, rank = fast
-        lod = lod[order]
-    else:
-        lo, span = int(node.min()), int(node.max()) - int(node.min()) + 1
-        if span * recorded.size < 2**62:  # one packed int64 key sorts several times faster than a two-key lexsort
-            order = np.argsort((node - lo) * recorded.size + rank)  # keys are unique: stability is moot
-        else:
-            order = np.lexsort((rank, node))
-        node, rank, lod = node[order], rank[order], lod[order]
-    new = np.ones(node.size, bool)
-    new[1:] = (node[1:] != node[:-1]) | (rank[1:] != rank[:-1] + 1)
-    first = np.flatnonzero(new)
-    last = np.append(first[1:], node.size) - 1
-    is_open = rank[last] == recorded.size - 1
-    after = np.where(is_open, recorded[rank[last]] + 1, recorded[np.minimum(rank[last] + 1, recorded.size - 1)])
-    length = after - recorded[rank[first]]
-    return pa.Table.from_arrays([node[first], lod[first], recorded[rank[first]], length, is_open], schema=_RUNS)
+    r = StepReducer(0.0)
+    feed(r, entries, iteration=iteration)
+    return runs_table(r)
 
 
-class _Stitched:
-    """Residency runs over consecutive batches of whole steps (in step order): the runs of each
-    batch, with those still open at its last step joined to the runs that continue them at the next
-    batch's first step. The result equals `residency_runs` over all the batches at once."""
-
-    def __init__(self) -> None:
-        self.done: list[pa.Table] = []
-        self.carry = _RUNS.empty_table()  # open at the last step seen
-
-    def add(self, first: pa.Table) -> None:
-        runs = residency_runs(first)
-        if runs.num_rows == 0:
-            return
-        if self.carry.num_rows:
-            f0 = int(pc.min(first.column("step")).as_py())  # the batch's first recorded step
-            node, begin = _col(runs, "node_id"), _col(runs, "first_step").astype(np.int64)
-            c_node, c_first = _col(self.carry, "node_id"), _col(self.carry, "first_step").astype(np.int64)
-            at0 = begin == f0
-            cont = at0 & _isin(node, c_node)  # runs that continue a carried one
-            joined = _isin(c_node, node[cont])
-            idx = np.searchsorted(c_node, node[cont])  # carry is sorted by node_id
-            length = _col(runs, "length").astype(np.int64)
-            length[cont] += begin[cont] - c_first[idx]
-            begin[cont] = c_first[idx]
-            runs = runs.set_column(2, "first_step", pa.array(begin.astype(np.int32)))
-            runs = runs.set_column(3, "length", pa.array(length.astype(np.int32)))
-            ended = self.carry.filter(pa.array(~joined))  # carried runs the batch does not continue
-            ended = ended.set_column(3, "length", pa.array((f0 - _col(ended, "first_step")).astype(np.int32)))
-            self.done.append(ended.set_column(4, "open", pa.array(np.zeros(ended.num_rows, bool))))
-        is_open = _col(runs, "open")
-        self.done.append(runs.filter(pa.array(~is_open)))
-        self.carry = runs.filter(pa.array(is_open)).sort_by("node_id")
-
-    def result(self) -> pa.Table:
-        out = pa.concat_tables([*self.done, self.carry])
-        return out.sort_by([("node_id", "ascending"), ("first_step", "ascending")]) if out.num_rows else out
+def runs_table(r: StepReducer) -> pa.Table:
+    """A reducer's residency runs as a Table, by node, then first step."""
+    return pa.table(r.runs(), schema=_RUNS)
 
 
 def residency(entries: pa.Table | None = None, iteration: int = 0, *, runs: pa.Table | None = None) -> dict:
     """Mean and p95 length of the closed residency runs (open ones are only counted: censored).
     Give `entries`, or the `runs` that `residency_runs` (or `residency_runs_of`) made of them."""
     runs = residency_runs(entries, iteration) if runs is None else runs
-    closed = _col(runs, "length")[~_col(runs, "open")].astype(np.float64)
-    return {
-        "mean": float(closed.mean()) if closed.size else None,
-        "p95": float(np.percentile(closed, 95)) if closed.size else None,
-        "runs": int(closed.size),
-        "open_runs": int(runs.num_rows - closed.size),
-    }
+    is_open = _col(runs, "open")
+    return residency_of(_col(runs, "length")[~is_open], int(is_open.sum()))
 
 
 def utilization(steps: pa.Table) -> pa.Table:
@@ -312,30 +203,91 @@ def utilization(steps: pa.Table) -> pa.Table:
 def coherence(entries: pa.Table, decisions: pa.Table, tau_expand: float) -> pa.Table:
     """Per step: of the entries scored above `tau_expand` at the step's start (gists only: LOD0 has no
     finer detail), the share that end the step finer (their node's last applied edit that step was an
-    expand, not undone by a later collapse)."""
-    read = [c for c in entries.column_names if c in ("step", "iteration", "node_id", "lod", "score")]
-    e = _first_iteration(entries.select(read))  # filter only the columns read below, not every one
-    e = e.filter(pc.and_(pc.greater(e.column("score"), tau_expand), pc.greater(e.column("lod"), 0)))
-    e_step, e_node = _col(e, "step").astype(np.int64, copy=False), _col(e, "node_id").astype(np.int64, copy=False)
-    a = _applied(decisions, drop_evict=True)
-    step, node, action = a["step"].astype(np.int64, copy=False), a["node_id"], a["action"]
-    order = np.lexsort((np.arange(step.size), node, step))  # stable: application order within a node
-    step, node, action = step[order], node[order], action[order]
-    last = np.ones(step.size, bool)
-    last[:-1] = (step[1:] != step[:-1]) | (node[1:] != node[:-1])
-    fin = last & (action == EXPAND)
-    finer = _rows_in([e_step, e_node], [step[fin], node[fin]])
-    steps = _unique(e_step)
-    cand = _per_step(e_step, np.ones(e_step.size), steps)
-    hit = _per_step(e_step, finer.astype(np.float64), steps)
+    expand, not undone by a later collapse). A score is compared as the allocator compares it, in
+    float32."""
+    r = StepReducer(tau_expand)
+    feed(r, entries, _applied(decisions, drop_evict=True))
+    return coherence_table(r.per_step())
+
+
+def coherence_table(per: dict[str, np.ndarray]) -> pa.Table:
+    """The coherence rows of a reducer's `per_step`: one per step with a candidate."""
+    has = per["candidates"] > 0
+    cand, finer = per["candidates"][has], per["finer"][has]
     return pa.table(
-        {
-            "step": steps.astype(np.int32),
-            "candidates": cand.astype(np.int32),
-            "finer": hit.astype(np.int32),
-            "coherence": hit / np.maximum(cand, 1.0),
-        }
-    )
+        {"step": per["step"][has].astype(np.int32), "candidates": cand, "finer": finer,
+         "coherence": coherence_of(cand, finer)}
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------ tables -> reducer
+
+
+def _wc(entries: pa.Table, iteration: int = 0) -> tuple[np.ndarray, ...]:
+    """(steps, bounds, node_id, lod, start, end, score) of the iteration-`iteration` WCs in `entries`,
+    grouped by step and each in token order, as `StepReducer.entries` takes them. Columns a table
+    lacks (a table of presence only) are zeros; LOD then comes from the node id."""
+    e = _first_iteration(entries, iteration)
+    names, n = e.column_names, e.num_rows
+    step = _col(e, "step").astype(np.int64)
+    node = _col(e, "node_id").astype(np.int64) if "node_id" in names else np.zeros(n, np.int64)
+    lod = _col(e, "lod").astype(np.int8) if "lod" in names else nodes.node_lod(node)
+    start, end = (_col(e, c).astype(np.int64) if c in names else np.zeros(n, np.int64) for c in ("start", "end"))
+    score = _col(e, "score").astype(np.float32) if "score" in names else np.zeros(n, np.float32)
+    if n > 1 and (np.any(step[1:] < step[:-1]) or np.any((start[1:] <= start[:-1]) & (step[1:] == step[:-1]))):
+        order = np.lexsort((start, step))  # recorded order is already (step, start): sort only if not
+        step, node, lod, start, end, score = (x[order] for x in (step, node, lod, start, end, score))
+    first = np.flatnonzero(step[1:] != step[:-1]) + 1
+    bounds = np.concatenate([[0], first, [n]]).astype(np.int64) if n else np.zeros(1, np.int64)
+    return step[bounds[:-1]], bounds, node, lod, start, end, score
+
+
+def feed(r: StepReducer, entries: pa.Table, applied: dict[str, np.ndarray] | None = None, iteration: int = 0) -> None:
+    """Feed `r` the WCs of `entries` (whole steps, after those fed before) and, for coherence, the
+    `applied` edits of those steps (`_applied(..., drop_evict=True)`: application order)."""
+    steps, bounds, *cols = _wc(entries, iteration)
+    r.entries(steps, bounds, *cols)
+    if applied is not None and steps.size:
+        a = _in_steps(applied, int(steps[0]), int(steps[-1]))
+        d_step = a["step"].astype(np.int64, copy=False)
+        lo, hi = np.searchsorted(d_step, steps, "left"), np.searchsorted(d_step, steps, "right")
+        r.decisions(lo.astype(np.int64), hi.astype(np.int64), a["node_id"].astype(np.int64, copy=False),
+                    a["action"].astype(np.int8, copy=False))  # fmt: skip
+
+
+def _in_steps(applied: dict[str, np.ndarray], first: int, last: int) -> dict[str, np.ndarray]:
+    """The applied edits (sorted by step) of steps first..last: views, no copy."""
+    step = applied["step"]
+    lo, hi = int(np.searchsorted(step, first, "left")), int(np.searchsorted(step, last, "right"))
+    return {k: v[lo:hi] for k, v in applied.items()}
+
+
+def feed_adjacency(r: StepReducer, entries: pa.Table, applied: dict[str, np.ndarray], block_size: int) -> None:
+    """Feed `r` every round's WC in `entries` (any iterations, whole steps) with the applied expansions
+    of those rounds; expansions of rounds `entries` does not hold are not counted."""
+    if entries.num_rows == 0:
+        return
+    step, it = (_col(entries, c).astype(np.int64) for c in ("step", "iteration"))
+    applied = _in_steps(applied, int(step.min()), int(step.max()))
+    x = applied["action"] == EXPAND
+    if not x.any():
+        return
+    lod, start, end = (_col(entries, c) for c in ("lod", "start", "end"))
+    lod, start, end = lod.astype(np.int8), start.astype(np.int64), end.astype(np.int64)
+    its = int(max(it.max(), applied["iteration"][x].max())) + 1
+    rnd = step * its + it
+    if np.any(rnd[1:] < rnd[:-1]) or np.any((start[1:] <= start[:-1]) & (rnd[1:] == rnd[:-1])):
+        order = np.lexsort((start, rnd))  # recorded order is (step, iteration, start): sort only if not
+        rnd, lod, start, end = rnd[order], lod[order], start[order], end[order]
+    first = np.flatnonzero(rnd[1:] != rnd[:-1]) + 1
+    e_bounds = np.concatenate([[0], first, [rnd.size]]).astype(np.int64)
+    keys = rnd[e_bounds[:-1]]
+    x_rnd = applied["step"][x].astype(np.int64) * its + applied["iteration"][x].astype(np.int64)
+    g = np.minimum(np.searchsorted(keys, x_rnd), keys.size - 1)
+    x_round = np.where(keys[g] == x_rnd, g, -1).astype(np.int64)
+    xs, xe = _spans(applied["node_id"][x].astype(np.int64), block_size)
+    r.adjacency(e_bounds, lod, start, end, x_round, xs.astype(np.int64), xe.astype(np.int64),
+                applied["lod_from"][x].astype(np.int8))  # fmt: skip
 
 
 def delta_nll(steps: pa.Table) -> pa.Table:

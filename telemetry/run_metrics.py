@@ -18,26 +18,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from telemetry.arrays import _col, _first_iteration, _per_step
+from telemetry.arrays import _applied, _first_iteration
 from telemetry.metrics import (
     _entry_counts,
-    _Stitched,
-    adjacency,
-    coherence,
+    coherence_table,
     delta_nll,
-    locality,
+    feed,
+    feed_adjacency,
+    locality_table,
     mean_of,
     oscillation,
     oscillation_events,
-    residency,
+    ping_pongs_per_step,
+    runs_table,
     sequential,
     swap_rate,
     utilization,
 )
+from telemetry.reductions import StepReducer, residency_of
 from telemetry.schema import SCHEMAS
 
 _E_COLS = ["step", "iteration", "node_id", "lod", "start", "end", "score"]
@@ -81,43 +82,18 @@ def _entry_batches(run, columns: list[str], rows: int = CHUNK_ROWS):
         yield SCHEMAS["entries"].empty_table().select(columns)
 
 
-def _by_step(decisions: pa.Table) -> pa.Table:
-    step = _col(decisions, "step")
-    if step.size > 1 and np.any(step[1:] < step[:-1]):
-        decisions = decisions.take(np.argsort(step, kind="stable"))
-    return decisions
-
-
-def _within(decisions: pa.Table, batch: pa.Table) -> pa.Table:
-    """The rows of step-sorted `decisions` in the step range of an entries batch (zero-copy slice)."""
-    step = _col(decisions, "step")
-    if batch.num_rows == 0:
-        return decisions.slice(0, 0)
-    mm = pc.min_max(batch.column("step")).as_py()
-    lo, hi = np.searchsorted(step, mm["min"], "left"), np.searchsorted(step, mm["max"], "right")
-    return decisions.slice(int(lo), int(hi - lo))
-
-
-def _per_step_of(run, name: str, decisions: pa.Table | None = None, tau: float = 0.0) -> pa.Table:
-    """A per-entry metric's per-step table (`locality`, `coherence`, or entry `counts`), batch by batch."""
-    out = []
-    for batch in _entry_batches(run, ["step", "iteration"] if name == "counts" else _E_COLS):
-        first = _first_iteration(batch)
-        if name == "locality":
-            out.append(locality(first))
-        elif name == "coherence":
-            out.append(coherence(first, _within(decisions, batch), tau))
-        else:
-            out.append(_entry_counts(first))
-    return pa.concat_tables(out)
+def _reduced(run, applied: dict | None, tau: float, rows: int = CHUNK_ROWS) -> StepReducer:
+    """A `StepReducer` fed the run's entries batch by batch (and, for coherence, its `applied` edits)."""
+    r = StepReducer(tau)
+    for batch in _entry_batches(run, _E_COLS if applied is not None else ["step", "iteration", "node_id", "lod",
+                                                                          "start", "end"], rows):  # fmt: skip
+        feed(r, batch, applied)
+    return r
 
 
 def residency_runs_of(run, rows: int = CHUNK_ROWS) -> pa.Table:
     """`residency_runs` of a run's iteration-0 entries, read batch by batch (bounded memory)."""
-    runs = _Stitched()
-    for batch in _entry_batches(run, ["step", "iteration", "node_id", "lod"], rows):
-        runs.add(_first_iteration(batch))
-    return runs.result()
+    return runs_table(_reduced(run, None, 0.0, rows))
 
 
 def series(run, name: str, *, osc_window: int = 5) -> pa.Table:
@@ -128,21 +104,27 @@ def series(run, name: str, *, osc_window: int = 5) -> pa.Table:
     if name == "swap_rate":
         steps = run.table("steps")
         # The entries table is only a fallback, for recordings without `n_entries_start`: skip reading it.
-        counts = None if "n_entries_start" in steps.column_names else _per_step_of(run, "counts")
+        counts = (
+            None
+            if "n_entries_start" in steps.column_names
+            else pa.concat_tables(
+                [_entry_counts(_first_iteration(b)) for b in _entry_batches(run, ["step", "iteration"])]
+            )
+        )
         return swap_rate(steps, _applied_decisions(run), counts)
     if name == "oscillation":
-        ev = oscillation_events(_applied_decisions(run), osc_window)
-        steps = _col(run.table("steps", ["step"]), "step").astype(np.int64, copy=False)
-        n = _per_step(_col(ev, "step").astype(np.int64, copy=False), np.ones(ev.num_rows), steps)
-        return pa.table({"step": steps.astype(np.int32), "ping_pongs": n.astype(np.int32)})
+        return ping_pongs_per_step(
+            oscillation_events(_applied_decisions(run), osc_window), run.table("steps", ["step"])
+        )
     if name == "locality":
-        return _per_step_of(run, "locality")
+        return locality_table(_reduced(run, None, 0.0).per_step())
     if name == "sequential":
         return sequential(_applied_decisions(run), c["block_size"])
     if name == "utilization":
         return utilization(run.table("steps"))
     if name == "coherence":
-        return _per_step_of(run, "coherence", _by_step(_applied_decisions(run)), c["tau"])
+        applied = _applied(_applied_decisions(run), drop_evict=True)
+        return coherence_table(_reduced(run, applied, c["tau"]).per_step())
     return delta_nll(run.table("steps"))
 
 
@@ -163,9 +145,12 @@ class Summary:
     numbers: dict
     swap_rate: pa.Table
     oscillation_events: pa.Table
+    ping_pongs: pa.Table
     locality: pa.Table
+    sequential: pa.Table
     utilization: pa.Table
     coherence: pa.Table
+    residency: dict
 
 
 def summarize(steps: pa.Table, decisions: pa.Table, entry_batches, *, block_size: int = 32, tau: float = 0.2,
@@ -173,26 +158,31 @@ def summarize(steps: pa.Table, decisions: pa.Table, entry_batches, *, block_size
     """Every number of the registry from a run's tables: `decisions` (all rows or the applied ones)
     and `entry_batches`, the entries as Tables of whole steps in step order (one Table is one batch).
     The one implementation behind `summary` (a run folder, in batches) and the Knobs lab's tables."""
-    dec = _by_step(_applied_only(decisions))
-    loc, coh, counts, runs = [], [], [], _Stitched()
-    expansions = adjacent = 0
+    dec = _applied_only(decisions)
+    applied = _applied(dec, drop_evict=True)  # application order: by step, round, seq
+    r, counts = StepReducer(tau), []
     for batch in entry_batches:
-        first = _first_iteration(batch)
-        within = _within(dec, batch)
-        loc.append(locality(first))
-        coh.append(coherence(first, within, tau))
-        adj = adjacency(batch, within, block_size)
-        expansions, adjacent = expansions + adj["expansions"], adjacent + adj["adjacent"]
-        runs.add(first)
+        feed(r, batch, applied)
+        feed_adjacency(r, batch, applied, block_size)
         if "n_entries_start" not in steps.column_names:
-            counts.append(_entry_counts(first))
-    loc, coh = pa.concat_tables(loc), pa.concat_tables(coh)
+            counts.append(_entry_counts(_first_iteration(batch)))
+    return reduced(steps, dec, r, block_size=block_size, osc_window=osc_window,
+                   counts=pa.concat_tables(counts) if counts else None)  # fmt: skip
+
+
+def reduced(steps: pa.Table, dec: pa.Table, r: StepReducer, *, block_size: int, osc_window: int = 5,
+            counts: pa.Table | None = None) -> Summary:  # fmt: skip
+    """The registry's numbers and per-step tables from the steps table, the applied decisions and a
+    `StepReducer` fed the run's entries: the last stage of `summarize`, and the whole of the Knobs
+    lab's one-pass measure (`studio.measure`), which feeds the reducer from a replay's events."""
+    per = r.per_step()
+    loc, coh = locality_table(per), coherence_table(per)
     events = oscillation_events(dec, osc_window)
     osc = oscillation(dec, osc_window, top=5, events=events)
     seq = sequential(dec, block_size)
-    res = residency(runs=runs.result())
-    dn = delta_nll(steps)
-    swap = swap_rate(steps, dec, pa.concat_tables(counts) if counts else None)
+    res = residency_of(r.closed_lengths(), r.open_runs)
+    dn = delta_nll(steps) if "nll" in steps.column_names else None
+    swap = swap_rate(steps, dec, counts)
     util = utilization(steps)
     n_cand = int(pc.sum(coh.column("candidates")).as_py() or 0)
     numbers = {
@@ -202,17 +192,19 @@ def summarize(steps: pa.Table, decisions: pa.Table, entry_batches, *, block_size
         "ping_pongs_per_edit": osc["per_edit"],
         "worst_nodes": osc["worst"].to_pylist(),
         "locality": _mean(loc, "locality"),
-        "adjacent_share": adjacent / expansions if expansions else None,
+        "adjacent_share": r.adjacent / r.expansions if r.expansions else None,
         "sequential_score": _mean(seq, "sequential"),
         "residency_mean": res["mean"],
         "residency_p95": res["p95"],
         "utilization": _mean(util, "utilization"),
         "coherence": (int(pc.sum(coh.column("finer")).as_py() or 0) / n_cand) if n_cand else None,
-        "nll": _mean(dn, "nll"),
-        "delta_nll_full": _mean(dn, "d_full"),
-        "delta_nll_recency": _mean(dn, "d_recency"),
     }
-    return Summary(numbers, swap, events, loc, util, coh)
+    if dn is not None:
+        numbers.update(
+            nll=_mean(dn, "nll"), delta_nll_full=_mean(dn, "d_full"), delta_nll_recency=_mean(dn, "d_recency")
+        )
+    pp = ping_pongs_per_step(events, steps)
+    return Summary(numbers, swap, events, pp, loc, seq, util, coh, res)
 
 
 def _applied_only(decisions: pa.Table) -> pa.Table:

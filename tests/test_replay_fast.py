@@ -19,7 +19,7 @@ from contract import EntriesRecorded, StepRecorded, apply_overrides, nodes
 from engine import Recording, replay_fast
 from studio import load_recording
 from studio.replay import _sorted_by_step_iteration
-from telemetry import LAB_ENTRIES, ArrowSink, Run, metrics
+from telemetry import LAB_ENTRIES, ArrowSink, Run, StepReducer, metrics
 from telemetry.arrays import _col, _per_step, _unique
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,8 +141,9 @@ def test_metrics_give_the_expected_tables(lab_tables):
     assert metrics.residency(t["entries"])["runs"] > 0
 
 
-def test_residency_runs_shortcut_falls_back_exactly():
-    """Large node ids (no 16-bit key) and repeated (node, step) rows take the general sort."""
+def test_residency_runs_with_large_node_ids_and_a_growing_key_space():
+    """Node keys are dense (index * LEVELS + lod): large indices grow the key space, batch by batch,
+    without losing the runs already open."""
     step = np.repeat(np.arange(6, dtype=np.int32), 3)
 
     def runs(node: np.ndarray) -> dict:
@@ -154,10 +155,17 @@ def test_residency_runs_shortcut_falls_back_exactly():
     got = runs(np.tile(big, 6))  # each node at all six steps: one open run of six from step 0
     assert got == {"node_id": sorted(big.tolist()), "lod": [0, 1, 2], "first_step": [0, 0, 0], "length": [6, 6, 6],
                    "open": [True, True, True]}  # fmt: skip
-    # Node 3 twice in every step (never in a real WC): the pre-optimisation implementation's split, pinned.
-    got = runs(np.tile(np.array([3, 3, 4], np.int64), 6))
-    assert got["node_id"] == [3] * 7 + [4] and got["first_step"] == [0, 0, 1, 2, 3, 4, 5, 0]
-    assert got["length"] == [1, 2, 2, 2, 2, 2, 1, 6] and got["open"] == [False] * 5 + [True] * 3
+    # Fed in three batches, each step naming a larger node than any before: the key space grows, and
+    # node 5, present at every step, stays one run across the batches.
+    r = StepReducer(0.0)
+    big = [int(nodes.node_id(1, 10_000 * (s + 1))) for s in range(6)]
+    for lo in (0, 2, 4):
+        step = np.repeat(np.arange(lo, lo + 2, dtype=np.int32), 2)
+        node = np.array([5, big[lo], 5, big[lo + 1]], np.int64)
+        metrics.feed(r, pa.table({"step": step, "iteration": np.zeros(4, np.int16), "node_id": node}))
+    got = metrics.runs_table(r).to_pydict()
+    assert got["node_id"] == [5, *big] and got["first_step"] == [0, 0, 1, 2, 3, 4, 5]
+    assert got["length"] == [6, 1, 1, 1, 1, 1, 1] and got["open"] == [True] + [False] * 5 + [True]
 
 
 def test_per_step_sums_match(lab_tables):
