@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
 from contract import nodes
@@ -30,58 +29,7 @@ from contract.events import DecisionsRecorded, EntriesRecorded, Event, StepRecor
 from telemetry import binning
 from telemetry.reductions import LEVELS, StepReducer
 
-# ------------------------------------------------------------------------------------ timeline
-
-
-# `telemetry.binning`'s geometry, compiled as it is: the same formulas as the reader's SQL.
-_bin_of, _bin_start = numba.njit(cache=True)(binning.bin_of), numba.njit(cache=True)(binning.bin_start)
-
-
-@numba.njit(cache=True, nogil=True)
-def _bin_step(yb, lod, start, end, t0, t1, w, span, sums, weights, finest):
-    """Spread one step's entries over the token bins of row `yb`, token-weighted (as the reader's SQL):
-    `sums` gets LOD x tokens covered, or with `finest` the smallest LOD present (the reader's "min")."""
-    for i in range(lod.shape[0]):
-        s, e = max(start[i], t0), min(end[i], t1)
-        if e <= s:
-            continue
-        x0, x1 = _bin_of(s, t0, span, w), _bin_of(e - 1, t0, span, w)
-        for xb in range(x0, x1 + 1):
-            lo, hi = _bin_start(xb, t0, span, w), _bin_start(xb + 1, t0, span, w)
-            ov = min(e, hi) - max(s, lo)
-            if not finest:
-                sums[yb, xb] += lod[i] * ov
-            elif lod[i] < sums[yb, xb]:
-                sums[yb, xb] = lod[i]
-            weights[yb, xb] += ov
-
-
 # --------------------------------------------------------------------------------------- sink
-
-
-@dataclass
-class Timeline:
-    """LOD timeline bins of a re-planned run, in `telemetry.reader` heatmap terms."""
-
-    step_range: tuple[int, int]  # inclusive
-    token_range: tuple[int, int]  # half-open
-    sums: np.ndarray  # float64[h, w] token-step-weighted LOD sums (agg "mean"), or the finest LOD (agg "min")
-    weights: np.ndarray  # int64[h, w] token-steps covered
-    agg: str = "mean"
-
-    def cells(self) -> dict[str, np.ndarray]:
-        """Non-empty cells with the columns of `Run.span_heatmap` (x_bin, y_bin, token_lo, token_hi,
-        step_lo, step_hi, value, weight), in (y_bin, x_bin) order."""
-        (s0, s1), (t0, t1) = self.step_range, self.token_range
-        h, w = self.sums.shape
-        yb, xb = np.nonzero(self.weights)
-        return {
-            "x_bin": xb.astype(np.int32),
-            "y_bin": yb.astype(np.int32),
-            **binning.cell_edges(xb, yb, t0, t1, s0, s1, w, h),
-            "value": (self.sums[yb, xb] / (self.weights[yb, xb] if self.agg == "mean" else 1)).astype(np.float32),
-            "weight": self.weights[yb, xb].astype(np.int64),
-        }
 
 
 @dataclass
@@ -90,7 +38,7 @@ class Measured:
 
     series: dict[str, dict[str, np.ndarray]]  # name -> columns, as telemetry.run_metrics.series
     summary: dict
-    timeline: Timeline | None
+    timeline: binning.SpanGrid | None  # its cells(): as `Run.span_heatmap`'s
     applied: dict[str, np.ndarray]  # applied decisions: step, iteration, node_id, lod_from, lod_to, action, seq
     entries: dict[int, EntriesRecorded] = field(default_factory=dict)  # the iteration-0 WC of each kept step
     approximate_lookups: int = 0
@@ -100,16 +48,15 @@ class Measured:
 class MeasureSink:
     """A sink for a replay's events that measures instead of storing (see the module docstring).
 
-    `n_steps` and `tokens` size the per-node state (a node key is `lod * width + index`);
-    `timeline=(width, height)` bins the LOD timeline over steps [0, n_steps) x `token_range` (default:
-    the complete blocks), each cell the token-weighted mean LOD (`agg="mean"`) or the finest (`"min"`).
+    `tokens` sizes the per-node state once (`telemetry.reductions`); `timeline=(width, height)` bins
+    the LOD timeline (`telemetry.binning.SpanGrid`) over steps [0, n_steps) x `token_range` (default:
+    the complete blocks), each cell the token-weighted mean LOD (`agg="mean"`), the finest (`"min"`) or
+    the coarsest (`"max"`).
     """
 
     def __init__(self, *, n_steps: int, tokens: int, block_size: int, max_lod: int, tau_expand: float,
                  timeline: tuple[int, int] | None = None, token_range: tuple[int, int] | None = None,
                  keep_steps: tuple[int, ...] = (), agg: str = "mean") -> None:  # fmt: skip
-        if agg not in ("mean", "min"):
-            raise ValueError(f"timeline agg must be 'mean' or 'min', got {agg!r}")
         self.bs = block_size
         # The per-entry metrics, one step per call; node keys sized once (indices at every LOD are below
         # the LOD0 count), so that the key space never grows during a replay.
@@ -125,13 +72,8 @@ class MeasureSink:
         self.applied: list[tuple] = []  # (step, *_dec row) of every step
         self.tl = None
         if timeline is not None:
-            w, h = timeline
             t0, t1 = token_range if token_range is not None else (0, max(1, tokens // block_size * block_size))
-            span, n = t1 - t0, n_steps
-            self.tl_geom = (t0, t1, min(w, span), span, min(h, n), n)
-            hh, ww = min(h, n), min(w, span)
-            sums = np.zeros((hh, ww)) if agg == "mean" else np.full((hh, ww), 127.0)
-            self.tl = Timeline((0, n_steps - 1), (t0, t1), sums, np.zeros((hh, ww), np.int64), agg)
+            self.tl = binning.SpanGrid(*timeline, (0, n_steps - 1), (t0, t1), agg)
 
     def emit(self, ev: Event) -> None:
         if type(ev) is EntriesRecorded:
@@ -147,10 +89,7 @@ class MeasureSink:
         self._one[0], self._bounds[1] = ev.step, ev.node_id.shape[0]
         self.red.entries(self._one, self._bounds, ev.node_id, ev.lod, ev.start, ev.end, ev.score)
         if self.tl is not None:
-            t0, t1, w, span, h, nsteps = self.tl_geom
-            yb = binning.bin_of(ev.step, 0, nsteps, h)
-            _bin_step(yb, ev.lod, ev.start, ev.end, t0, t1, w, span, self.tl.sums, self.tl.weights,
-                      self.tl.agg == "min")  # fmt: skip
+            self.tl.add(self.tl.y_of(ev.step), ev.lod, ev.start, ev.end)
         if ev.step in self.keep:
             self.entries[ev.step] = ev
 
