@@ -1,6 +1,6 @@
 """Orchestration above the engine and the telemetry: the command line (`studio.cli`, run as
 `python -m engine`), replay from and into run folders (`studio.replay`), the Knobs lab's one-pass
-re-plan and measure (`studio.measure`), one recorded step rebuilt (`studio.rebuild`) for the probe
+re-plan and measure (`studio.replay.replan`), one recorded step rebuilt (`studio.rebuild`) for the probe
 and the attention detail, knob sweeps on Ray (`studio.sweep`), evaluation (`studio.eval`) and
 training (`studio.train`).
 It may import `engine` and `telemetry`; neither imports it. Public names are below, each imported
@@ -23,10 +23,9 @@ PUBLIC = {
     "run_policy": "studio.eval",
     # studio.eval_scenario
     "fact_lod": "studio.eval_scenario",
-    # studio.measure
-    "replan": "studio.measure",
     # studio.replay
     "load_recording": "studio.replay",
+    "replan": "studio.replay",
     "replay_run": "studio.replay",
     # studio.rebuild (studio.attention_detail and studio.sweep are modules named as their functions)
     "StepError": "studio.rebuild",

@@ -3,7 +3,7 @@
 `python -m engine sweep --runs GLOB... --grid section.knob=v1,v2,... --out DIR [--exact] [--ray MODE]`
 re-plans each recording with each setting of the grid (the cartesian product of the `--grid` knobs'
 values) and measures it without writing per-entry rows: fast mode replays the recorded scores
-(`studio.measure.replan`, the Knobs lab's path), `--exact` re-runs the scorer and the base model
+(`studio.replay.replan`, the Knobs lab's path), `--exact` re-runs the scorer and the base model
 (`engine.session` into an in-memory sink, measured by `telemetry.run_metrics.summarize`, NLL
 included). Each cell gives one row: the run, the knob values, every metric of the registry (the
 NLL ones where known), steps, seconds, worker.
@@ -206,7 +206,6 @@ class CellRunner:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         # Import what every cell runs now, while the worker starts (seconds in a fresh process), not in its
         # first cell: start-up is reported apart from the cells' time.
-        import studio.measure  # noqa: F401
         import studio.replay  # noqa: F401
 
     def __call__(self, cell: Cell) -> dict:
@@ -223,8 +222,7 @@ class CellRunner:
         return row
 
     def _fast(self, path: Path, cell: Cell):
-        from studio.measure import replan
-        from studio.replay import load_recording
+        from studio.replay import load_recording, replan
 
         key = str(path)
         if key not in self._recordings:

@@ -80,7 +80,7 @@ def test_engine_imports_no_ui_stack():
 
 def test_studio_imports_no_ui_stack():
     res = _walled("studio", {"streamlit", "plotly", "umap"})
-    assert {"studio.cli", "studio.replay", "studio.measure"} <= set(res["imported"])
+    assert {"studio.cli", "studio.replay", "studio.rebuild"} <= set(res["imported"])
 
 
 def test_telemetry_imports_no_torch_or_ui():

@@ -1,5 +1,6 @@
-"""`studio.measure.replan`: the knobs lab's one-pass re-plan and measure equals telemetry.metrics on
-the tables of the same replay, and its timeline equals the reader's binning of the written replay."""
+"""`studio.replay.replan` (fast replay into `telemetry.measure.MeasureSink`): the knobs lab's one-pass
+re-plan and measure equals telemetry.metrics on the tables of the same replay, and its timeline equals
+the reader's binning of the written replay."""
 
 from __future__ import annotations
 

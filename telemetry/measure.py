@@ -1,8 +1,8 @@
-"""Re-plan a recording and measure it in the same pass: what the knobs lab waits for.
+"""Measure a run from its events as they arrive: `MeasureSink`, what the Knobs lab waits for.
 
-`replan(rec, cfg)` runs fast replay (`engine.replay.replay_fast`) into a `MeasureSink`, which turns
-each step's events into the focus metrics of `telemetry.metrics` as they arrive instead of
-materialising per-entry rows (a 256k-token replay has ~8.5M of them; building and re-reading them
+The lab's re-plan (`studio.replay.replan`) runs fast replay into a `MeasureSink`, which turns each
+step's events into the focus metrics of `telemetry.metrics` as they arrive instead of materialising
+per-entry rows (a 256k-token replay has ~8.5M of them; building and re-reading them
 was most of the time). The numbers are the same as `telemetry.metrics` computed on the replay's
 tables (a test holds them equal): per-step series of swap rate, ping-pongs, locality, sequential
 score, utilization and coherence; the summary's headline numbers; and the LOD timeline binned
@@ -21,12 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from contract import nodes
-from contract.config import RunConfig
 from contract.decisions import ACTIONS, APPLIED, EXPAND, OUTCOMES
 from contract.events import DecisionsRecorded, EntriesRecorded, Event, StepRecorded
-from telemetry import binning
+from telemetry import binning, run_metrics
 from telemetry.reductions import LEVELS, StepReducer
 
 # --------------------------------------------------------------------------------------- sink
@@ -54,7 +54,7 @@ class MeasureSink:
     the coarsest (`"max"`).
     """
 
-    def __init__(self, *, n_steps: int, tokens: int, block_size: int, max_lod: int, tau_expand: float,
+    def __init__(self, *, n_steps: int, tokens: int, block_size: int, tau_expand: float,
                  timeline: tuple[int, int] | None = None, token_range: tuple[int, int] | None = None,
                  keep_steps: tuple[int, ...] = (), agg: str = "mean") -> None:  # fmt: skip
         self.bs = block_size
@@ -147,10 +147,6 @@ class MeasureSink:
     def result(self, *, osc_window: int = 5) -> Measured:
         """Every metric, by the code that measures a recorded run (`telemetry.run_metrics.reduced`) over
         the steps table the replay would have written, its applied decisions and the fed reducer."""
-        import pyarrow as pa  # imported here, so that importing this module stays light
-
-        from telemetry import run_metrics
-
         i32 = lambda xs: np.array(xs, np.int32)  # noqa: E731
         steps = pa.table({"step": i32(self.s_step), "n_entries_start": i32(self.s_start), "n_entries": i32(self.s_n),
                           "wc_cost": i32(self.s_cost), "w_max": i32(self.s_wmax)})  # fmt: skip
@@ -164,10 +160,8 @@ class MeasureSink:
         return Measured(series, summary, self.tl, self.applied_columns(), self.entries)
 
 
-def decisions_table(cols: dict[str, np.ndarray]):
+def decisions_table(cols: dict[str, np.ndarray]) -> pa.Table:
     """Applied decision columns -> a decisions-shaped pyarrow Table (public action/outcome names)."""
-    import pyarrow as pa
-
     n = cols["step"].shape[0]
     return pa.table(
         {
@@ -181,20 +175,3 @@ def decisions_table(cols: dict[str, np.ndarray]):
             "seq": cols["seq"],
         }
     )
-
-
-def replan(rec, cfg: RunConfig, *, timeline: tuple[int, int] | None = None,
-           token_range: tuple[int, int] | None = None, keep_steps: tuple[int, ...] = (),
-           osc_window: int = 5, agg: str = "mean") -> Measured:  # fmt: skip
-    """Re-plan recording `rec` (engine.replay.Recording) under `cfg` and measure it. No files written."""
-    from engine.replay import replay_fast
-
-    n = int(rec.tokens_seen.shape[0])
-    tokens = int(rec.tokens_seen[-1]) if n else 0
-    sink = MeasureSink(n_steps=max(n, 1), tokens=tokens, block_size=cfg.tree.block_size, max_lod=cfg.tree.max_lod,
-                       tau_expand=cfg.allocator.tau_expand, timeline=timeline, token_range=token_range,
-                       keep_steps=keep_steps, agg=agg)  # fmt: skip
-    stats = replay_fast(rec, cfg, sink)
-    out = sink.result(osc_window=osc_window)
-    out.approximate_lookups, out.allocator_ms = stats.approximate_lookups, stats.allocator_ms
-    return out
