@@ -64,14 +64,13 @@ def exact_state(run_dir: str | os.PathLike, sets: list[str]) -> tuple[str, objec
         manifest = load_manifest(out)
     except RunReadError:
         manifest = None
-    if jobs.running(marker):
-        return "running", (manifest or {}).get("steps")
-    if manifest is not None:
-        status = derive_status(manifest)
-        if status == "complete":
-            return "done", out
-        if status in ("failed", "interrupted"):
-            why = jobs.error(marker) or manifest.get("error") or "it stopped before the end"
-            return "failed", f"{why} ({status} after {manifest.get('steps', 0):,} steps)"
-    err = jobs.error(marker)
-    return ("failed", err) if err else ("none", None)
+    status = derive_status(manifest) if manifest is not None else None
+
+    def why_failed() -> str | None:
+        if status not in ("failed", "interrupted"):
+            return None
+        why = jobs.error(marker) or manifest.get("error") or "it stopped before the end"
+        return f"{why} ({status} after {manifest.get('steps', 0):,} steps)"
+
+    return jobs.job_state(marker, lambda: out if status == "complete" else None,
+                          how_far=lambda: (manifest or {}).get("steps"), why_failed=why_failed)  # fmt: skip

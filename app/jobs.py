@@ -116,16 +116,25 @@ def read_parquet(path: Path, key: bytes):
     return df
 
 
-def file_state(target: Path, read) -> tuple[str, object]:
-    """Where the job making `target` stands: ("done", read(target)) once `read` gives something, else
-    ("running", its progress line or None), ("failed", its one-line error) or ("none", None)."""
-    if running(target):
-        return "running", progress(target)
-    got = read(target)
+def job_state(marker: Path, done, *, how_far=None, why_failed=None) -> tuple[str, object]:
+    """Where the job behind `marker` stands, judged by what it makes: ("running", `how_far()`, else its
+    progress line, or None), ("done", `done()` once that gives something), ("failed", one line:
+    `why_failed()` when the product itself says why, else the job's error) or ("none", None).
+
+    Every background product of the app is judged this way: a cached file (`done` reads it), a run
+    folder or a sweep (the three read their manifests)."""
+    if running(marker):
+        return "running", how_far() if how_far is not None else progress(marker)
+    got = done()
     if got is not None:
         return "done", got
-    err = error(target)
+    err = (why_failed() if why_failed is not None else None) or error(marker)
     return ("failed", err) if err else ("none", None)
+
+
+def file_state(target: Path, read) -> tuple[str, object]:
+    """`job_state` of a job that makes the one file `target`: done once `read(target)` gives something."""
+    return job_state(target, lambda: read(target))
 
 
 def cannot_rerun(manifest: dict) -> str | None:

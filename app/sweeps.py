@@ -87,15 +87,15 @@ def start_sweep(out: Path, runs: list[str], grid: list[str]) -> subprocess.Popen
 
 
 def sweep_state(out: Path) -> tuple[str, object]:
-    """("running", "done of cells") | ("failed", one line) | ("done", None) | ("none", None)."""
+    """("running", "done of cells") | ("failed", one line) | ("done", the sweep folder) | ("none", None)."""
     marker = _marker(out)
     try:
         m = manifest(out)
     except ValueError:
         m = None
-    if jobs.running(marker):
-        return "running", (f"{m['done']:,} of {m['cells']:,} cells" if m else None)
-    if m is not None and m.get("status") == "complete":
-        return "done", None
-    err = jobs.error(marker) or (m or {}).get("error")
-    return ("failed", err) if err else ("none", None)
+    return jobs.job_state(
+        marker,
+        lambda: out if m is not None and m.get("status") == "complete" else None,
+        how_far=lambda: f"{m['done']:,} of {m['cells']:,} cells" if m else None,
+        why_failed=lambda: jobs.error(marker) or (m or {}).get("error"),
+    )

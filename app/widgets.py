@@ -1,5 +1,5 @@
-"""The widgets every page shares: the run guard, the step scrubber, links to other pages, and the
-table of one step's decisions (Timeline and Step inspector).
+"""The widgets every page shares: the run guard, the step scrubber, links to other pages, the table
+of one step's decisions (Timeline and Step inspector), and the line that follows a background job.
 
 Each is bound to the URL state of `app/state.py` (run, second run, step), so that a page opened
 from a link, the sidebar or another page shows the same view. This module draws; it computes
@@ -120,6 +120,21 @@ def require_step(run: Run, path: str, ver: str) -> int:
         st.info(f"Run `{run.name}` has no recorded steps yet.")
         st.stop()
     return step_scrubber(int(steps.max()) + 1)
+
+
+@st.fragment(run_every=2.0)
+def wait_for_job(state, args: tuple, say) -> None:
+    """While the background job that `state(*args)` judges (`app.jobs.job_state`) runs: its line,
+    `say(detail)` (text, or (text, fraction) for a progress bar), refreshed every 2 s; once it ends,
+    the whole page reruns and shows what it made (or why it failed)."""
+    status, detail = state(*args)
+    if status != "running":
+        st.rerun()
+    said = say(detail)
+    if isinstance(said, tuple):
+        st.progress(min(max(said[1], 0.0), 1.0), text=said[0])
+    else:
+        st.info(said)
 
 
 def link(page: str, **params: object) -> str:

@@ -131,13 +131,12 @@ def _save(run, sets: list[str], changed: dict) -> None:
     st.markdown(f"[Open it on the Runs page]({link('runs', run=ref)}) or [in the Knobs lab]({link('knobs', run=ref)})")
 
 
-@st.fragment(run_every=2.0)
 def _wait_for_exact(path: str, sets: tuple[str, ...], total: int) -> None:
-    status, done = exact.exact_state(path, list(sets))
-    if status != "running":
-        st.rerun()  # finished (or failed): the whole page shows it
-    what = "loading the model" if done is None else f"{done:,} of {total:,} steps"
-    st.progress(min((done or 0) / max(total, 1), 1.0), text=f"Exact re-plan in the background: {what}")
+    def say(done: int | None) -> tuple[str, float]:
+        what = "loading the model" if done is None else f"{done:,} of {total:,} steps"
+        return f"Exact re-plan in the background: {what}", (done or 0) / max(total, 1)
+
+    widgets.wait_for_job(exact.exact_state, (path, list(sets)), say)
 
 
 def _exact_section(run, ref: str, path: str, ver: str, overrides: tuple[str, ...], total: int) -> None:

@@ -81,14 +81,6 @@ else:
         export.download_buttons(att, f"{run.name}-attention-step{step}", key="si_att")
 
 
-@st.fragment(run_every=1.5)
-def _wait_for_detail(path: str, step: int) -> None:
-    status, stage = attention.detail_state(path, step)
-    if status != "running":
-        st.rerun()  # finished (or failed): the whole page shows it
-    st.info(f"Computing the attention of step {step} in the background: {stage or 'starting'} ...")
-
-
 st.markdown("**By layer and head** (recomputed at this step)")
 st.caption("The recording keeps the base model's attention averaged over heads, on some steps only, and "
            "LensNet's summed over its queries. This rebuilds the step and re-runs the run's model and LensNet "
@@ -103,7 +95,9 @@ if detail_status != "done":
 if detail_why_not:
     st.info(f"Run `{run.name}` cannot be re-run: {detail_why_not}.")
 elif detail_status == "running":
-    _wait_for_detail(path, step)
+    widgets.wait_for_job(attention.detail_state, (path, step),
+                         lambda stage: f"Computing the attention of step {step} in the background: "
+                                       f"{stage or 'starting'} ...")  # fmt: skip
 elif detail_status == "failed":
     st.warning(f"Computing the attention of step {step} failed: {detail}")
 elif detail_status == "done":
@@ -160,14 +154,6 @@ st.caption("For the top-k candidates (half the highest-scored, half the lowest),
            "the default model on a 2-core CPU); the result is kept for this step.")  # fmt: skip
 
 
-@st.fragment(run_every=1.5)
-def _wait_for_probe(path: str, step: int) -> None:
-    status, detail = probe.probe_state(path, step)
-    if status != "running":
-        st.rerun()  # finished (or failed): the whole page shows it
-    st.info(f"Probing step {step} in the background: {detail or 'starting'} ...")
-
-
 def _start_probe(path: str, step: int) -> None:
     probe.start_probe(path, step, int(st.session_state.get("si_probe_k", probe.TOP_K)))
 
@@ -182,7 +168,11 @@ c_go.button(label, on_click=_start_probe, args=(path, step), key="si_probe_go", 
 if why_not:
     st.info(f"Run `{run.name}` cannot be probed: {why_not}.")
 elif status == "running":
-    _wait_for_probe(path, step)
+    widgets.wait_for_job(
+        probe.probe_state,
+        (path, step),
+        lambda stage: f"Probing step {step} in the background: {stage or 'starting'} ...",
+    )
 elif status == "failed":
     st.warning(f"The probe of step {step} failed: {detail}")
 elif status == "done":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts_sweep, export, paths, state, sweeps
+from app import charts_sweep, export, paths, state, sweeps, widgets
 from app import queries_runs as qr
 from app import queries_sweep as qsw
 from app.widgets import link
@@ -20,12 +20,9 @@ from app.widgets import link
 SWEEP = "sweep"  # the URL parameter
 
 
-@st.fragment(run_every=2.0)
 def _follow(out) -> None:
-    status, detail = sweeps.sweep_state(out)
-    if status != "running":
-        st.rerun()
-    st.info(f"Sweep `{out.name}` running in the background (local Ray): {detail or 'starting Ray'} ...")
+    say = lambda detail: f"Sweep `{out.name}` running in the background (local Ray): {detail or 'starting Ray'} ..."  # noqa: E731
+    widgets.wait_for_job(sweeps.sweep_state, (out,), say)
 
 
 def _start_form() -> None:
