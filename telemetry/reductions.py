@@ -195,8 +195,9 @@ class StepReducer:
         st = self.st
         st[3] = 0  # candidates are only kept until their steps' decisions are in
         g, rows = steps.shape[0], int(bounds[-1] - bounds[0])
-        if self.prev.shape[0] < rows:
-            self.prev = _grown(self.prev, rows, 0)
+        widest = rows if g == 1 else int(np.diff(bounds).max(initial=0))  # one group's keys at a time
+        if self.prev.shape[0] < widest:
+            self.prev = _grown(self.prev, widest, 0)
         need = int(st[2] + st[0]) + rows
         if self.c_key.shape[0] < need:
             self.c_key, self.c_first, self.c_len = (_grown(a, need, 0) for a in (self.c_key, self.c_first, self.c_len))
