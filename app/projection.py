@@ -126,9 +126,8 @@ def gist_colours(run, node_id: np.ndarray) -> pd.DataFrame:
     """Per gist: lod, start and end (token span), score (latest recorded), last_expand (step; NaN if
     never), created (the step it was made at) and preview (its text's beginning)."""
     bs = int(run.knob("tree.block_size", 32))
-    lod, idx = nodes.node_lod(node_id), nodes.node_index(node_id)
-    start = nodes.node_start(lod, idx, bs)
-    df = pd.DataFrame({"node_id": node_id, "lod": lod, "start": start, "end": start + nodes.span_tokens(lod, bs)})
+    start, end = nodes.node_span(node_id, bs)
+    df = pd.DataFrame({"node_id": node_id, "lod": nodes.node_lod(node_id), "start": start, "end": end})
     made = run.source("nodes")
     if made:
         q = f"SELECT node_id, min(step) AS created, any_value(preview) AS preview FROM {made[0]} GROUP BY node_id"

@@ -83,8 +83,7 @@ def node_labels(node_id: pd.Series | np.ndarray, block_size: int | None = None) 
     lod, idx = nodes.node_lod(ids), nodes.node_index(ids)
     labels = [f"L{lv} #{ix}" for lv, ix in zip(lod, idx, strict=True)]
     if block_size is not None:
-        start = nodes.node_start(lod, idx, block_size)
-        end = start + nodes.span_tokens(lod, block_size)
+        start, end = nodes.node_span(ids, block_size)
         labels = [f"{b}, tokens {s}-{e}" for b, s, e in zip(labels, start, end, strict=True)]
     return ["tail" if i < 0 else b for i, b in zip(ids, labels, strict=True)]
 
@@ -278,9 +277,7 @@ def worst_nodes(path: str, ver: str, top: int = 10, osc_window: int = 5) -> pd.D
     g = ev.groupby("node_id").agg(ping_pongs=("step", "size"), first_step=("step", "min")).reset_index()
     g = g.sort_values(["ping_pongs", "node_id"], ascending=[False, True]).head(top).reset_index(drop=True)
     bs = int(run.knob("tree.block_size", 32))
-    lod, idx = nodes.node_lod(g["node_id"]), nodes.node_index(g["node_id"])
-    g["start"] = nodes.node_start(lod, idx, bs)
-    g["end"] = g["start"] + nodes.span_tokens(lod, bs)
+    g["start"], g["end"] = nodes.node_span(g["node_id"].to_numpy(), bs)
     g.insert(0, "node", node_labels(g["node_id"]))
     return g
 

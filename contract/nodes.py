@@ -46,6 +46,13 @@ def node_start(lod, index, block_size: int):
     return np.asarray(index, dtype=np.int64) * span_tokens(lod, block_size)
 
 
+def node_span(nid, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end): the half-open token span of each node id."""
+    lod = node_lod(nid)
+    start = node_start(lod, node_index(nid), block_size)
+    return start, start + span_tokens(lod, block_size)
+
+
 @lru_cache(maxsize=16)
 def _costs(block_size: int) -> np.ndarray:
     """int32[MAX_LEVELS]: the WC cost of an entry of each level (a gather beats a where per call)."""

@@ -176,8 +176,7 @@ class Session:
         if ids.size == 0:
             return
         lod, idx = nodes.node_lod(ids), nodes.node_index(ids)
-        start = nodes.node_start(lod, idx, self.cfg.tree.block_size)
-        end = start + nodes.span_tokens(lod, self.cfg.tree.block_size)
+        start, end = nodes.node_span(ids, self.cfg.tree.block_size)
         toks = self.tree.tokens()
         preview = [
             self.model.decode(toks[s : min(e, s + PREVIEW_TOKENS)].tolist()) for s, e in zip(start, end, strict=True)

@@ -103,9 +103,7 @@ class MeasureSink:
         x = a[d.action[a] == EXPAND]
         r = self._round
         if x.size and r is not None and r.step == ev.step and r.iteration == ev.iteration:
-            lod, idx = nodes.node_lod(d.node_id[x]), nodes.node_index(d.node_id[x])
-            xs = nodes.node_start(lod, idx, self.bs)
-            xe = xs + nodes.span_tokens(lod, self.bs)
+            xs, xe = nodes.node_span(d.node_id[x], self.bs)
             self._bounds[1] = r.node_id.shape[0]
             self.red.adjacency(self._bounds, r.lod, r.start, r.end, np.zeros(x.size, np.int64), xs, xe,
                                d.lod_from[x].astype(np.int8))  # fmt: skip

@@ -132,12 +132,6 @@ def locality_table(per: dict[str, np.ndarray]) -> pa.Table:
     )
 
 
-def _spans(node_id: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    lod, idx = nodes.node_lod(node_id), nodes.node_index(node_id)
-    start = nodes.node_start(lod, idx, block_size)
-    return start, start + nodes.span_tokens(lod, block_size)
-
-
 def adjacency(entries: pa.Table, decisions: pa.Table, block_size: int = 32) -> dict:
     """Share of applied expansions whose node touches existing detail: a neighbouring entry (ending
     where the node starts or starting where it ends) at a finer LOD than the node, in the WC of the
@@ -154,7 +148,7 @@ def sequential(decisions: pa.Table, block_size: int = 32) -> pa.Table:
     touch or overlap: a gap of less than one block)."""
     a = _applied(decisions, drop_evict=True)
     x = a["action"] == EXPAND
-    start, end = _spans(a["node_id"][x], block_size)
+    start, end = nodes.node_span(a["node_id"][x], block_size)
     gap = np.maximum(start[1:] - end[:-1], start[:-1] - end[1:])
     return pa.table({"step": a["step"][x][1:].astype(np.int32), "sequential": gap < block_size})
 
@@ -285,7 +279,7 @@ def feed_adjacency(r: StepReducer, entries: pa.Table, applied: dict[str, np.ndar
     x_rnd = applied["step"][x].astype(np.int64) * its + applied["iteration"][x].astype(np.int64)
     g = np.minimum(np.searchsorted(keys, x_rnd), keys.size - 1)
     x_round = np.where(keys[g] == x_rnd, g, -1).astype(np.int64)
-    xs, xe = _spans(applied["node_id"][x].astype(np.int64), block_size)
+    xs, xe = nodes.node_span(applied["node_id"][x].astype(np.int64), block_size)
     r.adjacency(e_bounds, lod, start, end, x_round, xs.astype(np.int64), xe.astype(np.int64),
                 applied["lod_from"][x].astype(np.int8))  # fmt: skip
 
