@@ -228,12 +228,19 @@ def _wc(entries: pa.Table, iteration: int = 0) -> tuple[np.ndarray, ...]:
     lod = _col(e, "lod").astype(np.int8) if "lod" in names else nodes.node_lod(node)
     start, end = (_col(e, c).astype(np.int64) if c in names else np.zeros(n, np.int64) for c in ("start", "end"))
     score = _col(e, "score").astype(np.float32) if "score" in names else np.zeros(n, np.float32)
-    if n > 1 and (np.any(step[1:] < step[:-1]) or np.any((start[1:] <= start[:-1]) & (step[1:] == step[:-1]))):
-        order = np.lexsort((start, step))  # recorded order is already (step, start): sort only if not
-        step, node, lod, start, end, score = (x[order] for x in (step, node, lod, start, end, score))
-    first = np.flatnonzero(step[1:] != step[:-1]) + 1
-    bounds = np.concatenate([[0], first, [n]]).astype(np.int64) if n else np.zeros(1, np.int64)
-    return step[bounds[:-1]], bounds, node, lod, start, end, score
+    steps, bounds, start, node, lod, end, score = _grouped(step, start, node, lod, end, score)
+    return steps, bounds, node, lod, start, end, score
+
+
+def _grouped(key: np.ndarray, start: np.ndarray, *cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(group keys, bounds, start, *cols): rows grouped by `key` (a step, or a round) and each group in
+    token order, group g being rows `bounds[g]:bounds[g + 1]`."""
+    if key.size > 1 and (np.any(key[1:] < key[:-1]) or np.any((start[1:] <= start[:-1]) & (key[1:] == key[:-1]))):
+        order = np.lexsort((start, key))  # recorded order is already (key, start): sort only if not
+        key, start, cols = key[order], start[order], tuple(c[order] for c in cols)
+    first = np.flatnonzero(key[1:] != key[:-1]) + 1
+    bounds = np.concatenate([[0], first, [key.size]]).astype(np.int64) if key.size else np.zeros(1, np.int64)
+    return key[bounds[:-1]], bounds, start, *cols
 
 
 def feed(r: StepReducer, entries: pa.Table, applied: dict[str, np.ndarray] | None = None, iteration: int = 0) -> None:
@@ -269,13 +276,7 @@ def feed_adjacency(r: StepReducer, entries: pa.Table, applied: dict[str, np.ndar
     lod, start, end = (_col(entries, c) for c in ("lod", "start", "end"))
     lod, start, end = lod.astype(np.int8), start.astype(np.int64), end.astype(np.int64)
     its = int(max(it.max(), applied["iteration"][x].max())) + 1
-    rnd = step * its + it
-    if np.any(rnd[1:] < rnd[:-1]) or np.any((start[1:] <= start[:-1]) & (rnd[1:] == rnd[:-1])):
-        order = np.lexsort((start, rnd))  # recorded order is (step, iteration, start): sort only if not
-        rnd, lod, start, end = rnd[order], lod[order], start[order], end[order]
-    first = np.flatnonzero(rnd[1:] != rnd[:-1]) + 1
-    e_bounds = np.concatenate([[0], first, [rnd.size]]).astype(np.int64)
-    keys = rnd[e_bounds[:-1]]
+    keys, e_bounds, start, lod, end = _grouped(step * its + it, start, lod, end)
     x_rnd = applied["step"][x].astype(np.int64) * its + applied["iteration"][x].astype(np.int64)
     g = np.minimum(np.searchsorted(keys, x_rnd), keys.size - 1)
     x_round = np.where(keys[g] == x_rnd, g, -1).astype(np.int64)

@@ -160,18 +160,14 @@ def summarize(steps: pa.Table, decisions: pa.Table, entry_batches, *, block_size
     The one implementation behind `summary` (a run folder, in batches) and the Knobs lab's tables."""
     dec = _applied_only(decisions)
     applied = _applied(dec, drop_evict=True)  # application order: by step, round, seq
-    r, counts = StepReducer(tau), []
+    r = StepReducer(tau)
     for batch in entry_batches:
         feed(r, batch, applied)
         feed_adjacency(r, batch, applied, block_size)
-        if "n_entries_start" not in steps.column_names:
-            counts.append(_entry_counts(_first_iteration(batch)))
-    return reduced(steps, dec, r, block_size=block_size, osc_window=osc_window,
-                   counts=pa.concat_tables(counts) if counts else None)  # fmt: skip
+    return reduced(steps, dec, r, block_size=block_size, osc_window=osc_window)
 
 
-def reduced(steps: pa.Table, dec: pa.Table, r: StepReducer, *, block_size: int, osc_window: int = 5,
-            counts: pa.Table | None = None) -> Summary:  # fmt: skip
+def reduced(steps: pa.Table, dec: pa.Table, r: StepReducer, *, block_size: int, osc_window: int = 5) -> Summary:
     """The registry's numbers and per-step tables from the steps table, the applied decisions and a
     `StepReducer` fed the run's entries: the last stage of `summarize`, and the whole of the Knobs
     lab's one-pass measure (`telemetry.measure`), which feeds the reducer from a replay's events."""
@@ -182,6 +178,8 @@ def reduced(steps: pa.Table, dec: pa.Table, r: StepReducer, *, block_size: int, 
     seq = sequential(dec, block_size)
     res = residency_of(r.closed_lengths(), r.open_runs)
     dn = delta_nll(steps) if "nll" in steps.column_names else None
+    # A recording without `n_entries_start` counts the entries at each step's start from its WCs.
+    counts = None if "n_entries_start" in steps.column_names else pa.table({"step": per["step"], "n": per["n"]})
     swap = swap_rate(steps, dec, counts)
     util = utilization(steps)
     n_cand = int(pc.sum(coh.column("candidates")).as_py() or 0)
