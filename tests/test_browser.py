@@ -256,6 +256,26 @@ def settle(page) -> None:
     page.wait_for_timeout(300)  # deltas applied after the run's end message (charts, data grids) still render
 
 
+def wait_drawn(page, plot, traces: int = 1) -> None:
+    """Wait until plotly has drawn `traces` traces of `plot` (settle's pause does not cover a loaded machine)."""
+    page.wait_for_function(
+        "([gd, n]) => !!gd._fullData && gd._fullData.length >= n", arg=[plot.element_handle(), traces]
+    )
+
+
+def trace_point(page, plot, trace: int = 0, index: int = 0) -> tuple[float, float]:
+    """Where point `index` of trace `trace` is on screen, from plotly's own axes (a WebGL scatter has no DOM
+    points), once that trace is drawn."""
+    wait_drawn(page, plot, trace + 1)
+    return plot.evaluate(
+        """(gd, [k, i]) => {
+            const t = gd._fullData[k], L = gd._fullLayout, r = gd.getBoundingClientRect();
+            return [r.left + L.xaxis._offset + L.xaxis.l2p(t.x[i]), r.top + L.yaxis._offset + L.yaxis.l2p(t.y[i])];
+        }""",
+        [trace, index],
+    )
+
+
 def assert_clean(page, title: str) -> None:
     assert page.locator("h1").first.inner_text().strip() == title
     exc = page.locator('[data-testid="stException"]')
@@ -337,13 +357,7 @@ def test_gist_map_click_opens_the_timeline_at_the_gists_step(app, page):
     visit(page, app, "gists")
     plot = page.locator(".js-plotly-plot").first
     plot.wait_for()
-    # The first point's position on screen, from plotly's own axes (a WebGL scatter has no DOM points).
-    x, y = plot.evaluate(
-        """gd => {
-            const t = gd._fullData[0], L = gd._fullLayout, r = gd.getBoundingClientRect();
-            return [r.left + L.xaxis._offset + L.xaxis.l2p(t.x[0]), r.top + L.yaxis._offset + L.yaxis.l2p(t.y[0])];
-        }"""
-    )
+    x, y = trace_point(page, plot)  # the first point
     page.mouse.click(x, y)
     page.wait_for_url(re.compile(r"/timeline\?"))
     settle(page)
@@ -523,6 +537,7 @@ def test_a_click_on_a_metric_line_selects_its_step(app, page, name):
     # Metrics: its first line; Knobs lab: its per-step series, the last chart on the page.
     plot = page.locator(".js-plotly-plot").first if name == "metrics" else page.locator(".js-plotly-plot").last
     plot.scroll_into_view_if_needed()
+    wait_drawn(page, plot)
     # A point of the first line, half way along, placed on screen from plotly's own axes.
     step, x, y = plot.evaluate(
         """gd => {
@@ -618,12 +633,7 @@ def test_knobs_lab_exact_replan_runs_and_shows_both_sides(app, page):
 def test_sweep_page_a_click_on_a_pareto_point_opens_it_in_the_knobs_lab(app, page):
     visit(page, app, "sweep")
     plot = page.locator(".js-plotly-plot").first
-    x, y = plot.evaluate(
-        """gd => {
-            const t = gd._fullData[1], L = gd._fullLayout, r = gd.getBoundingClientRect();  // a non-dominated point
-            return [r.left + L.xaxis._offset + L.xaxis.l2p(t.x[0]), r.top + L.yaxis._offset + L.yaxis.l2p(t.y[0])];
-        }"""
-    )
+    x, y = trace_point(page, plot, trace=1)  # a non-dominated point
     page.mouse.click(x, y)
     link = page.get_by_role("link", name=f"Open it in the Knobs lab on {REC}")
     link.wait_for()
