@@ -253,7 +253,18 @@ def settle(page) -> None:
     page.wait_for_function(
         "() => ![...document.querySelectorAll('[data-testid=stStatusWidget]')].some(e => /Running/.test(e.innerText))"
     )
-    page.wait_for_timeout(300)  # deltas applied after the run's end message (charts, data grids) still render
+    # Deltas applied after the run's end message (charts, data grids, export buttons) still mount, for
+    # longer on a loaded machine: wait until the page's elements stop changing for 300 ms (at most 5 s).
+    page.evaluate("() => { window.__mcsSettle = null; }")
+    page.wait_for_function(
+        """() => {
+            const n = document.querySelectorAll('[data-testid="stMain"] *').length, now = performance.now();
+            const w = window.__mcsSettle || (window.__mcsSettle = {n: -1, since: now, start: now});
+            if (n !== w.n) { w.n = n; w.since = now; }
+            return now - w.since >= 300 || now - w.start >= 5000;
+        }""",
+        polling=100,
+    )
 
 
 def wait_drawn(page, plot, traces: int = 1) -> None:
