@@ -14,9 +14,9 @@ exist and hold history for its nodes. Then, with seeded random scores and defaul
   apply         `apply(wc, decisions)` of the `plan` call's decisions
 
 With `--impl jit` or `both` (the default) each plan call is also timed through `plan_jit`
-(engine/allocator_jit.py, numba), after checking that it returns the same decisions and WC, and a
-second table gives its times and the numpy/jit ratio. The kernels compile (or load from numba's
-cache) before the first timed size.
+(engine/refocus.py; numba kernels in engine/allocator_jit.py), after checking that it returns the
+same decisions and WC, and a second table gives its times and the numpy/jit ratio. The kernels
+compile (or load from numba's cache) before the first timed size.
 
 Every call gets the same inputs (plan is pure), GC is paused while timing (as timeit does), and
 we report median and p90 per call in ms, plus median / 1 ms (the allocator's per-step target).
@@ -48,9 +48,9 @@ from contract.config import (
     PlanKnobs,  # noqa: E402
 )
 from engine.allocator import plan  # noqa: E402
-from engine.allocator_jit import plan_jit  # noqa: E402
 from engine.allocator_types import AllocatorState  # noqa: E402
 from engine.edits import apply  # noqa: E402
+from engine.refocus import plan_jit  # noqa: E402
 from engine.working_context import WorkingContext, check_invariants  # noqa: E402
 
 SIZES = (256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     if "numpy" in impls:
         print(table(rows))
     if "jit" in impls:
-        print("\nplan_jit (engine/allocator_jit.py):\n")
+        print("\nplan_jit (engine/refocus.py, numba kernels):\n")
         print(jit_table(rows))
     meta = {
         "python": platform.python_version(),

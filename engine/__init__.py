@@ -9,8 +9,6 @@ them. `python -m engine` is the command line (`studio.cli`).
 from contract.exports import exports
 
 PUBLIC = {
-    # engine.allocator_jit
-    "plan_jit": "engine.allocator_jit",
     # engine.allocator_types
     "AllocatorError": "engine.allocator_types",
     "AllocatorState": "engine.allocator_types",
@@ -42,6 +40,7 @@ PUBLIC = {
     "IMPL": "engine.refocus",
     "PLANNERS": "engine.refocus",
     "plan": "engine.refocus",
+    "plan_jit": "engine.refocus",
     "Scores": "engine.refocus",
     # engine.replay
     "FAST_KNOB_SECTIONS": "engine.replay",

@@ -22,8 +22,8 @@ hysteresis, then budget / edit_cap. Every expand/collapse moves the cost by +/-(
 
 This module holds the stages only: the knobs they read (`PlanKnobs`) are the contract's
 (`contract/config.py`), the types they return (`AllocatorState`, `Plan`, `AllocatorError`) are in
-`engine/allocator_types.py`, the compiled twin in `engine/allocator_jit.py`, and the choice between
-the two in `engine/refocus.py` (`PLANNERS`).
+`engine/allocator_types.py`, the compiled twin's kernels in `engine/allocator_jit.py`, and the twin's
+Python side (`plan_jit`) and the choice between the two in `engine/refocus.py` (`PLANNERS`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the config, `PlanKnobs`, is the contract's (`contract/config.py`). Pure numpy: n
 no globals.
 
 This module plans nothing: the stages are `engine/allocator.py` (the reference `plan`) and
-`engine/allocator_jit_stages.py` (compiled, behind `engine/allocator_jit.py`'s `plan_jit`).
+`engine/allocator_jit.py` (compiled, behind `engine/refocus.py`'s `plan_jit`).
 """
 
 from __future__ import annotations
@@ -77,4 +77,4 @@ class Plan:
     state: AllocatorState  # the allocator's memory after this round
     stages: dict[str, np.ndarray]  # raw, interp, shift, final: float32[n] over the input WC's entries
     wc: WorkingContext  # the WC after the applied decisions (= apply(input wc, decisions))
-    compiled: bool = False  # made by the compiled twin (`engine.allocator_jit`), not by the reference
+    compiled: bool = False  # made by the compiled twin (`engine.refocus.plan_jit`), not by the reference

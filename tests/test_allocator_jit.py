@@ -1,4 +1,5 @@
-"""`plan_jit` (engine/allocator_jit.py) against the reference `plan`: bitwise the same Plan, call by call.
+"""`plan_jit` (engine/refocus.py; kernels in engine/allocator_jit.py) against the reference `plan`:
+bitwise the same Plan, call by call.
 
 Every comparison covers all eight decision columns (dtype and bits), the four stages, the resulting
 WC and the whole AllocatorState. The first call compiles the kernels (cached in __pycache__ after).
@@ -188,7 +189,7 @@ def test_numpy_scalar_knobs_fall_back_to_the_reference():
 
 
 def test_read_only_inputs_share_the_one_compiled_specialisation():
-    from engine.allocator_jit_stages import _pipeline, _plan
+    from engine.allocator_jit import _pipeline, _plan
 
     wc = WorkingContext.empty(32, 2).advance(30 * 32 + 5)
     raw, lod, index = _uniform(5)(0, wc), wc.lod.copy(), wc.index.copy()

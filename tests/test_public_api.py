@@ -72,4 +72,4 @@ def test_a_table_entry_outside_its_package_is_refused():
     with pytest.raises(ValueError, match="must be unprefixed and defined in engine"):
         exports("engine", {"Run": "telemetry.reader"})
     with pytest.raises(ValueError, match="must be unprefixed"):
-        exports("engine", {"_plan": "engine.allocator_jit_stages"})
+        exports("engine", {"_plan": "engine.allocator_jit"})
