@@ -6,7 +6,7 @@ A knob's type, range and meaning are declared once, on its config field (`contra
 and the Record page alike, so that no page restates a range. `LAB_KNOBS` lists the lab's knobs.
 
 `replan(recording, overrides, grid)` is the one entry point the page uses: fast replay (recorded
-raw scores) measured as it runs by `studio.replay.replan`, which computes the metrics and the
+raw scores) measured as it runs by `studio.fast_replay.replan`, which computes the metrics and the
 binned LOD timeline step by step without building per-entry tables (the same numbers as
 `telemetry.metrics` on the replay's tables; tests hold them equal). `measure(steps, entries,
 decisions, block_size, tau)` computes the recorded side from the recorded tables with
@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from contract.config import RunConfig, apply_overrides, changed_knobs, knob_spec
-from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayError, ReplayStats, replay_fast
+from studio.fast_replay import FAST_KNOB_SECTIONS, Recording, ReplayError, ReplayStats, replay_fast
+from studio.fast_replay import replan as replan_measured
 from studio.replay import load_recording, replay_run
-from studio.replay import replan as replan_measured
 from telemetry import registry, run_metrics
 from telemetry.heatmap import heatmap_of_table
 from telemetry.memory import LAB_ENTRIES, ArrowSink

@@ -4,7 +4,7 @@ Records (once, cached in --run-dir) a real run of --tokens tokens of standard-li
 the tiny model and the --scorer scorer at w_max 2048 (no NLL: only the focus decisions matter
 here), then times, in one process, two ways of answering a knob change:
 
-- `lab` (what the app runs, `studio.replay.replan`): re-plan every step with new hysteresis and
+- `lab` (what the app runs, `studio.fast_replay.replan`): re-plan every step with new hysteresis and
   sharpening knobs and measure as the events arrive: every metric series, the summary numbers and
   the 1000x400 LOD timeline of the re-planned run, with no per-entry rows;
 - `tables` (the general path): re-plan into in-memory tables (entries: only the columns the
@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.bench_refocus import stdlib_text  # noqa: E402
 from contract.config import apply_overrides  # noqa: E402
-from engine.replay import replay_fast  # noqa: E402
-from studio.replay import load_recording, replan  # noqa: E402
+from studio.fast_replay import replan, replay_fast  # noqa: E402
+from studio.replay import load_recording  # noqa: E402
 from telemetry import metrics  # noqa: E402
 from telemetry.memory import LAB_ENTRIES, ArrowSink  # noqa: E402
 from telemetry.reader import Run  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
     print("| path | load (once per run) | re-plan + metrics (allocator) | knob change | cold | target |")
     print("|---|---:|---:|---:|---:|---:|")
     b = best
-    print(f"| lab (`studio.replay.replan`, timeline 1000x400 incl.) | {lb['load_s']:.2f} s | {lb['lab_s']:.2f} s "
+    print(f"| lab (`studio.fast_replay.replan`, timeline 1000x400 incl.) | {lb['load_s']:.2f} s | {lb['lab_s']:.2f} s "
           f"({lb['allocator_s']:.2f} s) | {lb['lab_s']:.2f} s | {lb['cold_s']:.2f} s | 2 s |")  # fmt: skip
     rest = b["replan_s"] + b["tables_s"] + b["metrics_s"]
     print(f"| tables (replay_fast + ArrowSink + telemetry.metrics) | {b['load_s']:.2f} s | {rest:.2f} s "

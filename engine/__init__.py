@@ -42,12 +42,6 @@ PUBLIC = {
     "plan": "engine.refocus",
     "plan_jit": "engine.refocus",
     "Scores": "engine.refocus",
-    # engine.replay
-    "FAST_KNOB_SECTIONS": "engine.replay",
-    "Recording": "engine.replay",
-    "ReplayError": "engine.replay",
-    "ReplayStats": "engine.replay",
-    "replay_fast": "engine.replay",
     # engine.runtime
     "GISTNET_FILE": "engine.runtime",
     "build_engine": "engine.runtime",

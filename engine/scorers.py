@@ -4,7 +4,7 @@ and `build_scorer`, the registry that makes the one a config names.
 Each scorer implements `score(view) -> ScoreResult` (engine/view.py): `scores` is float32[n] in
 [-1, 1]; positive = the entry wants more detail than it has now, negative = less, 0 = it is where the
 policy wants it. Every scorer is a deterministic function of (its constructor args, the view), so a
-recorded session can be re-scored exactly (engine/replay.py depends on this).
+recorded session can be re-scored exactly (exact replay, `studio/replay.py`, depends on this).
 
 - `recency`: the plain truncated-context transformer (newest W blocks raw, older as coarse as legal).
 - `compressive`: detail decays with age (Compressive Transformer): newest raw, then LOD1, then coarsest.

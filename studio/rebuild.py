@@ -92,7 +92,7 @@ def rebuild_step(run_dir: str | Path, step: int, *, device: str = "auto",
 def replayed(r: Rebuilt, step: int):
     """(WC, allocator state) as step `step - 1` left them (`engine.allocator_types.AllocatorState`), from
     a fast replay of the recording with its own knobs, which reproduces what the recorder had."""
-    from engine.replay import replay_fast
+    from studio.fast_replay import replay_fast
 
     stats = replay_fast(load_recording(r.run.path), r.cfg, NullSink(), record_entries=False, stop_before=step)
     if stats.stopped_at is None:

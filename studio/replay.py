@@ -1,8 +1,8 @@
-"""Replay from and into run folders: read a recording (`load_recording`), re-plan it with other
-knobs into a new run folder (`replay_run`, fast or exact), or re-plan and measure it in memory in one
-pass (`replan`, the Knobs lab's and the sweeps' path: fast replay into a
-`telemetry.measure.MeasureSink`). The in-memory replay itself is `engine.replay.replay_fast`; this
-module joins it to the telemetry, so `engine/` never imports telemetry.
+"""Replay from and into run folders: read a recording (`load_recording`) and re-plan it with other
+knobs into a new run folder (`replay_run`): fast (`studio.fast_replay.replay_fast`, the recorded
+scores re-planned in memory) or exact (the whole session run again, scorer and base model included,
+over the recording's input). Re-planning and measuring in memory, with no folder written, is
+`studio.fast_replay.replan`.
 
 The source must have ended: a run still recording (fresh heartbeat) is refused. An interrupted or
 failed source is replayed as far as it goes, and the replay's manifest records `source_status`
@@ -22,8 +22,7 @@ import numpy as np
 
 from contract.config import RunConfig, apply_overrides, changed_knobs
 from contract.events import GistsRecorded, NodesAdded, RunFinished, RunStarted, TextRecorded
-from engine.replay import FAST_KNOB_SECTIONS, Recording, ReplayError, replay_fast
-from telemetry.measure import Measured, MeasureSink
+from studio.fast_replay import FAST_KNOB_SECTIONS, Recording, ReplayError, replay_fast
 from telemetry.reader import Run
 from telemetry.writer import MANIFEST, ParquetSink
 
@@ -156,18 +155,3 @@ def _replay_exact(manifest: dict, parent, out, cfg: RunConfig, changed: dict, de
     return {"out": str(out), "mode": "exact", "changed_knobs": changed, "steps": done.steps, "approximate": False,
             "source_status": status, "source_problems": problems,
             "wall_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
-
-
-def replan(rec, cfg: RunConfig, *, timeline: tuple[int, int] | None = None,
-           token_range: tuple[int, int] | None = None, keep_steps: tuple[int, ...] = (),
-           osc_window: int = 5, agg: str = "mean") -> Measured:  # fmt: skip
-    """Re-plan recording `rec` (engine.replay.Recording) under `cfg` and measure it. No files written."""
-    n = int(rec.tokens_seen.shape[0])
-    tokens = int(rec.tokens_seen[-1]) if n else 0
-    sink = MeasureSink(n_steps=max(n, 1), tokens=tokens, block_size=cfg.tree.block_size,
-                       tau_expand=cfg.allocator.tau_expand, timeline=timeline, token_range=token_range,
-                       keep_steps=keep_steps, agg=agg)  # fmt: skip
-    stats = replay_fast(rec, cfg, sink)
-    out = sink.result(osc_window=osc_window)
-    out.approximate_lookups, out.allocator_ms = stats.approximate_lookups, stats.allocator_ms
-    return out

@@ -3,7 +3,7 @@
 `python -m engine sweep --runs GLOB... --grid section.knob=v1,v2,... --out DIR [--exact] [--ray MODE]`
 re-plans each recording with each setting of the grid (the cartesian product of the `--grid` knobs'
 values) and measures it without writing per-entry rows: fast mode replays the recorded scores
-(`studio.replay.replan`, the Knobs lab's path), `--exact` re-runs the scorer and the base model
+(`studio.fast_replay.replan`, the Knobs lab's path), `--exact` re-runs the scorer and the base model
 (`engine.session` into an in-memory sink, measured by `telemetry.run_metrics.summarize`, NLL
 included). Each cell gives one row: the run, the knob values, every metric of the registry (the
 NLL ones where known), steps, seconds, worker.
@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contract.config import RunConfig, apply_overrides, knob_spec
-from engine.replay import FAST_KNOB_SECTIONS
+from studio.fast_replay import FAST_KNOB_SECTIONS
 from telemetry.registry import METRICS
 
 MANIFEST = "sweep.json"
@@ -222,7 +222,8 @@ class CellRunner:
         return row
 
     def _fast(self, path: Path, cell: Cell):
-        from studio.replay import load_recording, replan
+        from studio.fast_replay import replan
+        from studio.replay import load_recording
 
         key = str(path)
         if key not in self._recordings:

@@ -10,8 +10,6 @@ from contract.exports import exports
 PUBLIC = {
     # telemetry.heatmap
     "heatmap_of_table": "telemetry.heatmap",
-    # telemetry.measure
-    "MeasureSink": "telemetry.measure",
     # telemetry.memory
     "ArrowSink": "telemetry.memory",
     "LAB_ENTRIES": "telemetry.memory",

@@ -13,7 +13,7 @@ they are), and `sql_bin_of` writes the step bin as DuckDB SQL from the same form
 
 `SpanGrid` bins for every heatmap: a run folder's (`telemetry.heatmap`, behind `Run.span_heatmap`:
 DuckDB reads and merges the rows, this spreads them), an in-memory table's, and the Knobs lab's
-re-plan, whose one-pass measure (`telemetry.measure`) feeds it each step as the replay makes it. So
+re-plan, whose one-pass measure (`studio.fast_replay.MeasureSink`) feeds it each step as the replay makes it. So
 recorded and re-planned timelines are the same cells by construction.
 """
 

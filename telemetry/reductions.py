@@ -6,7 +6,7 @@ working context, or of one round's. `StepReducer` computes them with compiled ke
 order. It keeps what crosses steps (which nodes are entries since when, for residency runs), so it
 can be fed one step at a time or many:
 
-- the Knobs lab's one-pass measure (`telemetry.measure.MeasureSink`) feeds it each step of a replay as
+- the Knobs lab's one-pass measure (`studio.fast_replay.MeasureSink`) feeds it each step of a replay as
   its events arrive, one group per call, and never builds a table of entries;
 - `telemetry.metrics` and `telemetry.run_metrics` feed it a run's tables, in batches of whole steps.
 

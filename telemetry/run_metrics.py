@@ -170,7 +170,7 @@ def summarize(steps: pa.Table, decisions: pa.Table, entry_batches, *, block_size
 def reduced(steps: pa.Table, dec: pa.Table, r: StepReducer, *, block_size: int, osc_window: int = 5) -> Summary:
     """The registry's numbers and per-step tables from the steps table, the applied decisions and a
     `StepReducer` fed the run's entries: the last stage of `summarize`, and the whole of the Knobs
-    lab's one-pass measure (`telemetry.measure`), which feeds the reducer from a replay's events."""
+    lab's one-pass measure (`studio.fast_replay.MeasureSink`), which feeds the reducer from a replay's events."""
     per = r.per_step()
     loc, coh = locality_table(per), coherence_table(per)
     events = oscillation_events(dec, osc_window)

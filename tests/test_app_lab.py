@@ -186,7 +186,7 @@ def test_binning_geometry_is_one_in_numpy_and_sql():
 
 
 def test_replanned_timeline_cells_are_the_readers_binning_of_the_replay(env, tmp_path):
-    """The re-planned timeline is binned while measuring (telemetry.measure); it must be the cells the
+    """The re-planned timeline is binned while measuring (studio.fast_replay); it must be the cells the
     reader gives for the same replay written to a folder, as the recorded side's are."""
     sets = ["allocator.cooldown_steps=5", "allocator.tau_expand=0.4"]
     rec = load_recording(env / "src" / "rec")

@@ -1,5 +1,5 @@
-"""`studio.replay.replan` (fast replay into `telemetry.measure.MeasureSink`): the knobs lab's one-pass
-re-plan and measure equals telemetry.metrics on the tables of the same replay, and its timeline equals
+"""`studio.fast_replay.replan` (fast replay into its `MeasureSink`): the knobs lab's one-pass re-plan
+and measure equals telemetry.metrics on the tables of the same replay, and its timeline equals
 the reader's binning of the written replay."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import pyarrow as pa
 import pytest
 
 from contract import apply_overrides
-from engine import replay_fast
-from studio import load_recording, replan, replay_run
+from studio import load_recording, replan, replay_fast, replay_run
 from telemetry import ArrowSink, Run, metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,8 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from contract import EntriesRecorded, StepRecorded, apply_overrides, nodes
-from engine import Recording, replay_fast
-from studio import load_recording
+from studio import Recording, load_recording, replay_fast
 from studio.replay import _sorted_by_step_iteration
 from telemetry import LAB_ENTRIES, ArrowSink, Run, StepReducer, metrics
 from telemetry.arrays import _col, _per_step, _unique

@@ -51,7 +51,7 @@ def _replanned(path: str, ver: str, sets: tuple[str, ...]):
 
 @st.cache_resource(max_entries=32, show_spinner=False)
 def _cells(path: str, ver: str, sets: tuple[str, ...] | None, last_step: int, tokens: int):
-    if sets is not None:  # binned while re-planning (telemetry.measure), as the reader bins the recorded side
+    if sets is not None:  # binned while re-planning (studio.fast_replay), as the reader bins the recorded side
         return _replanned(path, ver, sets).cells
     w, h = grid_size(CHART_W, CHART_H, last_step + 1, tokens)
     return q.heatmap(path, ver, "lod", w, h, (0, last_step), (0, tokens), agg="min")

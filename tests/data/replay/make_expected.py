@@ -35,8 +35,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from contract import apply_overrides  # noqa: E402
-from engine import Recording, replay_fast  # noqa: E402
-from studio import load_recording  # noqa: E402
+from studio import (  # noqa: E402
+    Recording,
+    load_recording,  # noqa: E402
+    replay_fast,
+)
 from telemetry import (  # noqa: E402
     LAB_ENTRIES,
     ArrowSink,
