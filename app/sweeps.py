@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from app import jobs, paths
-from studio.sweep import MANIFEST, find_runs, parse_grid, plan
+from studio.sweep import MANIFEST
+from studio.sweep_plan import find_runs, parse_grid, plan
 
 SWEEPS = "_sweeps"
 

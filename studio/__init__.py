@@ -39,10 +39,11 @@ PUBLIC = {
     "StepError": "studio.rebuild",
     "rebuild_step": "studio.rebuild",
     # studio.sweep
-    "Grid": "studio.sweep",
-    "SweepError": "studio.sweep",
     "read_results": "studio.sweep",
     "results_schema": "studio.sweep",
+    # studio.sweep_plan
+    "Grid": "studio.sweep_plan",
+    "SweepError": "studio.sweep_plan",
 }
 
 __all__, __getattr__, __dir__ = exports(__name__, PUBLIC)
