@@ -171,8 +171,7 @@ def _replan_measured(rec: Recording, cfg: RunConfig, overrides: list[str], chang
         (s0, s1), (a, b) = m.timeline.step_range, m.timeline.token_range
         hh, ww = m.timeline.h, m.timeline.w
         cells.attrs["extent"] = {"t0": a, "t1": b, "s0": s0, "s1": s1, "w": ww, "h": hh}
-    stats = ReplayStats(steps=n, approximate_lookups=m.approximate_lookups, allocator_ms=m.allocator_ms)
-    return LabResult(summary=summary, per_step=df, overrides=overrides, changed=changed, stats=stats,
+    return LabResult(summary=summary, per_step=df, overrides=overrides, changed=changed, stats=m.stats,
                      wall_s=time.perf_counter() - t0, cells=cells)  # fmt: skip
 
 

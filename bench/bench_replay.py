@@ -75,7 +75,7 @@ def main() -> None:
         lab = replan(rec, cfg, timeline=(1000, 400))
         t_lab = time.perf_counter() - t1
         labs.append({"load_s": t1 - t0, "lab_s": t_lab, "cold_s": t1 - t0 + t_lab,
-                     "allocator_s": lab.allocator_ms / 1000, "ping_pongs": lab.summary["ping_pongs"],
+                     "allocator_s": lab.stats.allocator_ms / 1000, "ping_pongs": lab.summary["ping_pongs"],
                      "timeline_cells": int(lab.timeline.cells()["x_bin"].size)})  # fmt: skip
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in labs[-1].items()}),
               file=sys.stderr)  # fmt: skip

@@ -244,8 +244,7 @@ class Measured:
     timeline: binning.SpanGrid | None  # its cells(): as `Run.span_heatmap`'s
     applied: dict[str, np.ndarray]  # applied decisions: step, iteration, node_id, lod_from, lod_to, action, seq
     entries: dict[int, EntriesRecorded] = field(default_factory=dict)  # the iteration-0 WC of each kept step
-    approximate_lookups: int = 0
-    allocator_ms: float = 0.0
+    stats: ReplayStats = field(default_factory=ReplayStats)  # the replay's counts and timings (`replan` sets it)
 
 
 class MeasureSink:
@@ -389,5 +388,5 @@ def replan(rec: Recording, cfg: RunConfig, *, timeline: tuple[int, int] | None =
                        keep_steps=keep_steps, agg=agg)  # fmt: skip
     stats = replay_fast(rec, cfg, sink)
     out = sink.result(osc_window=osc_window)
-    out.approximate_lookups, out.allocator_ms = stats.approximate_lookups, stats.allocator_ms
+    out.stats = stats
     return out

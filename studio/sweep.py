@@ -92,7 +92,7 @@ class CellRunner:
             self._recordings[key] = load_recording(path)
         rec = self._recordings[key]
         m = replan(rec, apply_overrides(rec.config, list(cell.sets)))
-        return m.summary, int(rec.tokens_seen.shape[0]), int(m.approximate_lookups)
+        return m.summary, int(rec.tokens_seen.shape[0]), int(m.stats.approximate_lookups)
 
     def _exact(self, path: Path, cell: Cell):
         from engine.runtime import build_engine
