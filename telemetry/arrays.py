@@ -1,6 +1,6 @@
 """numpy primitives over the Arrow tables the focus metrics read: a column as numpy (the public
-action and outcome names back to their int8 codes), the applied decisions in application order, the
-entries of one refocus round, and sums per step.
+action and outcome names back to their int8 codes), the bounds of grouped rows, the applied decisions
+in application order, the entries of one refocus round, and sums per step.
 
 Shared by the per-step metrics (`telemetry.metrics`) and their run-level entry points
 (`telemetry.run_metrics`): vectorised numpy, exact for any magnitudes. This module defines no metric
@@ -24,6 +24,13 @@ def _col(t: pa.Table, name: str, dtype=None) -> np.ndarray:
     if pa.types.is_floating(c.type):
         c = c.fill_null(float("nan"))
     return c.to_numpy().astype(dtype) if dtype else c.to_numpy()
+
+
+def _group_bounds(key: np.ndarray) -> np.ndarray:
+    """int64[g + 1] over a grouped `key` (equal values adjacent): group g is rows `bounds[g]:bounds[g + 1]`."""
+    if key.size == 0:
+        return np.zeros(1, np.int64)
+    return np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1, [key.size]]).astype(np.int64)
 
 
 def _applied(decisions: pa.Table, *, drop_evict: bool = False) -> dict[str, np.ndarray]:

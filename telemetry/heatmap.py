@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from telemetry import binning
+from telemetry.arrays import _group_bounds
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -52,11 +53,10 @@ def _bin_entries(sql, entries: str, base: dict, column: str, width: int, height:
     """
     rows = sql(q, {**base, "s0": s0, "s1": s1, "t0": t0, "t1": t1, "n": grid.n, "h": grid.h})
     yb, v, s, e, c = (rows.column(k).to_numpy() for k in ("yb", "v", "s", "e", "c"))
-    cuts = np.flatnonzero(yb[1:] != yb[:-1]) + 1
-    for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [yb.size]]), strict=True):
-        if hi > lo:
-            grid.add(int(yb[lo]), v[lo:hi], s[lo:hi].astype(np.int64), e[lo:hi].astype(np.int64),
-                     c[lo:hi].astype(np.int64))  # fmt: skip
+    bounds = _group_bounds(yb)  # one step bin at a time: the rows come ordered by it
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        grid.add(int(yb[lo]), v[lo:hi], s[lo:hi].astype(np.int64), e[lo:hi].astype(np.int64),
+                 c[lo:hi].astype(np.int64))  # fmt: skip
     return pa.table(grid.cells(), schema=_HEATMAP)
 
 

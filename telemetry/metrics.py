@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from contract import nodes
 from contract.decisions import EXPAND
-from telemetry.arrays import _applied, _col, _first_iteration, _per_step, _unique
+from telemetry.arrays import _applied, _col, _first_iteration, _group_bounds, _per_step, _unique
 from telemetry.reductions import StepReducer, coherence_of, locality_of, residency_of
 
 # ------------------------------------------------------------------------------------ per step
@@ -238,8 +238,7 @@ def _grouped(key: np.ndarray, start: np.ndarray, *cols: np.ndarray) -> tuple[np.
     if key.size > 1 and (np.any(key[1:] < key[:-1]) or np.any((start[1:] <= start[:-1]) & (key[1:] == key[:-1]))):
         order = np.lexsort((start, key))  # recorded order is already (key, start): sort only if not
         key, start, cols = key[order], start[order], tuple(c[order] for c in cols)
-    first = np.flatnonzero(key[1:] != key[:-1]) + 1
-    bounds = np.concatenate([[0], first, [key.size]]).astype(np.int64) if key.size else np.zeros(1, np.int64)
+    bounds = _group_bounds(key)
     return key[bounds[:-1]], bounds, start, *cols
 
 
